@@ -1,0 +1,128 @@
+"""``rapsam-edge`` command line: thin typer commands over library functions; rich output lives here only."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="RAP-SAM from PyTorch to the edge: predict, export, calibrate, benchmark.")
+console = Console(stderr=True)
+TASKS = ("panoptic", "interactive")
+
+
+def fail(message: str) -> None:
+    """Print one error sentence and exit 2 (bad input never produces a traceback)."""
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def embedded_images() -> list[Path]:
+    """The public-domain / CC0 photos shipped in the package (the default input of the main job)."""
+    folder = resources.files("rapsam_edge.assets").joinpath("images")
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith((".png", ".jpg")))
+
+
+def parse_prompts(text: str | None, width: int, what: str) -> list[list[float]] | None:
+    """'x,y;x,y' (points) or 'x0,y0,x1,y1;...' (boxes) -> list of float lists."""
+    if not text:
+        return None
+    rows = []
+    for item in text.split(";"):
+        if not item.strip():
+            continue
+        try:
+            row = [float(v) for v in item.split(",")]
+        except ValueError:
+            fail(f"--{what} item {item!r} is not a comma-separated list of numbers.")
+        if len(row) != width:
+            fail(f"--{what} item {item!r} needs {width} numbers, got {len(row)}.")
+        rows.append(row)
+    return rows or None
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files; default: the embedded photos.")] = None,
+    task: Annotated[str, typer.Option(help="panoptic | interactive")] = "panoptic",
+    points: Annotated[str | None, typer.Option(help='Clicks "x,y;x,y" in image pixels (interactive).')] = None,
+    boxes: Annotated[str | None, typer.Option(help='Boxes "x0,y0,x1,y1;..." in image pixels (interactive).')] = None,
+    config: Annotated[str | None, typer.Option(help="Config name; default from the checkpoint, else "
+                                                     "rapsam_r18_lite.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Official, bare or rapsam-edge checkpoint.")] = None,
+    class_embeddings: Annotated[Path | None, typer.Option(help="Official (C,P,768) text-embedding file.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/predict"),
+    seed: Annotated[int, typer.Option(help="Seed of the random initialisation when no checkpoint.")] = 0,
+) -> None:
+    """Segment images; writes <name>.overlay.png and <name>.json (+ <name>.panoptic.png for panoptic)."""
+    import warnings
+
+    from .postprocess import overlay
+    from .predict import run_prediction
+
+    if task not in TASKS:
+        fail(f"unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    pts = parse_prompts(points, 2, "points")
+    bxs = parse_prompts(boxes, 4, "boxes")
+    if task == "interactive" and not (pts or bxs):
+        fail("the interactive task needs at least one prompt: give --points and/or --boxes.")
+    paths = images or embedded_images()
+    if checkpoint is None and config is None:
+        config = "rapsam_r18_lite"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from .runtime import load
+
+            pipe = load(config, checkpoint, class_embeddings=class_embeddings, seed=seed)
+        for w in caught:
+            console.print(f"[yellow]warning:[/] {w.message}")
+        if pipe.meta["random_init"]:
+            console.print(f"[yellow]note:[/] no checkpoint given: {pipe.meta['config']} is RANDOMLY initialised "
+                          f"(seed {seed}); masks and labels are meaningless, the outputs are format-valid.")
+        out.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            written = run_prediction(pipe, path, task, pts, bxs, out, overlay)
+            console.print(f"[green]{path.name}[/]: " + ", ".join(str(p) for p in written))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        fail(str(e))
+
+
+@app.command()
+def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
+    """Configs with parameter counts, and the runtimes installed here."""
+    from .info import backend_versions, config_rows
+
+    rows, versions = config_rows(), backend_versions()
+    if as_json:
+        typer.echo(json.dumps({"configs": rows, "runtimes": versions}, indent=2))
+        return
+    table = Table(title="configs")
+    for col in ("name", "backbone", "neck", "classifier", "params (M)", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["backbone"], r["neck"], r["classifier"], f"{r['params'] / 1e6:.2f}",
+                      r["description"])
+    out = Console()
+    out.print(table)
+    vt = Table(title="runtimes")
+    vt.add_column("package")
+    vt.add_column("status")
+    for name, status in versions.items():
+        vt.add_row(name, status)
+    out.print(vt)
+
+
+def main() -> None:  # pragma: no cover - entry for python -m
+    app(sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,176 @@
+"""Model configurations and class vocabularies.
+
+Configs are frozen dataclasses, not YAML: they serialise into checkpoints and bundle manifests with
+``to_dict`` and come back with ``from_dict``, so a model's hyper-parameters live in exactly one place.
+The R50 numbers reproduce ``configs/rap_sam/rap_sam_r50_12e_adaptor.py`` of the official repository.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
+    "resnet18": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+}
+NECKS = ("dcn", "lite")
+CLASSIFIERS = ("text", "learned")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Class names that travel with a model.
+
+    ``isthing`` drives the panoptic merge (things get instance ids, stuff merges) and ``dataset_ids``
+    maps the model's contiguous class index back to the dataset's category id (COCO ids are 1..200
+    with gaps) when results are written in COCO format.
+    """
+
+    name: str
+    names: tuple[str, ...]
+    isthing: tuple[bool, ...]
+    dataset_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        if n == 0 or len(self.isthing) != n or len(self.dataset_ids) != n:
+            raise ValueError(
+                f"vocabulary {self.name!r} needs as many isthing flags and dataset ids as names "
+                f"(got {n} names, {len(self.isthing)} flags, {len(self.dataset_ids)} ids)."
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_things(self) -> int:
+        return sum(self.isthing)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "names": list(self.names),
+            "isthing": list(self.isthing),
+            "dataset_ids": list(self.dataset_ids),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Vocabulary:
+        return cls(d["name"], tuple(d["names"]), tuple(bool(t) for t in d["isthing"]),
+                   tuple(int(i) for i in d["dataset_ids"]))
+
+    @classmethod
+    def from_categories(cls, name: str, categories: list[dict[str, Any]]) -> Vocabulary:
+        """Build from COCO ``categories`` entries (``id``, ``name``, optional ``isthing``)."""
+        return cls(
+            name,
+            tuple(c["name"] for c in categories),
+            tuple(bool(c.get("isthing", 1)) for c in categories),
+            tuple(int(c["id"]) for c in categories),
+        )
+
+    def coco_categories(self) -> list[dict[str, Any]]:
+        return [{"id": i, "name": n, "isthing": int(t)}
+                for i, n, t in zip(self.dataset_ids, self.names, self.isthing)]
+
+
+def coco_panoptic_vocabulary() -> Vocabulary:
+    """The 133 COCO panoptic classes (80 things, then 53 stuff) shipped with the package."""
+    text = resources.files("rapsam_edge.assets").joinpath("coco_panoptic_categories.json").read_text()
+    return Vocabulary.from_categories("coco_panoptic", json.loads(text))
+
+
+VOCABULARIES = {"coco_panoptic": coco_panoptic_vocabulary}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of one RAP-SAM variant (spec §1; decoder numbers are the official ones)."""
+
+    name: str
+    backbone: str
+    neck: str = "dcn"
+    classifier: str = "text"
+    vocabulary: str = "coco_panoptic"
+    input_size: tuple[int, int] = (640, 640)
+    agg_dim: int = 128
+    hidden_dim: int = 256
+    num_queries: int = 100
+    num_stages: int = 3
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    embed_dim: int = 768
+    temperature: float = 0.1
+    logit_scale: float = 4.6052
+    prompt_noise_scale: float = 0.4
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        checks = (("backbone", self.backbone, tuple(BACKBONE_CHANNELS)), ("neck", self.neck, NECKS),
+                  ("classifier", self.classifier, CLASSIFIERS))
+        for what, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"unknown {what} {value!r} in config {self.name!r}; choose one of {allowed}.")
+        h, w = self.input_size
+        if h % 32 or w % 32 or h <= 0 or w <= 0:
+            raise ValueError(f"input_size {self.input_size} must be positive multiples of 32 (the neck "
+                             "upsamples by fixed factors 2/4/8).")
+
+    @property
+    def backbone_channels(self) -> tuple[int, int, int, int]:
+        return BACKBONE_CHANNELS[self.backbone]
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config has unknown fields {unknown}; this rapsam-edge knows {sorted(known)}.")
+        d = dict(d)
+        if "input_size" in d:
+            d["input_size"] = tuple(d["input_size"])
+        return cls(**d)
+
+
+CONFIGS: dict[str, ModelConfig] = {
+    c.name: c
+    for c in (
+        ModelConfig("rapsam_r50", "resnet50", "dcn", "text",
+                    description="official RAP-SAM R50 (YOSO DCN neck, CLIP text classifier)"),
+        ModelConfig("rapsam_r18", "resnet18", "dcn", "text",
+                    description="official recipe with ResNet-18 channels (no official weights exist)"),
+        ModelConfig("rapsam_r18_lite", "resnet18", "lite", "learned",
+                    description="ResNet-18, plain 3x3 convs instead of DCN, learned class embeddings (edge)"),
+        ModelConfig("rapsam_r50_lite", "resnet50", "lite", "learned",
+                    description="ResNet-50, plain 3x3 convs instead of DCN, learned class embeddings (edge)"),
+    )
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    """Look a config up by name; an unknown name gets one sentence with the closest known names."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    close = difflib.get_close_matches(name, CONFIGS, n=2)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise ValueError(f"unknown config {name!r}; known configs are {', '.join(CONFIGS)}.{hint}")
+
+
+def get_vocabulary(name: str) -> Vocabulary:
+    if name not in VOCABULARIES:
+        raise ValueError(f"unknown vocabulary {name!r}; known vocabularies are {', '.join(VOCABULARIES)}.")
+    return VOCABULARIES[name]()

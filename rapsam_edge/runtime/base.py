@@ -1,0 +1,49 @@
+"""The backend boundary: exactly the three graphs of design.md §3, NumPy in and out.
+
+Every backend (torch, onnxruntime, tensorrt, coreml) implements these three calls and nothing else;
+letterboxing, click-to-box, merging and tracking live in ``preprocess``/``postprocess`` and are shared,
+so differences between backends are differences between graphs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+
+class Backend(ABC):
+    """One way of running the encoder / object-decoder / prompt-decoder graphs."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        """image (1, 3, H, W) float32 RGB 0..255, letterboxed -> features (1, 256, H/4, W/4) float32."""
+
+    @abstractmethod
+    def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """features (1, 256, h', w) -> cls_logits (1, Q, C+1), mask_logits (1, Q, h', w), queries (1, Q, 256)."""
+
+    @abstractmethod
+    def decode_prompts(self, features: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """features (1, 256, h, w), boxes (1, K, 4) normalised cxcywh -> mask_logits (1, K, h, w), iou (1, K)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for reports: backend name, device, precision, versions."""
+        return {"backend": self.name}
+
+
+# name -> "module:factory"; imported lazily so a missing optional runtime costs nothing until asked for
+BACKENDS: dict[str, str] = {
+    "torch": "rapsam_edge.runtime.torch_backend:TorchBackend",
+}
+
+
+def backend_factory(name: str) -> Any:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; available backends are {', '.join(BACKENDS)}.")
+    module, _, attr = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

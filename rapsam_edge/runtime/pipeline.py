@@ -1,0 +1,144 @@
+"""One predictor-shaped API over every backend (SAM's ``SamPredictor`` shape, NumPy at the boundary).
+
+``set_image`` runs the encoder once and caches the features; ``segment`` then costs one prompt-decoder
+call for any number of prompts; ``panoptic`` / ``instances`` cost one object-decoder call. Pre- and
+post-processing are the shared host functions, so torch and exported backends answer comparably.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Vocabulary
+from ..postprocess import (
+    InstanceResult,
+    InteractiveResult,
+    PanopticResult,
+    VideoResult,
+    VideoTracker,
+    instance_postprocess,
+    interactive_postprocess,
+    panoptic_merge,
+    split_video,
+)
+from ..preprocess import InputPolicy, Letterbox, boxes_to_model, load_image, points_to_boxes, preprocess
+from .base import Backend
+
+ImageLike = str | Path | np.ndarray
+
+
+@dataclass
+class _ImageState:
+    image: np.ndarray
+    letterbox: Letterbox
+    features: np.ndarray
+
+
+@dataclass
+class Pipeline:
+    """Backend + input policy + vocabulary. Build with :func:`rapsam_edge.load`."""
+
+    backend: Backend
+    policy: InputPolicy
+    vocabulary: Vocabulary
+    meta: dict[str, Any] = field(default_factory=dict)
+    _state: _ImageState | None = field(default=None, repr=False)
+
+    @property
+    def isthing(self) -> np.ndarray:
+        return np.asarray(self.vocabulary.isthing, dtype=bool)
+
+    # ---- image state -------------------------------------------------------------------------------
+    def set_image(self, image: ImageLike) -> np.ndarray:
+        """Load (path or HxWx3 array, any mode -> RGB), letterbox and encode once; returns the RGB image."""
+        rgb = load_image(image)
+        tensor, lb = preprocess(rgb, self.policy)
+        self._state = _ImageState(rgb, lb, self.backend.encode(tensor))
+        return rgb
+
+    def reset_image(self) -> None:
+        self._state = None
+
+    def _current(self, image: ImageLike | None) -> _ImageState:
+        if image is not None:
+            self.set_image(image)
+        if self._state is None:
+            raise RuntimeError("no image is set: pass an image or call set_image(image) first.")
+        return self._state
+
+    # ---- tasks ---------------------------------------------------------------------------------------
+    def panoptic(self, image: ImageLike | None = None, score_thr: float = 0.8,
+                 overlap_thr: float = 0.8) -> PanopticResult:
+        """Panoptic segmentation with the official merge (score > 0.8, overlap ratio 0.8)."""
+        st = self._current(image)
+        cls, masks, _ = self.backend.decode_objects(st.features)
+        return panoptic_merge(cls[0], masks[0], st.letterbox, self.isthing, score_thr, overlap_thr)
+
+    def instances(self, image: ImageLike | None = None, max_per_image: int = 100) -> InstanceResult:
+        """Thing instances (top-``max_per_image`` query/class pairs, mask-scored), as the official instance_on."""
+        st = self._current(image)
+        cls, masks, _ = self.backend.decode_objects(st.features)
+        return instance_postprocess(cls[0], masks[0], st.letterbox, self.isthing, max_per_image)
+
+    def segment(self, image: ImageLike | None = None, points: Any = None, boxes: Any = None) -> InteractiveResult:
+        """One mask per prompt, all prompts in ONE decoder call.
+
+        Arguments:
+            points: (K, 2) clicks, xy in original-image pixels (each becomes a 6-pixel box).
+            boxes: (M, 4) boxes, xyxy in original-image pixels.
+        Returns masks in the order points..., boxes... .
+        """
+        st = self._current(image)
+        parts = []
+        if points is not None and np.size(points):
+            parts.append(points_to_boxes(np.asarray(points, dtype=np.float64).reshape(-1, 2), st.letterbox))
+        if boxes is not None and np.size(boxes):
+            parts.append(boxes_to_model(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), st.letterbox))
+        if not parts:
+            raise ValueError("segment() needs at least one point or box prompt.")
+        model_boxes = np.concatenate(parts).astype(np.float32)[None]
+        masks, iou = self.backend.decode_prompts(st.features, model_boxes)
+        return interactive_postprocess(masks[0], iou[0], st.letterbox)
+
+    def track(self, frames: Iterable[ImageLike], mode: str = "clip", clip_size: int | None = None,
+              max_per_video: int = 100) -> VideoResult:
+        """Video instance segmentation with consistent track ids.
+
+        ``mode="clip"`` is the official near-online scheme: tubes of ~5 frames (~3 for videos of <= 15
+        frames), one object-decoder call per tube over frames stacked along height, tubes linked by
+        Hungarian matching of query embeddings. ``mode="stream"`` decodes each frame alone (T=1) and links
+        frame to frame, for cameras where latency matters more than tube context.
+        """
+        if mode not in ("clip", "stream"):
+            raise ValueError(f"unknown track mode {mode!r}; choose 'clip' or 'stream'.")
+        images = [load_image(f) for f in frames]
+        if not images:
+            raise ValueError("track() needs at least one frame.")
+        if any(im.shape != images[0].shape for im in images):
+            raise ValueError("all frames of a video must have the same size.")
+        if mode == "stream":
+            tubes = [range(i, i + 1) for i in range(len(images))]
+        elif clip_size:
+            tubes = split_video(len(images), clip_size, clip_size, 0)
+        else:
+            tubes = split_video(len(images))
+        tracker = VideoTracker()
+        letterbox = None
+        for tube in tubes:
+            feats = []
+            for i in tube:
+                tensor, letterbox = preprocess(images[i], self.policy)
+                feats.append(self.backend.encode(tensor))
+            cls, masks, queries = self.backend.decode_objects(np.concatenate(feats, axis=2))
+            tracker.update(cls[0], masks[0], queries[0], len(tube))
+        assert letterbox is not None
+        return tracker.finish(letterbox, self.isthing, max_per_video)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.meta, **self.backend.describe(), "input_policy": self.policy.to_dict(),
+                "vocabulary": self.vocabulary.name, "num_classes": self.vocabulary.num_classes}
