@@ -14,7 +14,7 @@ from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="RAP-SAM from PyTorch to the edge: predict, export, calibrate, benchmark.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # never hard-wrap messages users may grep
 TASKS = ("panoptic", "interactive")
 
 

@@ -77,7 +77,7 @@ class Vocabulary:
 
     def coco_categories(self) -> list[dict[str, Any]]:
         return [{"id": i, "name": n, "isthing": int(t)}
-                for i, n, t in zip(self.dataset_ids, self.names, self.isthing)]
+                for i, n, t in zip(self.dataset_ids, self.names, self.isthing, strict=True)]
 
 
 def coco_panoptic_vocabulary() -> Vocabulary:

@@ -135,8 +135,9 @@ def load_state_dict(model: nn.Module, sd: dict[str, Tensor], source: str, strict
     report.mismatched = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in sorted(sd)
                          if k in own and sd[k].shape != own[k].shape]
     if strict and not report.ok:
-        raise CheckpointError(f"checkpoint {path} does not match {getattr(model, 'config', None) and model.config.name}: "
-                              f"{report}. Pass strict=False to load the matching part.")
+        target = model.config.name if isinstance(getattr(model, "config", None), ModelConfig) else "the model"
+        raise CheckpointError(f"checkpoint {path} does not match {target}: {report}. "
+                              "Pass strict=False to load the matching part.")
     good = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(good, strict=False)
     report.loaded = len(good)

@@ -58,7 +58,7 @@ class FFN(nn.Module):
 def mlp(dims: list[int]) -> nn.Sequential:
     """Linear/ReLU stack whose indices match the official ``nn.Sequential`` (0, 2, 4 are Linears)."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
             layers.append(nn.ReLU())

@@ -19,14 +19,12 @@ from ..postprocess import (
     InstanceResult,
     InteractiveResult,
     PanopticResult,
-    VideoResult,
-    VideoTracker,
     instance_postprocess,
     interactive_postprocess,
     panoptic_merge,
-    split_video,
 )
 from ..preprocess import InputPolicy, Letterbox, boxes_to_model, load_image, points_to_boxes, preprocess
+from ..tracking import VideoResult, VideoTracker, split_video
 from .base import Backend
 
 ImageLike = str | Path | np.ndarray

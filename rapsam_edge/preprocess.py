@@ -1,0 +1,385 @@
+"""Host-side preprocessing shared by every backend: image decode, letterbox, prompt encoding.
+
+Reproduces the input side of the official RAP-SAM (`seg/models/data_preprocessor/*`, mmdet `Resize` +
+`pad_size_divisor`, `RapSAMVideoHead.prepare_for_dn_mo`) for the graph contract of design.md §3:
+
+* the encoder takes RGB 0..255 float32 (1,3,H,W), resized keeping the aspect ratio and padded
+  bottom/right to a fixed (H,W) with the MEAN pixel: normalisation happens inside the graph, so a
+  mean-padded pixel becomes exactly 0, which is what the official model sees (it pads with 0 after
+  normalising);
+* the prompt decoder takes boxes (K,4) normalised (cx,cy,w,h) in the frame of the resized, UN-padded
+  image; a click is a 6x6-pixel box in resized pixels (spec §2.3).
+
+NumPy + Pillow only (no torch) so phones, browsers and every runtime can mirror it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+CLICK_BOX_SIZE = 6
+"""Side (resized-image pixels) of the box a click becomes: [x-3, y-3, x+3, y+3] (official GeneratePoint)."""
+
+_RESIZE_MODES = ("longest",)
+_CHANNEL_ORDERS = ("RGB", "BGR")
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                "nearest": Image.Resampling.NEAREST}
+_INTERPOLATIONS = (*_PIL_FILTERS, "cv2_bilinear")
+
+
+class ImageError(ValueError):
+    """An image could not be read or has an unusable shape/type (the message names the file or array)."""
+
+
+class ImageNotFoundError(ImageError, FileNotFoundError):
+    """The image path does not exist (an ImageError that is also a FileNotFoundError)."""
+
+
+def _triple(value: Any, name: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in value)
+    except TypeError:
+        raise ValueError(f"InputPolicy.{name} must be 3 numbers (one per channel), got {value!r}.") from None
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise ValueError(f"InputPolicy.{name} must be 3 finite numbers (one per channel), got {value!r}.")
+    return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """How an image becomes the encoder input; written to the bundle manifest so no runtime guesses it.
+
+    Attributes:
+        size: (H, W) of the padded graph input, both positive multiples of 32 (the neck upsamples x2/x4/x8).
+        mean, std: per-channel normalisation applied INSIDE the graph (listed in `channel_order`).
+        pad_value: value of padded pixels; defaults to `mean` so they normalise to exactly 0 like the
+            official model, which pads with 0 after normalising.
+        resize: "longest" keeps the aspect ratio with scale = min(H/h0, W/w0) and new side
+            floor(side*scale + 0.5), at least 1 (mmcv's rounding rule).
+        channel_order: channel order the graph's `image` input expects ("RGB" for RAP-SAM, whose
+            preprocessor converts BGR to RGB); `preprocess` always receives RGB and flips for "BGR".
+        interpolation: "bilinear" (Pillow, default), "bicubic", "nearest", or "cv2_bilinear" (NumPy
+            re-implementation of OpenCV INTER_LINEAR, the official resize; see `preprocess`).
+    """
+
+    size: tuple[int, int] = (640, 640)
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    pad_value: tuple[float, float, float] | None = field(default=None)
+    resize: str = "longest"
+    channel_order: str = "RGB"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        try:
+            size = tuple(int(v) for v in self.size)
+        except (TypeError, ValueError):
+            raise ValueError(f"InputPolicy.size must be (H, W) integers, got {self.size!r}.") from None
+        if len(size) != 2 or any(v <= 0 or v % 32 for v in size) or size != tuple(self.size):
+            raise ValueError(f"InputPolicy.size must be (H, W) positive multiples of 32, got {self.size!r}.")
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "mean", _triple(self.mean, "mean"))
+        std = _triple(self.std, "std")
+        if min(std) <= 0:
+            raise ValueError(f"InputPolicy.std must be positive, got {self.std!r}.")
+        object.__setattr__(self, "std", std)
+        pad = self.mean if self.pad_value is None else _triple(self.pad_value, "pad_value")
+        object.__setattr__(self, "pad_value", pad)
+        for name, allowed in (("resize", _RESIZE_MODES), ("channel_order", _CHANNEL_ORDERS),
+                              ("interpolation", _INTERPOLATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"InputPolicy.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (tuples become lists) for the bundle manifest."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputPolicy:
+        """Inverse of `to_dict`; unknown keys are refused so a newer manifest is never half-read."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown InputPolicy keys {unknown}; allowed keys are {sorted(known)}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Geometry linking the original image, the resized image and the padded graph input.
+
+    Attributes:
+        orig_hw: (H0, W0) of the original image.
+        resized_hw: (h_r, w_r) of the resized, un-padded image (official `img_shape`).
+        padded_hw: (H, W) of the graph input (official `batch_input_shape`).
+        scale_xy: (w_r/W0, h_r/H0), resized over original per axis (the exact size ratio, which is what
+            a bilinear resize between the two sizes uses).
+    """
+
+    orig_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    padded_hw: tuple[int, int]
+    scale_xy: tuple[float, float]
+
+    @property
+    def feature_hw(self) -> tuple[int, int]:
+        """(H/4, W/4): size of the stride-4 mask logits of one frame."""
+        return self.padded_hw[0] // 4, self.padded_hw[1] // 4
+
+    def to_resized(self, xy: np.ndarray) -> np.ndarray:
+        """(..., 2) xy in original-image pixels -> (..., 2) xy in resized-image pixels (float64)."""
+        return np.asarray(xy, dtype=np.float64) * np.asarray(self.scale_xy)
+
+    def to_original(self, xy: np.ndarray) -> np.ndarray:
+        """(..., 2) xy in resized-image pixels -> (..., 2) xy in original-image pixels (float64)."""
+        return np.asarray(xy, dtype=np.float64) / np.asarray(self.scale_xy)
+
+    def boxes_to_resized(self, boxes: np.ndarray) -> np.ndarray:
+        """(..., 4) xyxy in original-image pixels -> (..., 4) xyxy in resized-image pixels."""
+        return np.asarray(boxes, dtype=np.float64) * np.tile(self.scale_xy, 2)
+
+    def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """(..., 4) xyxy in resized-image pixels -> (..., 4) xyxy in original-image pixels."""
+        return np.asarray(boxes, dtype=np.float64) / np.tile(self.scale_xy, 2)
+
+    def to_dict(self) -> dict[str, list]:
+        """JSON-friendly dict."""
+        return {k: list(v) for k, v in asdict(self).items()}
+
+
+def compute_letterbox(orig_hw: tuple[int, int], policy: InputPolicy) -> Letterbox:
+    """Letterbox of an (H0, W0) image under `policy` (no pixels touched).
+
+    Why floor(x + 0.5): mmcv's `rescale_size` rounds half up; Python's round() would round half to even.
+    """
+    h0, w0 = int(orig_hw[0]), int(orig_hw[1])
+    if h0 <= 0 or w0 <= 0:
+        raise ValueError(f"Image size must be positive, got (H, W) = {orig_hw!r}.")
+    ph, pw = policy.size
+    scale = min(ph / h0, pw / w0)
+    rh = min(ph, max(1, int(math.floor(h0 * scale + 0.5))))
+    rw = min(pw, max(1, int(math.floor(w0 * scale + 0.5))))
+    return Letterbox((h0, w0), (rh, rw), (ph, pw), (rw / w0, rh / h0))
+
+
+def bilinear_weights(out_size: int, in_size: int, scale: float | None = None) -> np.ndarray:
+    """(out_size, in_size) float32 matrix of 1-D bilinear weights, align_corners=False convention.
+
+    Output sample i reads input position s = (i + 0.5) * scale - 0.5 (scale = input units per output
+    pixel, default in_size/out_size), clamped like PyTorch/OpenCV: s < 0 -> 0, the upper neighbour
+    index is capped at in_size - 1. Applying it on both axes (Ry @ M @ Rx.T) is a separable bilinear
+    resize; used by `preprocess` ("cv2_bilinear") and by the mask-logit resize in postprocess.
+    """
+    scale = in_size / out_size if scale is None else scale
+    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    lam = np.clip(src - i0, 0.0, 1.0)
+    mat = np.zeros((out_size, in_size), dtype=np.float64)
+    rows = np.arange(out_size)
+    np.add.at(mat, (rows, i0), 1.0 - lam)
+    np.add.at(mat, (rows, i1), lam)
+    return mat.astype(np.float32)
+
+
+def _array_to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
+    if not isinstance(arr, np.ndarray):
+        raise ImageError(f"{name} must be a path or a numpy array, got {type(arr).__name__}.")
+    if arr.size == 0:
+        raise ImageError(f"{name} is empty (shape {arr.shape}).")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageError(f"{name} must have shape (H,W), (H,W,1), (H,W,3) or (H,W,4), got {arr.shape}.")
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind not in "fiu":
+            raise ImageError(f"{name} must be uint8 or a float/int array in 0..255, got dtype {arr.dtype}.")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ImageError(f"{name} contains NaN or infinite values.")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0 or hi > 255:
+            raise ImageError(f"{name} values must lie in 0..255, got range [{lo:g}, {hi:g}].")
+        arr = np.rint(arr).astype(np.uint8)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    # RGBA: the alpha channel is dropped, not composited, because the official loader (cv2 IMREAD_COLOR)
+    # does the same; the model has only ever seen the colour values stored under transparent pixels.
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(img).astype(np.float64)
+        # 16-bit grey: rescale 0..65535 -> 0..255 (PIL's convert("RGB") would clip at 255 instead).
+        # Mode "I" (32-bit) is only rescaled when it holds values above 255.
+        a = a / 257.0 if img.mode != "I" or a.max() > 255 else a
+        return _array_to_rgb(np.clip(a, 0, 255), "image")
+    if img.mode == "F":
+        return _array_to_rgb(np.clip(np.nan_to_num(np.asarray(img, dtype=np.float64)), 0, 255), "image")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # avoids Pillow's palette-transparency warning; alpha dropped below
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def load_image(path_or_array: str | Path | np.ndarray) -> np.ndarray:
+    """Read an image as (H0, W0, 3) uint8 RGB.
+
+    Args:
+        path_or_array: a file path (any Pillow format; EXIF orientation applied; grey, palette, RGBA,
+            LA, CMYK and 16-bit images converted to RGB, alpha dropped) or an array (H,W), (H,W,1),
+            (H,W,3) RGB or (H,W,4) RGBA, uint8 or float/int with values in 0..255 (rounded).
+
+    Raises:
+        ImageNotFoundError (an ImageError and FileNotFoundError): the path does not exist.
+        ImageError (a ValueError): not an image, truncated, empty, bad shape, dtype or value range.
+    """
+    if not isinstance(path_or_array, (str, Path)):
+        return _array_to_rgb(path_or_array, "The input array")
+    path = Path(path_or_array)
+    if path.is_dir():
+        raise ImageError(f"Image path {str(path)!r} is a directory, not an image file.")
+    if not path.is_file():
+        raise ImageNotFoundError(f"Image file {str(path)!r} does not exist.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            try:
+                rgb = _pil_to_rgb(img)
+            except ValueError:
+                raise ImageError(f"Image file {str(path)!r} has an unsupported colour mode "
+                                 f"{img.mode!r}.") from None
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"File {str(path)!r} is not a readable image.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"Image file {str(path)!r} is truncated or corrupt ({exc}).") from None
+    if rgb.size == 0:
+        raise ImageError(f"Image file {str(path)!r} has zero size.")
+    return rgb
+
+
+def _resize_rgb(rgb: np.ndarray, new_hw: tuple[int, int], interpolation: str) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if (h, w) == tuple(new_hw):
+        return rgb
+    if interpolation == "cv2_bilinear":
+        ry = bilinear_weights(new_hw[0], h)
+        rx = bilinear_weights(new_hw[1], w)
+        out = np.einsum("yh,hwc,xw->yxc", ry, rgb.astype(np.float32), rx, optimize=True)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    pil = Image.fromarray(rgb).resize((new_hw[1], new_hw[0]), resample=_PIL_FILTERS[interpolation])
+    return np.asarray(pil, dtype=np.uint8)
+
+
+def preprocess(image: np.ndarray, policy: InputPolicy) -> tuple[np.ndarray, Letterbox]:
+    """Resize + pad one RGB image into the encoder input.
+
+    Args:
+        image: (H0, W0, 3) uint8 RGB (anything `load_image` accepts as an array is also accepted).
+        policy: the bundle's InputPolicy.
+
+    Returns:
+        (1, 3, H, W) float32 in 0..255, channel order `policy.channel_order`, the resized image at the
+        top-left and `policy.pad_value` in the bottom/right pad; and the Letterbox geometry.
+
+    Resize note: the official pipeline resizes with OpenCV INTER_LINEAR (mmcv `imresize`), which samples
+    2x2 neighbours with no anti-aliasing. Pillow's bilinear (the default here) widens its kernel when
+    downscaling (anti-aliased), so downscaled inputs are smoother than the official ones (upscaling
+    agrees to rounding). Use interpolation="cv2_bilinear" to reproduce OpenCV (within 1 grey level).
+    """
+    rgb = _array_to_rgb(image, "The input image")
+    lb = compute_letterbox(rgb.shape[:2], policy)
+    resized = _resize_rgb(rgb, lb.resized_hw, policy.interpolation)
+    if policy.channel_order == "BGR":
+        resized = resized[:, :, ::-1]
+    out = np.empty((1, 3, *policy.size), dtype=np.float32)
+    out[0] = np.asarray(policy.pad_value, dtype=np.float32)[:, None, None]
+    rh, rw = lb.resized_hw
+    out[0, :, :rh, :rw] = resized.transpose(2, 0, 1)
+    return out, lb
+
+
+def preprocess_batch(frames: Sequence[np.ndarray] | np.ndarray,
+                     policy: InputPolicy) -> tuple[np.ndarray, Letterbox]:
+    """Preprocess the T frames of a clip/video: returns (T, 3, H, W) float32 and their shared Letterbox.
+
+    Args:
+        frames: a sequence of (H0, W0, 3) RGB arrays or one (T, H0, W0, 3) array; all the same size.
+    """
+    if len(frames) == 0:
+        raise ValueError("preprocess_batch needs at least one frame.")
+    sizes = {tuple(np.shape(f)[:2]) for f in frames}
+    if len(sizes) != 1:
+        raise ValueError(f"All frames of a video must share one size, got sizes {sorted(sizes)}.")
+    outs = [preprocess(f, policy) for f in frames]
+    return np.concatenate([o[0] for o in outs], axis=0), outs[0][1]
+
+
+def _check_prompts(arr: Any, width: int, what: str) -> np.ndarray:
+    a = np.asarray(arr, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError(f"A prompt needs at least one point or box; got an empty {what} array.")
+    if a.ndim != 2 or a.shape[1] != width:
+        raise ValueError(f"{what} must have shape (K, {width}), got {a.shape}.")
+    bad = np.flatnonzero(~np.isfinite(a).all(axis=1))
+    if bad.size:
+        raise ValueError(f"{what} row {bad[0]} contains NaN or infinity: {a[bad[0]].tolist()}.")
+    return a
+
+
+def _to_cxcywh(xyxy: np.ndarray, lb: Letterbox) -> np.ndarray:
+    rh, rw = lb.resized_hw
+    x0, y0, x1, y1 = xyxy.T / np.array([rw, rh, rw, rh], dtype=np.float64)[:, None]
+    return np.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=1).astype(np.float32)
+
+
+def points_to_boxes(points: np.ndarray, letterbox: Letterbox) -> np.ndarray:
+    """Clicks -> prompt-decoder boxes.
+
+    Args:
+        points: (K, 2) xy in original-image pixels (x = column), each in [0, W0) x [0, H0).
+        letterbox: geometry from `preprocess`.
+
+    Returns:
+        (K, 4) float32 normalised (cx, cy, w, h) in the resized, un-padded image frame: the click maps to
+        resized pixels (x * scale_x, y * scale_y), becomes the CLICK_BOX_SIZE box [x-3, y-3, x+3, y+3]
+        and is divided by the resized (w, h) like the official `img_shape`. No clamping to
+        [1e-5, 1 - 1e-5]: the graph does it (official inverse_sigmoid/sigmoid round trip).
+    """
+    pts = _check_prompts(points, 2, "points")
+    h0, w0 = letterbox.orig_hw
+    for i, (x, y) in enumerate(pts):
+        if not (0 <= x < w0 and 0 <= y < h0):
+            raise ValueError(f"Point {i} (x={x:g}, y={y:g}) lies outside the {w0}x{h0} (WxH) image; "
+                             f"x must be in [0, {w0}) and y in [0, {h0}).")
+    r = letterbox.to_resized(pts)
+    half = CLICK_BOX_SIZE / 2
+    return _to_cxcywh(np.concatenate([r - half, r + half], axis=1), letterbox)
+
+
+def boxes_to_model(boxes: np.ndarray, letterbox: Letterbox) -> np.ndarray:
+    """Box prompts -> prompt-decoder boxes.
+
+    Args:
+        boxes: (K, 4) xyxy in original-image pixels, x0 < x1 and y0 < y1, within [0, W0] x [0, H0].
+        letterbox: geometry from `preprocess`.
+
+    Returns:
+        (K, 4) float32 normalised (cx, cy, w, h) in the resized, un-padded image frame (not clamped).
+    """
+    b = _check_prompts(boxes, 4, "boxes")
+    h0, w0 = letterbox.orig_hw
+    for i, (x0, y0, x1, y1) in enumerate(b):
+        if not (0 <= x0 < x1 <= w0 and 0 <= y0 < y1 <= h0):
+            raise ValueError(f"Box {i} (x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}) is empty or outside the "
+                             f"{w0}x{h0} (WxH) image; need 0 <= x0 < x1 <= {w0} and 0 <= y0 < y1 <= {h0}.")
+    return _to_cxcywh(letterbox.boxes_to_resized(b), letterbox)

@@ -1,0 +1,58 @@
+"""Median forward times of the three graphs in eager PyTorch (fp32, CPU) for each config.
+
+    .venv/bin/python scripts/time_forward.py --size 640 --runs 10 [--threads 2]
+
+Warm-up excluded; K=1 and K=16 prompts with the per-image key/value memory precomputed (as a
+deployment does) and without it. The real benchmark harness is ``rapsam-edge bench`` (later issue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from rapsam_edge.config import CONFIGS, get_config
+from rapsam_edge.model import build_model
+
+
+def median_ms(fn, runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=640)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"| config | encoder ms | object decoder ms | prompt K=1 ms | prompt K=16 ms | K=1 incl. K/V ms |")
+    print("|---|---|---|---|---|---|")
+    for name in args.configs.split(","):
+        torch.manual_seed(0)
+        model = build_model(get_config(name).replace(input_size=(args.size, args.size))).eval()
+        image = torch.rand(1, 3, args.size, args.size) * 255
+        with torch.inference_mode():
+            feats = model.encode(image)
+            mem = model.prompt_memory(feats)
+            b1, b16 = torch.rand(1, 1, 4) * 0.5 + 0.25, torch.rand(1, 16, 4) * 0.5 + 0.25
+            enc = median_ms(lambda: model.encode(image), args.runs)
+            obj = median_ms(lambda: model.decode_objects(feats), args.runs)
+            p1 = median_ms(lambda: model.decode_prompts(feats, b1, mem), args.runs)
+            p16 = median_ms(lambda: model.decode_prompts(feats, b16, mem), args.runs)
+            p1kv = median_ms(lambda: model.decode_prompts(feats, b1), args.runs)
+        print(f"| {name} | {enc:.0f} | {obj:.0f} | {p1:.1f} | {p16:.1f} | {p1kv:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

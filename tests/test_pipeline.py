@@ -1,0 +1,58 @@
+"""The Pipeline API over the torch backend: shapes in original-image pixels, batching, video, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ASSET_IMAGES
+
+
+def test_panoptic_is_in_original_image_pixels(small_pipeline):
+    result = small_pipeline.panoptic(ASSET_IMAGES / "coffee.png")
+    assert result.panoptic_seg.shape == (400, 600)
+    ids = set(np.unique(result.panoptic_seg)) - {0}
+    assert ids == {s["id"] for s in result.segments_info}
+
+
+def test_k_clicks_are_one_call_and_equal_single_calls(small_pipeline):
+    small_pipeline.set_image(ASSET_IMAGES / "rocket.jpg")
+    pts = [[100, 50], [320, 200], [600, 400]]
+    many = small_pipeline.segment(points=pts)
+    assert many.masks.shape == (3, 427, 640) and many.iou.shape == (3,)
+    for k, p in enumerate(pts):
+        one = small_pipeline.segment(points=[p])
+        assert np.mean(one.masks[0] == many.masks[k]) > 0.999
+        assert one.iou[0] == pytest.approx(many.iou[k], abs=1e-4)
+    mixed = small_pipeline.segment(points=pts[:1], boxes=[[10, 10, 200, 150]])
+    assert mixed.masks.shape[0] == 2
+
+
+def test_prompt_errors_are_one_sentence(small_pipeline):
+    small_pipeline.set_image(ASSET_IMAGES / "rocket.jpg")
+    with pytest.raises(ValueError, match="at least one point or box"):
+        small_pipeline.segment(points=[])
+    with pytest.raises(ValueError, match="outside"):
+        small_pipeline.segment(points=[[640, 10]])
+    small_pipeline.reset_image()
+    with pytest.raises(RuntimeError, match="set_image"):
+        small_pipeline.segment(points=[[1, 1]])
+
+
+def test_grayscale_and_rgba_inputs_are_converted(small_pipeline):
+    rgb = np.asarray(__import__("PIL.Image").Image.open(ASSET_IMAGES / "coffee.png").convert("RGB"))
+    gray = rgb.mean(axis=2).astype(np.uint8)
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    for img in (gray, rgba):
+        assert small_pipeline.panoptic(img).panoptic_seg.shape == (400, 600)
+
+
+def test_track_gives_consistent_ids_over_davis_frames(small_pipeline, shared_data):
+    frames = sorted((shared_data / "video_mini/JPEGImages/480p/blackswan").glob("*.jpg"))[:7]
+    for mode in ("clip", "stream"):
+        video = small_pipeline.track(frames, mode=mode)
+        results = video.to_ytvis(video_id=1, categories=small_pipeline.vocabulary.coco_categories())
+        assert results, "a random model still ranks its top (query, class) pairs"
+        for r in results:
+            assert len(r["segmentations"]) == 7
+        assert len(set(video.track_ids.tolist())) == len(video.track_ids)
+        assert video.masks_at(6).shape == (len(video.track_ids), 480, 854)
