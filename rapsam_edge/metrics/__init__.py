@@ -1,0 +1,1 @@
+"""Task metrics: panoptic quality, interactive mIoU / NoC, YouTube-VIS AP / AR."""

@@ -1,0 +1,1 @@
+"""Hungarian matcher, losses and the trainer (single process or torchrun DDP)."""
