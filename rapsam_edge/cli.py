@@ -96,6 +96,89 @@ def predict(
 
 
 @app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoints, log.jsonl, metrics.json).")],
+    preset: Annotated[str | None, typer.Option(help="Named recipe, e.g. 'mini' (see README).")] = None,
+    config: Annotated[str, typer.Option(help="Model config.")] = "rapsam_r18_lite",
+    coco_root: Annotated[Path | None, typer.Option(help="COCO layout (official or coco_mini).")] = None,
+    coco_split: Annotated[str, typer.Option(help="COCO split name, e.g. train2017.")] = "train2017",
+    coco_subset: Annotated[str | None, typer.Option(help="Id list of splits.json (coco_mini).")] = None,
+    video_root: Annotated[Path | None, typer.Option(help="YouTube-VIS layout (or video_mini).")] = None,
+    no_coco: Annotated[bool, typer.Option("--no-coco", help="Disable the COCO pseudo-video stream.")] = False,
+    no_prompts: Annotated[bool, typer.Option("--no-prompts", help="Disable the click-prompt stream.")] = False,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default 12, or the preset's).")] = None,
+    imgsz: Annotated[int | None, typer.Option(help="Training size (square, multiple of 32).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per process per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Base learning rate (AdamW).")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Override the epoch length.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop early after this many steps (smoke runs).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of data order and initialisation.")] = 0,
+    resume: Annotated[str | None, typer.Option(help="'auto' (OUT/last.pth) or a checkpoint path.")] = None,
+    init_checkpoint: Annotated[Path | None, typer.Option(help="Start from these weights.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads per process.")] = None,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the end-of-run evaluation.")] = False,
+) -> None:
+    """Train RAP-SAM (single process, or DDP: torchrun --nproc_per_node N -m rapsam_edge.cli train ...)."""
+    from .training.run import TrainRequest, run_request
+
+    req = TrainRequest(out=out, preset=preset, config=config, coco_root=coco_root, coco_split=coco_split,
+                       coco_subset=coco_subset, video_root=video_root, use_coco=not no_coco,
+                       use_prompts=not no_prompts, epochs=epochs, imgsz=imgsz, batch_size=batch_size, lr=lr,
+                       steps_per_epoch=steps_per_epoch, max_steps=max_steps, seed=seed, resume=resume,
+                       init_checkpoint=init_checkpoint, threads=threads, evaluate=not no_eval)
+    try:
+        from .progress import training_progress
+
+        with training_progress(console) as on_step:
+            result = run_request(req, on_step)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        fail(str(e))
+    if result:
+        print_metrics(result)
+
+
+@app.command("eval")
+def eval_cmd(
+    task: Annotated[str, typer.Option(help="panoptic | interactive | video")],
+    data: Annotated[Path, typer.Option(help="COCO / panoptic / YouTube-VIS layout folder.")],
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint (rapsam-edge or official).")] = None,
+    config: Annotated[str | None, typer.Option(help="Config (default: from the checkpoint).")] = None,
+    class_embeddings: Annotated[Path | None, typer.Option(help="Official text-embedding file.")] = None,
+    split: Annotated[str, typer.Option(help="Split of an official layout (val2017, valid...).")] = "val2017",
+    subset: Annotated[str | None, typer.Option(help="Id list of splits.json (coco_mini).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N images / videos.")] = None,
+    mode: Annotated[str, typer.Option(help="Video tracking: clip | stream.")] = "clip",
+    out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
+) -> None:
+    """Evaluate a checkpoint: PQ (panoptic), mIoU@1/NoC (interactive) or YouTube-VIS AP (video)."""
+    from .training.run import evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(task, data, checkpoint, config, class_embeddings, split, subset, limit, mode)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        fail(str(e))
+    print_metrics({task: result})
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, default=float))
+        console.print(f"wrote {out}")
+
+
+def print_metrics(results: dict) -> None:
+    """One table of headline metrics per evaluation."""
+    from .evaluate import summarise
+
+    table = Table(title="metrics")
+    table.add_column("evaluation")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, r in results.items():
+        for k, v in summarise([r]).items():
+            table.add_row(name, k, f"{v:.2f}")
+    Console().print(table)
+
+
+@app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
     """Configs with parameter counts, and the runtimes installed here."""
     from .info import backend_versions, config_rows

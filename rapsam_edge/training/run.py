@@ -1,0 +1,163 @@
+"""Assemble streams and run a training job (the library function behind ``rapsam-edge train``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import get_config, get_vocabulary
+from ..data.streams import CocoPseudoVideoStream, PromptStream, VideoClipStream
+from .recipes import PRESETS, Preset, default_shared_data, open_coco, open_video
+from .trainer import TrainConfig, Trainer, init_distributed
+
+
+@dataclass
+class DataSpec:
+    """Where each stream's data lives; a missing root disables that stream."""
+
+    coco_root: Path | None = None
+    coco_split: str = "train2017"
+    coco_subset: str | None = None
+    video_root: Path | None = None
+    use_coco: bool = True
+    use_prompts: bool = True
+
+
+def build_streams(spec: DataSpec, cfg: TrainConfig) -> dict[str, Any]:
+    vocab = get_vocabulary(get_config(cfg.model).vocabulary)
+    size = (cfg.imgsz, cfg.imgsz)
+    streams: dict[str, Any] = {}
+    if spec.coco_root is not None and (spec.use_coco or spec.use_prompts):
+        coco = open_coco(spec.coco_root, vocab, spec.coco_split, spec.coco_subset)
+        if spec.use_coco:
+            streams["coco"] = CocoPseudoVideoStream(coco, size=size, seed=cfg.seed)
+        if spec.use_prompts:
+            streams["prompts"] = PromptStream(coco, size=size, seed=cfg.seed)
+    if spec.video_root is not None:
+        streams["video"] = VideoClipStream(open_video(spec.video_root, vocab), size=size, seed=cfg.seed)
+    if not streams:
+        raise ValueError("no training data: give --coco-root and/or --video-root (or a --preset).")
+    return streams
+
+
+def run_training(cfg: TrainConfig, spec: DataSpec, out: Path, resume: Path | None = None,
+                 on_step: Callable[[dict[str, Any]], None] | None = None, max_steps: int | None = None,
+                 threads: int | None = None) -> Trainer:
+    """Train (single process, or DDP when launched by torchrun) and return the finished trainer."""
+    if threads:
+        torch.set_num_threads(threads)
+    init_distributed()
+    trainer = Trainer(cfg, build_streams(spec, cfg), out)
+    if resume is not None:
+        trainer.resume(resume)
+    if trainer.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "data.json").write_text(json.dumps({k: str(v) for k, v in vars(spec).items()}, indent=1))
+    trainer.fit(on_step=on_step, max_steps=max_steps)
+    return trainer
+
+
+@dataclass
+class TrainRequest:
+    """What ``rapsam-edge train`` was asked; None fields fall back to the preset, then to TrainConfig."""
+
+    out: Path
+    preset: str | None = None
+    config: str = "rapsam_r18_lite"
+    coco_root: Path | None = None
+    coco_split: str = "train2017"
+    coco_subset: str | None = None
+    video_root: Path | None = None
+    use_coco: bool = True
+    use_prompts: bool = True
+    epochs: int | None = None
+    imgsz: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    steps_per_epoch: int | None = None
+    max_steps: int | None = None
+    seed: int = 0
+    resume: str | None = None
+    init_checkpoint: Path | None = None
+    threads: int | None = None
+    evaluate: bool = True
+
+
+def resolve_request(req: TrainRequest) -> tuple[TrainConfig, DataSpec, Preset | None]:
+    preset = None
+    base: dict[str, Any] = {"model": req.config}
+    spec = DataSpec(req.coco_root, req.coco_split, req.coco_subset, req.video_root, req.use_coco, req.use_prompts)
+    if req.preset:
+        if req.preset not in PRESETS:
+            raise ValueError(f"unknown preset {req.preset!r}; known presets are {', '.join(PRESETS)}.")
+        preset = PRESETS[req.preset]
+        base = dict(preset.train_config)
+        shared = default_shared_data()
+        if not (shared / "coco_mini").is_dir():
+            raise FileNotFoundError(f"the {preset.name} preset trains on ../shared/data, not found at {shared} "
+                                    "(set RAPSAM_SHARED_DATA).")
+        spec = DataSpec(req.coco_root or shared / "coco_mini", req.coco_split, req.coco_subset or preset.coco_subset,
+                        req.video_root or shared / "video_mini", req.use_coco, req.use_prompts)
+    overrides = {"epochs": req.epochs, "imgsz": req.imgsz, "batch_size": req.batch_size, "lr": req.lr,
+                 "steps_per_epoch": req.steps_per_epoch}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    base["seed"] = req.seed
+    if req.init_checkpoint:
+        base["init_checkpoint"] = str(req.init_checkpoint)
+    return TrainConfig(**base), spec, preset
+
+
+def run_request(req: TrainRequest, on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run a training request; with a preset (and ``evaluate``), evaluate the result on the training images
+    and on the held-apart images and write ``metrics.json``. Returns those metrics ({} otherwise)."""
+    cfg, spec, preset = resolve_request(req)
+    resume = None
+    if req.resume == "auto":
+        resume = req.out / "last.pth" if (req.out / "last.pth").is_file() else None
+    elif req.resume:
+        resume = Path(req.resume)
+    trainer = run_training(cfg, spec, req.out, resume, on_step, req.max_steps, req.threads)
+    if trainer.rank != 0 or not req.evaluate or preset is None or trainer.step < trainer.total_steps:
+        return {}
+    return evaluate_run(req.out / "final.pth", spec, preset, req.out / "metrics.json")
+
+
+def evaluate_run(checkpoint: Path, spec: DataSpec, preset: Preset, out: Path) -> dict[str, Any]:
+    """Interactive + panoptic metrics of a preset run on its training images and its held-apart images."""
+    from ..evaluate import evaluate_interactive, evaluate_panoptic
+    from ..runtime import load
+
+    pipe = load(checkpoint=checkpoint)
+    results: dict[str, Any] = {}
+    if spec.coco_root is None:
+        raise ValueError("the preset evaluation needs the COCO data it was trained on.")
+    for name, subset in (("train", preset.coco_subset), ("heldout", preset.eval_subset)):
+        data = open_coco(spec.coco_root, pipe.vocabulary, spec.coco_split, subset)
+        results[f"{name}/interactive"] = evaluate_interactive(pipe, data)
+        results[f"{name}/panoptic"] = evaluate_panoptic(pipe, data)
+    out.write_text(json.dumps(results, indent=1, default=float))
+    return results
+
+
+def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: str | None,
+                        class_embeddings: Path | None, split: str, subset: str | None, limit: int | None,
+                        mode: str) -> dict[str, Any]:
+    """The library function behind ``rapsam-edge eval``."""
+    from ..evaluate import evaluate_interactive, evaluate_panoptic, evaluate_video
+    from ..runtime import load
+
+    tasks = ("panoptic", "interactive", "video")
+    if task not in tasks:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(tasks)}.")
+    pipe = load(config, checkpoint, class_embeddings=class_embeddings)
+    if task == "video":
+        return evaluate_video(pipe, open_video(data, pipe.vocabulary, split if split != "val2017" else "valid"),
+                              limit, mode)
+    dataset = open_coco(data, pipe.vocabulary, split, subset)
+    fn = evaluate_panoptic if task == "panoptic" else evaluate_interactive
+    return fn(pipe, dataset, limit)
