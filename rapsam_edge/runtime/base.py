@@ -3,6 +3,11 @@
 Every backend (torch, onnxruntime, tensorrt, coreml) implements these three calls and nothing else;
 letterboxing, click-to-box, merging and tracking live in ``preprocess``/``postprocess`` and are shared,
 so differences between backends are differences between graphs.
+
+Contract extension (design.md §7): ``encode`` returns named arrays — ``features`` and, where the graph
+computes them, ``prompt_keys`` / ``prompt_values`` (the prompt adapter's key/value projections of every
+pixel, (1, h*w, 256) each). They depend only on the image, so computing them once per image makes a
+click cost only the per-prompt work; ``decode_prompts`` receives the whole ``encode`` result.
 """
 
 from __future__ import annotations
@@ -20,16 +25,17 @@ class Backend(ABC):
     name: str = "abstract"
 
     @abstractmethod
-    def encode(self, image: np.ndarray) -> np.ndarray:
-        """image (1, 3, H, W) float32 RGB 0..255, letterboxed -> features (1, 256, H/4, W/4) float32."""
+    def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """image (1, 3, H, W) float32 RGB 0..255, letterboxed -> {"features": (1, 256, H/4, W/4), and
+        optionally "prompt_keys" / "prompt_values": (1, h*w, 256) with h, w = H/4, W/4} float32."""
 
     @abstractmethod
     def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """features (1, 256, h', w) -> cls_logits (1, Q, C+1), mask_logits (1, Q, h', w), queries (1, Q, 256)."""
 
     @abstractmethod
-    def decode_prompts(self, features: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """features (1, 256, h, w), boxes (1, K, 4) normalised cxcywh -> mask_logits (1, K, h, w), iou (1, K)."""
+    def decode_prompts(self, encoded: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``encode`` output + boxes (1, K, 4) normalised cxcywh -> mask_logits (1, K, h, w), iou (1, K)."""
 
     def describe(self) -> dict[str, Any]:
         """Facts for reports: backend name, device, precision, versions."""

@@ -34,7 +34,7 @@ ImageLike = str | Path | np.ndarray
 class _ImageState:
     image: np.ndarray
     letterbox: Letterbox
-    features: np.ndarray
+    encoded: dict[str, np.ndarray]
 
 
 @dataclass
@@ -74,13 +74,13 @@ class Pipeline:
                  overlap_thr: float = 0.8) -> PanopticResult:
         """Panoptic segmentation with the official merge (score > 0.8, overlap ratio 0.8)."""
         st = self._current(image)
-        cls, masks, _ = self.backend.decode_objects(st.features)
+        cls, masks, _ = self.backend.decode_objects(st.encoded["features"])
         return panoptic_merge(cls[0], masks[0], st.letterbox, self.isthing, score_thr, overlap_thr)
 
     def instances(self, image: ImageLike | None = None, max_per_image: int = 100) -> InstanceResult:
         """Thing instances (top-``max_per_image`` query/class pairs, mask-scored), as the official instance_on."""
         st = self._current(image)
-        cls, masks, _ = self.backend.decode_objects(st.features)
+        cls, masks, _ = self.backend.decode_objects(st.encoded["features"])
         return instance_postprocess(cls[0], masks[0], st.letterbox, self.isthing, max_per_image)
 
     def segment(self, image: ImageLike | None = None, points: Any = None, boxes: Any = None) -> InteractiveResult:
@@ -100,7 +100,7 @@ class Pipeline:
         if not parts:
             raise ValueError("segment() needs at least one point or box prompt.")
         model_boxes = np.concatenate(parts).astype(np.float32)[None]
-        masks, iou = self.backend.decode_prompts(st.features, model_boxes)
+        masks, iou = self.backend.decode_prompts(st.encoded, model_boxes)
         return interactive_postprocess(masks[0], iou[0], st.letterbox)
 
     def track(self, frames: Iterable[ImageLike], mode: str = "clip", clip_size: int | None = None,
@@ -131,7 +131,7 @@ class Pipeline:
             feats = []
             for i in tube:
                 tensor, letterbox = preprocess(images[i], self.policy)
-                feats.append(self.backend.encode(tensor))
+                feats.append(self.backend.encode(tensor)["features"])
             cls, masks, queries = self.backend.decode_objects(np.concatenate(feats, axis=2))
             tracker.update(cls[0], masks[0], queries[0], len(tube))
         assert letterbox is not None

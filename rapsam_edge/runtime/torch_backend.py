@@ -21,9 +21,6 @@ class TorchBackend(Backend):
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        # prompt-adapter keys/values depend only on the image: cache them for the last features array
-        self._memory_for: np.ndarray | None = None
-        self._memory: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _t(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
@@ -33,8 +30,9 @@ class TorchBackend(Backend):
         return tuple(t.float().cpu().numpy() for t in ts)
 
     @torch.inference_mode()
-    def encode(self, image: np.ndarray) -> np.ndarray:
-        return self._np(self.model.encode(self._t(image)))[0]
+    def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Only ``features``: eager mode computes the prompt key/values lazily, on the first click."""
+        return {"features": self._np(self.model.encode(self._t(image)))[0]}
 
     @torch.inference_mode()
     def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,12 +40,13 @@ class TorchBackend(Backend):
         return self._np(cls, masks, queries)  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def decode_prompts(self, features: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f = self._t(features)
-        if self._memory_for is not features:
-            self._memory = self.model.prompt_memory(f)
-            self._memory_for = features
-        masks, iou = self.model.decode_prompts(f, self._t(boxes), self._memory)
+    def decode_prompts(self, encoded: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f = self._t(encoded["features"])
+        if "prompt_keys" not in encoded:  # once per image; cached in the caller's encode result
+            k, v = self.model.prompt_memory(f)
+            encoded["prompt_keys"], encoded["prompt_values"] = self._np(k, v)
+        memory = (self._t(encoded["prompt_keys"]), self._t(encoded["prompt_values"]))
+        masks, iou = self.model.decode_prompts(f, self._t(boxes), memory)
         return self._np(masks, iou)  # type: ignore[return-value]
 
     def describe(self) -> dict[str, Any]:
