@@ -1,0 +1,211 @@
+"""ONNX export of the three graphs: torch.onnx dynamo exporter, opset 18, onnxsim, optional fp16.
+
+Why these choices (../shared/docs/toolchain.md): opset 18 because 23+ emits the ``Attention`` op that
+NNCF mis-quantizes and ORT's quant_pre_process rejects; ``dynamic_shapes`` for K prompts and for the clip
+height (exported from a 2-frame example: torch.export specialises a size-1 dimension to a constant);
+one self-contained file per graph (``external_data=False``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from ..bundle import Artifact, TensorSpec
+from ..model.rapsam import RapSam
+from .graphs import GRAPH_IO, build_graph, example_inputs
+
+# ops kept in fp32 inside fp16 graphs: normalisations and softmax overflow or lose precision in fp16
+FP16_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceL2", "ReduceSumSquare", "ReduceMean", "Sqrt",
+                    "Pow", "Sigmoid", "ReduceMax", "Resize"]
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    opset: int = 18
+    simplify: bool = True
+    max_prompts: int = 256
+    max_frames: int = 8
+
+
+def _dynamic_shapes(graph: str, model: RapSam, opts: OnnxOptions) -> tuple[dict[str, Any] | None, tuple]:
+    """Dynamic dims and the example inputs to trace with (2 frames for the object decoder, see module doc)."""
+    ex = example_inputs(graph, model)
+    if graph == "object_decoder":
+        h = model.config.input_size[0] // 4
+        frames = torch.export.Dim("frames", min=1, max=opts.max_frames)
+        return {"features": {2: h * frames}}, (torch.cat([ex[0], ex[0]], dim=2),)
+    if graph == "prompt_decoder":
+        k = torch.export.Dim("num_prompts", min=1, max=opts.max_prompts)
+        return {"features": None, "prompt_keys": None, "prompt_values": None, "boxes": {1: k}}, ex
+    return None, ex
+
+
+def _tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
+    out = []
+    for v in values:
+        dims = v.type.tensor_type.shape.dim
+        shape: list[int | str] = [d.dim_param if d.dim_param else int(d.dim_value) for d in dims]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+        out.append(TensorSpec(v.name, shape, dtype))
+    return out
+
+
+def export_fp32(model: RapSam, graph: str, path: Path, opts: OnnxOptions) -> dict[str, Any]:
+    """Export one graph to ``path``; returns details (export seconds, simplified, node count)."""
+    io = GRAPH_IO[graph]
+    dyn, ex = _dynamic_shapes(graph, model, opts)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(build_graph(graph, model), ex, dynamo=True, opset_version=opts.opset,
+                                    input_names=list(io.inputs), output_names=list(io.outputs),
+                                    dynamic_shapes=dyn, external_data=False, verbose=False)
+    proto = program.model_proto
+    simplified = False
+    if opts.simplify:
+        import onnxsim
+
+        proto, ok = onnxsim.simplify(proto)
+        if not ok:
+            raise RuntimeError(f"onnxsim could not validate the simplified {graph} graph; retry with --no-simplify.")
+        simplified = True
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return {"export_seconds": round(time.perf_counter() - t0, 2), "simplified": simplified,
+            "opset": opts.opset, "nodes": len(proto.graph.node)}
+
+
+def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
+    """fp16 weights and compute, fp32 inputs/outputs, numerically fragile ops kept in fp32.
+
+    The decoders' hard-mask SUM pooling adds up to h*w feature values and would overflow fp16
+    (max 65504), so the pooling and what consumes its sum up to the next LayerNorm stay in fp32.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    blocked_nodes = pooling_matmuls(model)
+    fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_BLOCKED_OPS,
+                                    node_block_list=blocked_nodes)
+    removed = remove_cast_round_trips(fp16)
+    toposort(fp16.graph)
+    onnx.checker.check_model(fp16)
+    onnx.save(fp16, str(dst))
+    return {"fp32_ops": FP16_BLOCKED_OPS, "fp32_nodes": blocked_nodes, "cast_pairs_removed": removed}
+
+
+def remove_cast_round_trips(model: onnx.ModelProto) -> int:
+    """Bypass Cast(fp32->fp16) -> Cast(fp16->fp32) pairs the converter puts between two fp32 nodes.
+
+    The converter casts every blocked node's output to fp16 and back, so a value that must stay fp32
+    (the pooled sum) would still overflow in between; rewiring the consumers to the fp32 value fixes it.
+    """
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def cast_to(node: onnx.NodeProto | None) -> int | None:
+        if node is None or node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    rename: dict[str, str] = {}
+    for node in model.graph.node:
+        first = producer.get(node.input[0]) if node.input else None
+        if cast_to(node) == f32 and cast_to(first) == f16:
+            rename[node.output[0]] = first.input[0]  # type: ignore[union-attr]
+    graph_outputs = {o.name for o in model.graph.output}
+    rename = {k: v for k, v in rename.items() if k not in graph_outputs}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    used = {i for n in model.graph.node for i in n.input} | graph_outputs
+    kept = [n for n in model.graph.node if not (n.op_type == "Cast" and all(o not in used for o in n.output))]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return len(rename)
+
+
+def pooling_matmuls(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that must stay fp32 around the hard-mask SUM pooling: the pooling MatMuls (their
+    input descends through reshapes from a thresholded mask) and everything they feed up to the next
+    LayerNormalization (the kernel updater's first Linears see the un-normalised sum)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def from_hard_mask(name: str, depth: int = 0) -> bool:
+        node = producer.get(name)
+        if node is None or depth > 4:
+            return False
+        if node.op_type == "Greater":
+            return True
+        if node.op_type in ("Reshape", "Transpose", "Cast", "Unsqueeze", "Squeeze", "Flatten"):
+            return from_hard_mask(node.input[0], depth + 1)
+        return False
+
+    seeds = [n for n in model.graph.node if n.op_type == "MatMul" and any(from_hard_mask(i) for i in n.input)]
+    keep: dict[str, None] = {}
+    stack = list(seeds)
+    while stack:
+        node = stack.pop()
+        if node.name in keep:
+            continue
+        keep[node.name] = None
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            continue
+        for out in node.output:
+            stack.extend(consumers.get(out, []))
+    return list(keep)
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Order nodes so every input is produced earlier (the fp16 converter appends its input casts last)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            (ordered if all(i in ready for i in n.input) else rest).append(n)
+            if ordered and ordered[-1] is n:
+                ready.update(n.output)
+        if len(rest) == len(pending):
+            raise RuntimeError(f"graph has a cycle or a dangling input near node {rest[0].name!r}.")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def artifact_for(graph: str, rel_path: str, precision: str, details: dict[str, Any], root: Path) -> Artifact:
+    proto = onnx.load(str(root / rel_path), load_external_data=False)
+    return Artifact(graph, "onnx", precision, rel_path, _tensor_specs(list(proto.graph.input)),
+                    _tensor_specs(list(proto.graph.output)), details=details)
+
+
+def export_onnx(model: RapSam, root: Path, precision: str = "fp32", opts: OnnxOptions = OnnxOptions(),
+                graphs: tuple[str, ...] = tuple(GRAPH_IO)) -> list[Artifact]:
+    """Write ``<graph>.onnx`` (and ``<graph>.fp16.onnx``) into ``root``; returns unregistered artifacts."""
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"ONNX export precision must be fp32 or fp16 (int8 comes from calibrate), not {precision!r}.")
+    model = model.eval()
+    arts = []
+    for graph in graphs:
+        fp32_rel = f"{graph}.onnx"
+        details = export_fp32(model, graph, root / fp32_rel, opts)
+        arts.append(artifact_for(graph, fp32_rel, "fp32", details, root))
+        if precision == "fp16":
+            rel = f"{graph}.fp16.onnx"
+            t0 = time.perf_counter()
+            extra = convert_fp16(root / fp32_rel, root / rel)
+            extra["convert_seconds"] = round(time.perf_counter() - t0, 2)
+            arts.append(artifact_for(graph, rel, "fp16", {**details, **extra}, root))
+    return arts

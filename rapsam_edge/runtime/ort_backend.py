@@ -1,0 +1,88 @@
+"""onnxruntime backend: runs a bundle's ONNX graphs (CPU, or CUDA / TensorRT / CoreML execution providers
+when the installed onnxruntime has them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..bundle import GRAPHS, Bundle, BundleError
+from .base import Backend
+
+# what each --device asks of onnxruntime, best first; CPU is always the fallback
+DEVICE_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    "coreml": ["CoreMLExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def resolve_precisions(bundle: Bundle, precision: str) -> dict[str, str]:
+    """Per-graph precision: the requested one where the bundle has it, else fp32.
+
+    INT8 bundles quantize the encoder (and optionally the object decoder) while the prompt decoder stays
+    in floating point, so "int8-cpu" legitimately mixes precisions; ``describe()`` reports what ran.
+    """
+    out = {}
+    for graph in GRAPHS:
+        if bundle.find(graph, "onnx", precision):
+            out[graph] = precision
+        elif bundle.find(graph, "onnx", "fp32"):
+            out[graph] = "fp32"
+        else:
+            raise BundleError(f"bundle {bundle.root} has no ONNX {graph} graph (export it with --target onnx).")
+    if precision != "fp32" and all(p == "fp32" for p in out.values()):
+        have = sorted({a.precision for a in bundle.artifacts if a.format == "onnx"})
+        raise BundleError(f"bundle {bundle.root} has no ONNX graph in {precision}; it has {', '.join(have)}.")
+    return out
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, precision: str = "fp32", device: str = "cpu", threads: int | None = None,
+                 providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        if device not in DEVICE_PROVIDERS:
+            raise ValueError(f"unknown onnxruntime device {device!r}; choose one of {', '.join(DEVICE_PROVIDERS)}.")
+        available = ort.get_available_providers()
+        wanted = providers or DEVICE_PROVIDERS[device]
+        if wanted[0] not in available:
+            raise RuntimeError(f"onnxruntime here has no {wanted[0]} (it has {', '.join(available)}); "
+                               "install the matching onnxruntime build or use --device cpu.")
+        self.providers = [p for p in wanted if p in available]
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.threads = threads
+        self.bundle = bundle
+        self.precisions = resolve_precisions(bundle, precision)
+        self.sessions = {g: ort.InferenceSession(str(bundle.path(bundle.require(g, "onnx", p))), opts,
+                                                 providers=self.providers)
+                         for g, p in self.precisions.items()}
+        self._inputs = {g: [i.name for i in s.get_inputs()] for g, s in self.sessions.items()}
+        self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
+
+    def _run(self, graph: str, **feeds: np.ndarray) -> list[np.ndarray]:
+        sess = self.sessions[graph]
+        return sess.run(None, {k: np.ascontiguousarray(feeds[k], dtype=np.float32) for k in self._inputs[graph]})
+
+    def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs["encoder"], self._run("encoder", image=image), strict=True))
+
+    def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cls, masks, queries = self._run("object_decoder", features=features)
+        return cls, masks, queries
+
+    def decode_prompts(self, encoded: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        masks, iou = self._run("prompt_decoder", boxes=boxes, **encoded)
+        return masks, iou
+
+    def describe(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {"backend": self.name, "providers": self.providers, "precision": self.precisions,
+                "onnxruntime": ort.__version__, "threads": self.threads}
