@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -146,6 +147,12 @@ class ModelConfig:
         return cls(**d)
 
 
+# Learned classifiers (models trained here) use a plain cosine-softmax scale of 20 at every output. The
+# official x1000 (stage) / x100 (adapter) scales suit CLIP text embeddings, whose cosines differ by
+# hundredths; with embeddings learned from scratch they make the class CE start in the hundreds and
+# swamp the mask losses (measured on coco_mini: mask losses stall at x1000, fall at x20).
+LEARNED_SCALE = dict(logit_scale=math.log(20.0), temperature=1.0)
+
 CONFIGS: dict[str, ModelConfig] = {
     c.name: c
     for c in (
@@ -153,9 +160,9 @@ CONFIGS: dict[str, ModelConfig] = {
                     description="official RAP-SAM R50 (YOSO DCN neck, CLIP text classifier)"),
         ModelConfig("rapsam_r18", "resnet18", "dcn", "text",
                     description="official recipe with ResNet-18 channels (no official weights exist)"),
-        ModelConfig("rapsam_r18_lite", "resnet18", "lite", "learned",
+        ModelConfig("rapsam_r18_lite", "resnet18", "lite", "learned", **LEARNED_SCALE,
                     description="ResNet-18, plain 3x3 convs instead of DCN, learned class embeddings (edge)"),
-        ModelConfig("rapsam_r50_lite", "resnet50", "lite", "learned",
+        ModelConfig("rapsam_r50_lite", "resnet50", "lite", "learned", **LEARNED_SCALE,
                     description="ResNet-50, plain 3x3 convs instead of DCN, learned class embeddings (edge)"),
     )
 }

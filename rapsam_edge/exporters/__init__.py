@@ -1,0 +1,28 @@
+"""Exporters: the three graphs to ONNX, CoreML and TensorRT, written into one bundle.
+
+``TARGETS`` is the one table of what each target accepts (Ultralytics' export_formats idea): the CLI
+validates arguments against it and refuses, with one sentence, options a target does not take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    precisions: tuple[str, ...]
+    default_precision: str
+    options: tuple[str, ...]
+    runs_here: str  # what can be run/validated on a CPU-only Linux machine
+
+
+TARGETS: dict[str, Target] = {
+    "onnx": Target("onnx", ("fp32", "fp16"), "fp32", ("dcn", "simplify", "opset"),
+                   "exported, run and verified in onnxruntime"),
+    "coreml": Target("coreml", ("fp16", "fp32"), "fp16", ("compress",),
+                     "converted and validated (spec, ops, sizes); prediction needs macOS"),
+    "tensorrt": Target("tensorrt", ("fp16", "int8"), "fp16", ("device", "workspace", "dla"),
+                       "ONNX inputs + trtexec line written; engines are built on the target GPU"),
+}

@@ -209,3 +209,19 @@ def export_onnx(model: RapSam, root: Path, precision: str = "fp32", opts: OnnxOp
             extra["convert_seconds"] = round(time.perf_counter() - t0, 2)
             arts.append(artifact_for(graph, rel, "fp16", {**details, **extra}, root))
     return arts
+
+
+def export_target(model: RapSam, root: Path, precision: str, req: Any) -> list[Artifact]:
+    """The ``--target onnx`` entry used by :func:`rapsam_edge.exporters.export.run_export`."""
+    if req.options.get("dcn") == "deformconv":
+        from .deformconv import export_with_deformconv
+
+        return export_with_deformconv(model, root, precision, req)
+    opts = OnnxOptions(opset=req.options.get("opset") or 18, simplify=req.options.get("simplify", True) is not False)
+    return export_onnx(model, root, precision, opts)
+
+
+def verify_target(model: RapSam, bundle: Any, precision: str, req: Any) -> dict[str, Any]:
+    from .export import default_verify_images, verify_onnx_bundle
+
+    return verify_onnx_bundle(model, bundle, precision, req.verify_images or default_verify_images())

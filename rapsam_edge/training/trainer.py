@@ -197,6 +197,16 @@ class Trainer:
         self.step = int(obj["step"])
         torch.set_rng_state(obj["torch_rng"])
 
+    def replicas_in_sync(self) -> bool:
+        """All ranks hold bit-identical parameters (what DDP's gradient averaging must guarantee)."""
+        if self.world == 1:
+            return True
+        flat = torch.cat([p.detach().reshape(-1).double() for p in self.model.parameters()])
+        mine = torch.stack([flat.sum(), (flat * torch.arange(len(flat), dtype=torch.float64)).sum()])
+        gathered = [torch.zeros_like(mine) for _ in range(self.world)]
+        dist.all_gather(gathered, mine)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
     # ---- the loop ----------------------------------------------------------------------------------
     def fit(self, on_step: Callable[[dict[str, Any]], None] | None = None, max_steps: int | None = None) -> Path:
         """Train to the end (or ``max_steps``); checkpoints every epoch; writes ``final.pth`` and an fp16
@@ -220,6 +230,11 @@ class Trainer:
                     on_step(record)
                 if self.step % save_every == 0 or self.step == end:
                     self.save()
+            in_sync = self.replicas_in_sync()
+            if log and self.world > 1:
+                log.write(json.dumps({"event": "ddp_check", "world": self.world, "params_in_sync": in_sync}) + "\n")
+            if not in_sync:
+                raise RuntimeError("DDP replicas diverged: parameters differ between ranks after training.")
             if self.step == self.total_steps and self.rank == 0:
                 save_checkpoint(self.model, self.out / "final.pth")
                 save_checkpoint(self.model, self.out / "model_fp16.pth", half=True)

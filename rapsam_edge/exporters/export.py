@@ -1,0 +1,216 @@
+"""``rapsam-edge export``: a config + checkpoint -> a verified bundle (design.md §3–4).
+
+A new bundle is built in a temporary folder and renamed into place only after verification passes;
+adding a target to an existing bundle writes the new files under temporary names first and updates the
+manifest atomically, so a failed export never leaves a bundle that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..bundle import Artifact, Bundle, BundleError, load_bundle, new_bundle
+from ..model.checkpoint import load_model
+from ..model.rapsam import RapSam
+from ..preprocess import InputPolicy
+from . import TARGETS
+from .verify import VerificationError, check, verify_graphs, verify_pipelines
+
+TOOLS = ("rapsam-edge", "torch", "onnx", "onnxruntime", "onnxscript", "onnxsim", "coremltools", "nncf", "numpy")
+
+
+@dataclass
+class ExportRequest:
+    target: str = "onnx"
+    config: str | None = None
+    checkpoint: Path | None = None
+    class_embeddings: Path | None = None
+    precision: str | None = None
+    imgsz: int | None = None
+    out: Path = Path("bundles")
+    name: str | None = None
+    force: bool = False
+    seed: int = 0
+    verify_images: list[Path] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # target-specific (dcn, simplify, compress, device ...)
+
+
+def tool_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in TOOLS:
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def validate(req: ExportRequest) -> str:
+    """Refuse unknown targets, precisions and options with one sentence; return the precision."""
+    if req.target not in TARGETS:
+        raise ValueError(f"unknown export target {req.target!r}; choose one of {', '.join(TARGETS)}.")
+    t = TARGETS[req.target]
+    precision = req.precision or t.default_precision
+    if precision not in t.precisions:
+        raise ValueError(f"--target {t.name} takes --precision {' or '.join(t.precisions)}, not {precision!r}"
+                         + (" (INT8 comes from `rapsam-edge calibrate`)." if precision.startswith("int8")
+                            and t.name == "onnx" else "."))
+    bad = sorted(k for k, v in req.options.items() if v is not None and k not in t.options)
+    if bad:
+        raise ValueError(f"--target {t.name} does not take {', '.join('--' + b for b in bad)}; "
+                         f"it takes {', '.join('--' + o for o in t.options) or 'no extra options'}.")
+    if req.imgsz is not None and (req.imgsz <= 0 or req.imgsz % 32):
+        raise ValueError(f"--imgsz {req.imgsz} must be a positive multiple of 32.")
+    return precision
+
+
+def prepare_model(req: ExportRequest) -> tuple[RapSam, dict[str, Any]]:
+    """Load the model (seeded random init when no checkpoint) and the manifest's model section."""
+    if req.checkpoint is None:
+        torch.manual_seed(req.seed)
+    model, _ = load_model(req.config or (None if req.checkpoint else "rapsam_r18_lite"), req.checkpoint,
+                          req.class_embeddings)
+    if req.imgsz:
+        model.config = model.config.replace(input_size=(req.imgsz, req.imgsz))
+    model.eval()
+    section = {
+        "config": model.config.to_dict(),
+        "checkpoint": None if req.checkpoint is None else {"path": str(req.checkpoint),
+                                                            "sha256": sha256_file(req.checkpoint)},
+        "random_init": req.checkpoint is None, "seed": req.seed if req.checkpoint is None else None,
+        "class_embeddings": str(req.class_embeddings) if req.class_embeddings else None,
+        "classifier": model.classifier.source,
+        "dcn": "none" if model.config.neck == "lite" else req.options.get("dcn") or "pytorch",
+    }
+    return model, section
+
+
+def base_manifest(model: RapSam, name: str, section: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "model": section, "classes": model.vocabulary.to_dict(),
+            "input_policy": InputPolicy(size=model.config.input_size).to_dict(), "tools": tool_versions(),
+            "verification": {}, "calibration": None}
+
+
+def _same_model(bundle: Bundle, section: dict[str, Any]) -> bool:
+    m = bundle.manifest.get("model", {})
+    return m.get("config") == section["config"] and m.get("checkpoint") == section["checkpoint"] \
+        and m.get("seed") == section["seed"]
+
+
+ExportFn = Callable[[RapSam, Path, str, ExportRequest], list[Artifact]]
+
+
+def _target_fn(target: str) -> tuple[ExportFn, Callable[..., dict[str, Any]] | None]:
+    if target == "onnx":
+        from .onnx import export_target, verify_target
+
+        return export_target, verify_target
+    if target == "coreml":
+        from .coreml import export_target, verify_target
+
+        return export_target, verify_target
+    from .tensorrt import export_target
+
+    return export_target, None
+
+
+def run_export(req: ExportRequest, log: Callable[[str], None] = lambda s: None) -> tuple[Path, dict[str, Any]]:
+    """Export, verify and register; returns (bundle path, verification report of this export)."""
+    precision = validate(req)
+    model, section = prepare_model(req)
+    name = req.name or model.config.name
+    root = req.out / name
+    export_fn, verify_fn = _target_fn(req.target)
+    existing = None
+    if (root / "manifest.json").is_file() and not req.force:
+        existing = load_bundle(root)
+        if not _same_model(existing, section):
+            raise BundleError(f"{root} holds an export of another model/checkpoint/size; use --name or --force.")
+    if existing is None:
+        with new_bundle(root, base_manifest(model, name, section), overwrite=req.force) as bundle:
+            report = _export_into(bundle, bundle.root, model, precision, req, export_fn, verify_fn, log)
+        return root, report
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging."))
+    try:
+        staged = Bundle(staging, dict(existing.manifest, artifacts=[]))
+        report = _export_into(staged, staging, model, precision, req, export_fn, verify_fn, log)
+        for art in staged.artifacts:
+            dest = root / art.path
+            if dest.exists():
+                shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            (staging / art.path).rename(dest)
+            existing.add(art)
+        existing.manifest.setdefault("verification", {}).update(staged.manifest.get("verification", {}))
+        existing.update(tools=tool_versions())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root, report
+
+
+def _export_into(bundle: Bundle, root: Path, model: RapSam, precision: str, req: ExportRequest,
+                 export_fn: ExportFn, verify_fn: Callable[..., dict[str, Any]] | None,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    arts = export_fn(model, root, precision, req)
+    for art in arts:
+        bundle.add(art)
+        log(f"{art.key}: {art.path} ({art.bytes / 1e6:.1f} MB)")
+    report: dict[str, Any] = {}
+    if verify_fn is not None:
+        report = verify_fn(model, bundle, precision, req)
+        fails = report.get("failures", [])
+        bundle.manifest.setdefault("verification", {})[f"{req.target}/{precision}"] = report
+        bundle.save()
+        if fails:
+            raise VerificationError(f"{req.target} {precision} export disagrees with PyTorch beyond tolerance: "
+                                    f"{'; '.join(fails)}. Nothing was written.")
+    return report
+
+
+def default_verify_images(limit: int = 6) -> list[Path]:
+    """The embedded photos plus the first coco_mini images when ../shared/data is present."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("rapsam_edge.assets").joinpath("images")))
+    images = sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg"))
+    from ..training.recipes import default_shared_data
+
+    coco = default_shared_data() / "coco_mini" / "images"
+    if coco.is_dir():
+        images += sorted(coco.glob("*.jpg"))[: max(0, limit - len(images))]
+    return images
+
+
+def verify_onnx_bundle(model: RapSam, bundle: Bundle, precision: str, images: list[Path],
+                       threads: int | None = None) -> dict[str, Any]:
+    """Per-graph and end-to-end agreement of the bundle's ONNX graphs with PyTorch on ``images``."""
+    from ..runtime.ort_backend import OrtBackend
+    from ..runtime.pipeline import Pipeline
+    from ..runtime.torch_backend import TorchBackend
+
+    policy = InputPolicy(size=model.config.input_size)
+    ref, cand = TorchBackend(model, threads=threads), OrtBackend(bundle, precision, threads=threads)
+    report: dict[str, Any] = {"graphs": verify_graphs(ref, cand, images, policy)}
+    report["pipeline"] = verify_pipelines(Pipeline(ref, policy, model.vocabulary),
+                                          Pipeline(cand, policy, model.vocabulary), images)
+    report["failures"] = check(report, precision)
+    report["images"] = [str(p) for p in images]
+    return report

@@ -1,0 +1,140 @@
+"""Verification of exported graphs against the PyTorch reference, on real images.
+
+Two levels, as design.md §6 asks: per graph with identical inputs (the torch encoder's outputs feed
+both decoders, so each graph's own drift is isolated) — max / mean abs error and cosine per output,
+IoU of thresholded masks — and end to end through the shared Pipeline (panoptic pixel agreement,
+interactive mask IoU), which is what a user sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..preprocess import CLICK_BOX_SIZE, InputPolicy, load_image, preprocess
+from ..runtime.base import Backend
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Minimum agreement for an export to pass (per precision)."""
+
+    cosine: float
+    mask_iou: float
+    panoptic_agreement: float
+
+
+TOLERANCES = {
+    "fp32": Tolerance(cosine=0.9999, mask_iou=0.99, panoptic_agreement=0.99),
+    "fp16": Tolerance(cosine=0.999, mask_iou=0.95, panoptic_agreement=0.95),
+    "int8": Tolerance(cosine=0.98, mask_iou=0.85, panoptic_agreement=0.85),
+}
+
+
+class VerificationError(RuntimeError):
+    """An export whose outputs disagree with PyTorch beyond its tolerance."""
+
+
+def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return {"max_abs": float(np.abs(a - b).max()), "mean_abs": float(np.abs(a - b).mean()),
+            "cosine": float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))}
+
+
+def mask_iou(ref: np.ndarray, out: np.ndarray) -> float:
+    """Mean IoU of ``logit > 0`` masks over the masks that are non-empty in either (1.0 if none are)."""
+    r, o = ref > 0, out > 0
+    axes = tuple(range(2, r.ndim))
+    inter = (r & o).sum(axis=axes).ravel()
+    union = (r | o).sum(axis=axes).ravel()
+    keep = union > 0
+    return float((inter[keep] / union[keep]).mean()) if keep.any() else 1.0
+
+
+def grid_clicks(resized_hw: tuple[int, int], n: int = 4) -> np.ndarray:
+    """(1, n*n, 4) normalised click boxes (CLICK_BOX_SIZE pixels) on a regular grid inside the resized image."""
+    h, w = resized_hw
+    ys, xs = np.meshgrid((np.arange(n) + 0.5) / n, (np.arange(n) + 0.5) / n, indexing="ij")
+    size = np.full(n * n, float(CLICK_BOX_SIZE))
+    boxes = np.stack([xs.ravel(), ys.ravel(), size / w, size / h], axis=1)
+    return boxes[None].astype(np.float32)
+
+
+def _merge(acc: dict[str, list[float]], prefix: str, stats: dict[str, float]) -> None:
+    for k, v in stats.items():
+        acc.setdefault(f"{prefix}.{k}", []).append(v)
+
+
+def verify_graphs(reference: Backend, candidate: Backend, images: list[Path], policy: InputPolicy) -> dict[str, Any]:
+    """Per-graph comparison on ``images``; returns worst-case and mean figures per output."""
+    acc: dict[str, list[float]] = {}
+    for path in images:
+        tensor, lb = preprocess(load_image(path), policy)
+        enc_ref, enc_out = reference.encode(tensor), candidate.encode(tensor)
+        for name in enc_out:
+            if name in enc_ref:
+                _merge(acc, f"encoder.{name}", compare(enc_ref[name], enc_out[name]))
+        feats = enc_ref["features"]
+        obj_ref, obj_out = reference.decode_objects(feats), candidate.decode_objects(feats)
+        for name, a, b in zip(("cls_logits", "mask_logits", "queries"), obj_ref, obj_out, strict=True):
+            _merge(acc, f"object_decoder.{name}", compare(a, b))
+        acc.setdefault("object_decoder.mask_iou", []).append(mask_iou(obj_ref[1], obj_out[1]))
+        boxes = grid_clicks(lb.resized_hw)
+        full = dict(enc_ref)
+        if "prompt_keys" not in full:
+            reference.decode_prompts(full, boxes[:, :1])  # lets the torch backend fill its key/values
+        pr_ref, pr_out = reference.decode_prompts(full, boxes), candidate.decode_prompts(dict(full), boxes)
+        for name, a, b in zip(("mask_logits", "iou"), pr_ref, pr_out, strict=True):
+            _merge(acc, f"prompt_decoder.{name}", compare(a, b))
+        acc.setdefault("prompt_decoder.mask_iou", []).append(mask_iou(pr_ref[0], pr_out[0]))
+    out: dict[str, Any] = {"images": len(images)}
+    for key, vals in acc.items():
+        worst = max(vals) if key.endswith(("max_abs", "mean_abs")) else min(vals)
+        out[key] = {"worst": worst, "mean": float(np.mean(vals))}
+    return out
+
+
+def verify_pipelines(reference: Any, candidate: Any, images: list[Path]) -> dict[str, Any]:
+    """End to end: panoptic category-map agreement and interactive mask IoU (grid clicks) per image."""
+    agree, ious = [], []
+    for path in images:
+        rgb = load_image(path)
+        pa, pb = reference.panoptic(rgb), candidate.panoptic(rgb)
+        agree.append(float((category_map(pa) == category_map(pb)).mean()))
+        h, w = rgb.shape[:2]
+        pts = np.array([(x, y) for y in (h * 0.25, h * 0.5, h * 0.75) for x in (w * 0.25, w * 0.5, w * 0.75)])
+        ma, mb = reference.segment(rgb, points=pts).masks, candidate.segment(rgb, points=pts).masks
+        inter = (ma & mb).sum(axis=(1, 2))
+        union = (ma | mb).sum(axis=(1, 2))
+        ious.extend((inter[union > 0] / union[union > 0]).tolist() or [1.0])
+    return {"panoptic_agreement": {"worst": min(agree), "mean": float(np.mean(agree))},
+            "interactive_mask_iou": {"worst": min(ious), "mean": float(np.mean(ious))}}
+
+
+def category_map(result: Any) -> np.ndarray:
+    """Per-pixel class of a PanopticResult (-1 = void), so agreement ignores arbitrary segment ids."""
+    out = np.full(result.panoptic_seg.shape, -1, dtype=np.int64)
+    for s in result.segments_info:
+        out[result.panoptic_seg == s["id"]] = s["category_id"]
+    return out
+
+
+def check(report: dict[str, Any], precision: str) -> list[str]:
+    """Failures of a verification report against the precision's tolerance (empty = pass)."""
+    tol = TOLERANCES["int8" if precision.startswith("int8") else precision]
+    fails = []
+    for key, val in report.get("graphs", {}).items():
+        if key.endswith(".cosine") and ("features" in key or "mask_logits" in key) and val["worst"] < tol.cosine:
+            fails.append(f"{key} worst {val['worst']:.6f} < {tol.cosine}")
+        if key.endswith("mask_iou") and val["mean"] < tol.mask_iou:
+            fails.append(f"{key} mean {val['mean']:.4f} < {tol.mask_iou}")
+    e2e = report.get("pipeline", {})
+    if e2e and e2e["panoptic_agreement"]["mean"] < tol.panoptic_agreement:
+        fails.append(f"panoptic agreement {e2e['panoptic_agreement']['mean']:.4f} < {tol.panoptic_agreement}")
+    if e2e and e2e["interactive_mask_iou"]["mean"] < tol.mask_iou:
+        fails.append(f"interactive mask IoU {e2e['interactive_mask_iou']['mean']:.4f} < {tol.mask_iou}")
+    return fails
