@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -116,20 +117,25 @@ def _same_model(bundle: Bundle, section: dict[str, Any]) -> bool:
 
 
 ExportFn = Callable[[RapSam, Path, str, ExportRequest], list[Artifact]]
+VerifyFn = Callable[[RapSam, Bundle, str, ExportRequest], dict[str, Any]]
+PostFn = Callable[[Bundle, str, ExportRequest], dict[str, Any]]
 
 
-def _target_fn(target: str) -> tuple[ExportFn, Callable[..., dict[str, Any]] | None]:
-    if target == "onnx":
-        from .onnx import export_target, verify_target
+@dataclass(frozen=True)
+class TargetImpl:
+    """A target module's three entry points. ``export`` writes files into the (staging) bundle root;
+    ``verify`` compares them with PyTorch before the bundle is committed; ``post`` runs after the commit
+    (TensorRT engine builds: the checked ONNX inputs stay in the bundle even when no TensorRT is here)."""
 
-        return export_target, verify_target
-    if target == "coreml":
-        from .coreml import export_target, verify_target
+    export: ExportFn
+    verify: VerifyFn | None = None
+    post: PostFn | None = None
 
-        return export_target, verify_target
-    from .tensorrt import export_target
 
-    return export_target, None
+def target_impl(target: str) -> TargetImpl:
+    module = import_module(f"rapsam_edge.exporters.{target}")
+    return TargetImpl(module.export_target, getattr(module, "verify_target", None),
+                      getattr(module, "post_export", None))
 
 
 def run_export(req: ExportRequest, log: Callable[[str], None] = lambda s: None) -> tuple[Path, dict[str, Any]]:
@@ -138,7 +144,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = lambda s: None) 
     model, section = prepare_model(req)
     name = req.name or model.config.name
     root = req.out / name
-    export_fn, verify_fn = _target_fn(req.target)
+    impl = target_impl(req.target)
     existing = None
     if (root / "manifest.json").is_file() and not req.force:
         existing = load_bundle(root)
@@ -146,12 +152,12 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = lambda s: None) 
             raise BundleError(f"{root} holds an export of another model/checkpoint/size; use --name or --force.")
     if existing is None:
         with new_bundle(root, base_manifest(model, name, section), overwrite=req.force) as bundle:
-            report = _export_into(bundle, bundle.root, model, precision, req, export_fn, verify_fn, log)
-        return root, report
+            report = _export_into(bundle, bundle.root, model, precision, req, impl, log)
+        return root, _post(impl, load_bundle(root), precision, req, report)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging."))
     try:
         staged = Bundle(staging, dict(existing.manifest, artifacts=[]))
-        report = _export_into(staged, staging, model, precision, req, export_fn, verify_fn, log)
+        report = _export_into(staged, staging, model, precision, req, impl, log)
         for art in staged.artifacts:
             dest = root / art.path
             if dest.exists():
@@ -163,19 +169,25 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = lambda s: None) 
         existing.update(tools=tool_versions())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return root, report
+    return root, _post(impl, existing, precision, req, report)
+
+
+def _post(impl: TargetImpl, bundle: Bundle, precision: str, req: ExportRequest,
+          report: dict[str, Any]) -> dict[str, Any]:
+    if impl.post is not None:
+        report = {**report, "post": impl.post(bundle, precision, req)}
+    return report
 
 
 def _export_into(bundle: Bundle, root: Path, model: RapSam, precision: str, req: ExportRequest,
-                 export_fn: ExportFn, verify_fn: Callable[..., dict[str, Any]] | None,
-                 log: Callable[[str], None]) -> dict[str, Any]:
-    arts = export_fn(model, root, precision, req)
+                 impl: TargetImpl, log: Callable[[str], None]) -> dict[str, Any]:
+    arts = impl.export(model, root, precision, req)
     for art in arts:
         bundle.add(art)
         log(f"{art.key}: {art.path} ({art.bytes / 1e6:.1f} MB)")
     report: dict[str, Any] = {}
-    if verify_fn is not None:
-        report = verify_fn(model, bundle, precision, req)
+    if impl.verify is not None:
+        report = impl.verify(model, bundle, precision, req)
         fails = report.get("failures", [])
         bundle.manifest.setdefault("verification", {})[f"{req.target}/{precision}"] = report
         bundle.save()
