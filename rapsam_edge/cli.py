@@ -179,6 +179,68 @@ def print_metrics(results: dict) -> None:
 
 
 @app.command()
+def export(
+    target: Annotated[str, typer.Option(help="onnx | coreml | tensorrt")] = "onnx",
+    config: Annotated[str | None, typer.Option(help="Config (default: from the checkpoint, else "
+                                                     "rapsam_r18_lite).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint; none = seeded random init.")] = None,
+    class_embeddings: Annotated[Path | None, typer.Option(help="Official text-embedding file.")] = None,
+    precision: Annotated[str | None, typer.Option(help="onnx: fp32|fp16; coreml: fp16|fp32; "
+                                                        "tensorrt: fp16|int8.")] = None,
+    imgsz: Annotated[int | None, typer.Option(help="Square input size (multiple of 32).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder of bundles.")] = Path("bundles"),
+    name: Annotated[str | None, typer.Option(help="Bundle name (default: the config name).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a bundle of another model.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the random init when no checkpoint.")] = 0,
+    dcn: Annotated[str | None, typer.Option(help="onnx: pytorch (standard ops) | deformconv (ONNX "
+                                                  "DeformConv, opset 19, TensorRT >= 10.1).")] = None,
+    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="onnx: skip onnxsim.")] = False,
+    compress: Annotated[str | None, typer.Option(help="coreml: none|int8|palette4|w8a8.")] = None,
+    device: Annotated[str | None, typer.Option(help="tensorrt: jetson|a100|auto.")] = None,
+    workspace: Annotated[int | None, typer.Option(help="tensorrt: builder workspace in MB.")] = None,
+    dla: Annotated[int | None, typer.Option(help="tensorrt: DLA core (Jetson).")] = None,
+    verify_images: Annotated[Path | None, typer.Option(help="Folder of images to verify on.")] = None,
+) -> None:
+    """Export the encoder / object-decoder / prompt-decoder graphs into a verified bundle."""
+    from .exporters.export import ExportRequest, run_export
+
+    options = {"dcn": dcn, "simplify": False if no_simplify else None, "compress": compress, "device": device,
+               "workspace": workspace, "dla": dla}
+    images = sorted(p for p in verify_images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
+        if verify_images else []
+    req = ExportRequest(target=target, config=config, checkpoint=checkpoint, class_embeddings=class_embeddings,
+                        precision=precision, imgsz=imgsz, out=out, name=name, force=force, seed=seed,
+                        verify_images=images, options={k: v for k, v in options.items() if v is not None})
+    try:
+        root, report = run_export(req, log=lambda s: console.print(f"  {s}"))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        fail(str(e))
+    console.print(f"[green]bundle[/] {root}")
+    print_verification(report)
+
+
+def print_verification(report: dict) -> None:
+    """Worst-case agreement per graph output and end to end."""
+    if not report:
+        return
+    table = Table(title="verification vs PyTorch (worst over images)")
+    for col in ("check", "max abs", "mean abs", "cosine / IoU"):
+        table.add_column(col)
+    graphs = report.get("graphs", {})
+    names = sorted({k.rsplit(".", 1)[0] for k in graphs if k.count(".") >= 2})
+    for n in names:
+        g = {k.rsplit(".", 1)[1]: v["worst"] for k, v in graphs.items() if k.startswith(n + ".")}
+        table.add_row(n, f"{g.get('max_abs', float('nan')):.2e}", f"{g.get('mean_abs', float('nan')):.2e}",
+                      f"{g.get('cosine', float('nan')):.6f}")
+    for k in ("object_decoder.mask_iou", "prompt_decoder.mask_iou"):
+        if k in graphs:
+            table.add_row(k, "", "", f"{graphs[k]['mean']:.4f} (mean)")
+    for k, v in report.get("pipeline", {}).items():
+        table.add_row(f"pipeline.{k}", "", "", f"{v['mean']:.4f} (mean), {v['worst']:.4f} (worst)")
+    Console().print(table)
+
+
+@app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
     """Configs with parameter counts, and the runtimes installed here."""
     from .info import backend_versions, config_rows

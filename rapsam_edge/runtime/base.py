@@ -45,6 +45,9 @@ class Backend(ABC):
 # name -> "module:factory"; imported lazily so a missing optional runtime costs nothing until asked for
 BACKENDS: dict[str, str] = {
     "torch": "rapsam_edge.runtime.torch_backend:TorchBackend",
+    "coreml": "rapsam_edge.runtime.coreml_backend:CoreMLBackend",
+    "tensorrt": "rapsam_edge.runtime.trt_backend:TrtBackend",
+    "onnxruntime": "rapsam_edge.runtime.ort_backend:OrtBackend",
 }
 
 

@@ -1,4 +1,4 @@
-"""``rapsam_edge.load``: a config name and/or checkpoint -> a ready :class:`Pipeline`."""
+"""``rapsam_edge.load``: a config name, checkpoint or exported bundle -> a ready :class:`Pipeline`."""
 
 from __future__ import annotations
 
@@ -7,36 +7,77 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..bundle import Bundle, BundleError, load_bundle
+from ..config import ModelConfig, Vocabulary
 from ..model.checkpoint import load_model
+from ..model.rapsam import RapSam
 from ..preprocess import InputPolicy
 from .base import backend_factory
 from .pipeline import Pipeline
+from .torch_backend import TorchBackend
 
 
-def load(model: str | ModelConfig | None = None, checkpoint: str | Path | None = None, backend: str = "torch",
-         class_embeddings: str | Path | None = None, device: str = "cpu", threads: int | None = None,
-         seed: int | None = 0, strict: bool = True) -> Pipeline:
+def is_bundle(path: Any) -> bool:
+    return isinstance(path, (str, Path)) and (Path(path) / "manifest.json").is_file()
+
+
+def load(model: str | Path | ModelConfig | None = None, checkpoint: str | Path | None = None,
+         backend: str | None = None, precision: str = "fp32", class_embeddings: str | Path | None = None,
+         device: str = "cpu", threads: int | None = None, seed: int | None = 0, strict: bool = True) -> Pipeline:
     """Build a Pipeline.
 
     Arguments:
-        model: config name (``rapsam_r18_lite``...) or :class:`ModelConfig`; optional when the checkpoint
-            is a rapsam-edge checkpoint (it stores its config).
+        model: config name (``rapsam_r18_lite``...), :class:`ModelConfig`, or an exported bundle folder.
+            Optional when the checkpoint is a rapsam-edge checkpoint (it stores its config).
         checkpoint: official mmengine checkpoint, bare state_dict or rapsam-edge checkpoint. Without it
-            the model is randomly initialised (seeded with ``seed``) and ``pipeline.meta["random_init"]``
-            says so.
-        backend: ``torch`` (exported backends arrive with bundles).
+            the model is randomly initialised (seeded with ``seed``) and ``meta["random_init"]`` says so.
+        backend: ``torch`` (default for configs), ``onnxruntime`` (default for bundles), ``coreml``,
+            ``tensorrt``. ``torch`` on a bundle rebuilds the PyTorch reference the bundle was exported from.
+        precision: graph precision inside a bundle (fp32, fp16, int8-cpu, int8-trt ...).
     """
-    factory = backend_factory(backend)
+    if is_bundle(model):
+        return load_from_bundle(load_bundle(model), backend or "onnxruntime", precision, device, threads)
+    backend = backend or "torch"
+    if backend != "torch":
+        raise ValueError(f"the {backend} backend runs exported graphs: pass a bundle folder "
+                         "(rapsam-edge export) instead of a config or checkpoint.")
     if checkpoint is None and seed is not None:
         torch.manual_seed(seed)
-    net, report = load_model(model, checkpoint, class_embeddings, strict)
-    policy = InputPolicy(size=net.config.input_size)
+    net, report = load_model(model, checkpoint, class_embeddings, strict)  # type: ignore[arg-type]
     meta: dict[str, Any] = {
-        "config": net.config.name,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "random_init": checkpoint is None,
-        "classifier": net.classifier.source,
+        "config": net.config.name, "checkpoint": str(checkpoint) if checkpoint else None,
+        "random_init": checkpoint is None, "classifier": net.classifier.source,
         "load_report": str(report) if report else None,
     }
-    return Pipeline(factory(net, device=device, threads=threads), policy, net.vocabulary, meta)
+    return Pipeline(TorchBackend(net, device=device, threads=threads), InputPolicy(size=net.config.input_size),
+                    net.vocabulary, meta)
+
+
+def reference_model(bundle: Bundle) -> RapSam:
+    """The PyTorch model a bundle was exported from (its checkpoint, or its seeded random init)."""
+    section = bundle.manifest["model"]
+    cfg = ModelConfig.from_dict(section["config"])
+    ckpt = section.get("checkpoint")
+    if ckpt is None:
+        torch.manual_seed(section.get("seed") or 0)
+        model, _ = load_model(cfg.replace(input_size=cfg.input_size))
+    else:
+        path = Path(ckpt["path"])
+        if not path.is_file():
+            raise BundleError(f"the torch reference of {bundle.root} needs its checkpoint {path}, which is missing.")
+        model, _ = load_model(None, path, section.get("class_embeddings"), strict=True)
+        model.config = cfg
+    return model
+
+
+def load_from_bundle(bundle: Bundle, backend: str, precision: str, device: str, threads: int | None) -> Pipeline:
+    policy = InputPolicy.from_dict(bundle.manifest["input_policy"])
+    vocab = Vocabulary.from_dict(bundle.manifest["classes"])
+    meta: dict[str, Any] = {"bundle": str(bundle.root), "bundle_manifest_sha256": bundle.manifest_hash(),
+                            "config": bundle.manifest["model"]["config"]["name"],
+                            "random_init": bundle.manifest["model"].get("random_init", False)}
+    if backend == "torch":
+        impl: Any = TorchBackend(reference_model(bundle), device=device, threads=threads)
+    else:
+        impl = backend_factory(backend)(bundle, precision=precision, device=device, threads=threads)
+    return Pipeline(impl, policy, vocab, meta)

@@ -1,0 +1,90 @@
+"""CoreML backend: runs a bundle's ``coreml/*.mlpackage`` graphs (macOS 13+ only).
+
+The packages have fixed shapes (exporters/coreml.py): the prompt decoder takes exactly ``slots`` boxes
+(16 by default), so ``decode_prompts`` pads K < slots with a dummy box and drops its outputs, and splits
+K > slots into several calls; the object decoder is single-frame (T=1), so a clip (features of height T*h)
+is refused — decode the frames one by one (streaming mode) or use the onnxruntime backend for clip mode.
+The three models are loaded once with the requested compute units; CoreML picks the hardware itself
+within them, so ``device`` (other than a compute-unit name) and ``threads`` have no effect.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+
+from ..bundle import GRAPHS, Bundle
+from .base import Backend
+
+COMPUTE_UNITS = {"all": "ALL", "cpuAndNeuralEngine": "CPU_AND_NE", "cpuAndGPU": "CPU_AND_GPU", "cpuOnly": "CPU_ONLY"}
+NOT_MACOS = ("the coreml backend runs CoreML models, which needs macOS 13+; on this platform use --backend "
+             "onnxruntime (or validate the package with rapsam-edge export --target coreml)")
+PAD_BOX = (0.5, 0.5, 0.05, 0.05)  # what unused prompt slots hold (their outputs are discarded)
+
+
+class CoreMLBackend(Backend):
+    name = "coreml"
+
+    def __init__(self, bundle: Bundle, precision: str = "fp16", compress: str = "none", compute_units: str = "all",
+                 threads: int | None = None, device: str | None = None):
+        if platform.system() != "Darwin":
+            raise RuntimeError(NOT_MACOS)
+        import coremltools as ct  # everything below needs macOS (not exercised on Linux)
+
+        from ..exporters.coreml import artifact_precision
+
+        if device in COMPUTE_UNITS:
+            compute_units = device
+        if compute_units not in COMPUTE_UNITS:
+            raise ValueError(f"unknown compute units {compute_units!r}; choose one of {', '.join(COMPUTE_UNITS)}.")
+        if "-" in precision:  # "fp16-int8" as written in the manifest
+            precision, compress = precision.split("-", 1)
+        self.precision = artifact_precision(precision, compress)
+        self.compute_units = compute_units
+        self.arts = {g: bundle.require(g, "coreml", self.precision) for g in GRAPHS}
+        units = getattr(ct.ComputeUnit, COMPUTE_UNITS[compute_units])
+        self.models = {g: ct.models.MLModel(str(bundle.path(a)), compute_units=units) for g, a in self.arts.items()}
+        shapes = {t.name: t.shape for t in self.arts["prompt_decoder"].inputs}
+        self.slots = int(shapes["boxes"][1])
+        self.feature_hw = tuple(int(v) for v in shapes["features"][2:])
+
+    def _predict(self, graph: str, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.models[graph].predict({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()})
+        return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+    def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._predict("encoder", image=image)
+        return {k: out[k] for k in ("features", "prompt_keys", "prompt_values")}
+
+    def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if tuple(features.shape[2:]) != self.feature_hw:
+            raise ValueError(f"the CoreML object decoder is single-frame: it takes features of height "
+                             f"{self.feature_hw[0]}, not {features.shape[2]} (a {features.shape[2] // self.feature_hw[0]}"
+                             "-frame clip); decode frame by frame or use the onnxruntime backend for clip mode.")
+        out = self._predict("object_decoder", features=features)
+        return out["cls_logits"], out["mask_logits"], out["queries"]
+
+    def decode_prompts(self, encoded: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if "prompt_keys" not in encoded:
+            raise ValueError("decode_prompts needs this backend's encode() output (features, prompt_keys, "
+                             "prompt_values).")
+        k = boxes.shape[1]
+        masks, ious = [], []
+        for start in range(0, max(k, 1), self.slots):
+            chunk = boxes[:, start:start + self.slots]
+            n = chunk.shape[1]
+            pad = np.broadcast_to(np.asarray(PAD_BOX, np.float32), (1, self.slots - n, 4))
+            out = self._predict("prompt_decoder", features=encoded["features"], prompt_keys=encoded["prompt_keys"],
+                                prompt_values=encoded["prompt_values"], boxes=np.concatenate([chunk, pad], axis=1))
+            masks.append(out["mask_logits"][:, :n])
+            ious.append(out["iou"][:, :n])
+        return np.concatenate(masks, axis=1), np.concatenate(ious, axis=1)
+
+    def describe(self) -> dict[str, Any]:
+        import coremltools as ct
+
+        return {"backend": self.name, "precision": self.precision, "compute_units": self.compute_units,
+                "prompt_slots": self.slots, "coremltools": ct.__version__, "macos": platform.mac_ver()[0],
+                "deployment_target": {g: a.details.get("deployment_target") for g, a in self.arts.items()}}

@@ -1,0 +1,155 @@
+"""ONNX export into a bundle: schema, IO contract, dynamic K / clip height, verification, atomicity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import rapsam_edge
+from rapsam_edge.bundle import BundleError, load_bundle
+from rapsam_edge.exporters import export as export_mod
+from rapsam_edge.exporters.export import ExportRequest, run_export, validate
+from rapsam_edge.exporters.verify import VerificationError
+from rapsam_edge.runtime.ort_backend import OrtBackend
+from rapsam_edge.runtime.torch_backend import TorchBackend
+
+from conftest import ASSET_IMAGES
+
+IMAGES = sorted(ASSET_IMAGES.glob("*.png"))[:2]
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles")
+    for precision in ("fp32", "fp16"):
+        run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=128, out=out, precision=precision,
+                                 verify_images=IMAGES))
+    return out / "rapsam_r18_lite"
+
+
+def test_manifest_records_the_contract(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    assert m["schema_version"] == 1 and m["model"]["config"]["input_size"] == [128, 128]
+    assert m["model"]["random_init"] is True and m["model"]["dcn"] == "none"
+    assert m["input_policy"]["pad_value"] == [123.675, 116.28, 103.53]
+    assert len(m["classes"]["names"]) == 133 and "torch" in m["tools"] and "onnxruntime" in m["tools"]
+    keys = {a.key for a in bundle.artifacts}
+    assert keys == {f"{g}/onnx/{p}" for g in ("encoder", "object_decoder", "prompt_decoder") for p in ("fp32", "fp16")}
+    enc = bundle.require("encoder", "onnx", "fp32")
+    assert [t.name for t in enc.inputs] == ["image"] and enc.inputs[0].shape == [1, 3, 128, 128]
+    assert [t.name for t in enc.outputs] == ["features", "prompt_keys", "prompt_values"]
+    prompt = bundle.require("prompt_decoder", "onnx", "fp16")
+    assert prompt.inputs[-1].shape == [1, "num_prompts", 4] and prompt.inputs[-1].dtype == "float32"
+    assert all(len(a.sha256) == 64 and a.bytes > 0 for a in bundle.artifacts)
+    for precision in ("fp32", "fp16"):
+        report = m["verification"][f"onnx/{precision}"]
+        assert report["failures"] == []
+        assert report["pipeline"]["interactive_mask_iou"]["mean"] >= (0.99 if precision == "fp32" else 0.95)
+
+
+def test_dynamic_prompts_and_clip_height_match_torch(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    ort_b = OrtBackend(bundle, "fp32", threads=2)
+    from rapsam_edge.runtime.loader import reference_model
+
+    ref = TorchBackend(reference_model(bundle))
+    image = np.random.default_rng(0).uniform(0, 255, (1, 3, 128, 128)).astype(np.float32)
+    enc = ort_b.encode(image)
+    enc_ref = ref.encode(image)
+    assert np.abs(enc["features"] - enc_ref["features"]).max() < 1e-3
+    for k in (1, 7):
+        boxes = np.random.default_rng(k).uniform(0.2, 0.8, (1, k, 4)).astype(np.float32)
+        boxes[..., 2:] = 0.05
+        masks, iou = ort_b.decode_prompts(enc, boxes)
+        assert masks.shape == (1, k, 32, 32) and iou.shape == (1, k)
+        ref_masks, _ = ref.decode_prompts(dict(enc), boxes)
+        assert np.mean((masks > 0) == (ref_masks > 0)) > 0.99
+    clip = np.concatenate([enc["features"], enc["features"]], axis=2)
+    cls, masks, queries = ort_b.decode_objects(clip)
+    rcls, rmasks, _ = ref.decode_objects(clip)
+    assert masks.shape == (1, 100, 64, 32) and np.abs(cls - rcls).max() < 1e-2
+
+
+def test_onnxruntime_pipeline_through_load(bundle_dir):
+    pipe = rapsam_edge.load(bundle_dir, precision="fp16")
+    assert pipe.describe()["precision"] == {"encoder": "fp16", "object_decoder": "fp16", "prompt_decoder": "fp16"}
+    res = pipe.segment(IMAGES[0], points=[[100, 100], [300, 200]])
+    assert res.masks.shape[0] == 2
+    with pytest.raises(BundleError, match="no ONNX graph in int8-cpu"):
+        rapsam_edge.load(bundle_dir, precision="int8-cpu")
+
+
+def test_tampered_or_foreign_bundles_are_named(bundle_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    with (copy / "object_decoder.onnx").open("ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(BundleError, match="object_decoder.onnx has sha256"):
+        load_bundle(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="schema version 99"):
+        load_bundle(copy)
+    with pytest.raises(BundleError, match="not a rapsam-edge bundle"):
+        load_bundle(tmp_path)
+
+
+def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
+    def failing_check(report, precision):
+        return ["prompt_decoder.mask_iou mean 0.5 < 0.99"]
+
+    monkeypatch.setattr(export_mod, "check", failing_check)
+    req = ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=64, out=tmp_path, verify_images=IMAGES[:1])
+    with pytest.raises(VerificationError, match="Nothing was written"):
+        run_export(req)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("req,message", [
+    (ExportRequest(target="tflite"), "unknown export target"),
+    (ExportRequest(target="onnx", precision="int8"), "INT8 comes from `rapsam-edge calibrate`"),
+    (ExportRequest(target="onnx", imgsz=100), "multiple of 32"),
+    (ExportRequest(target="onnx", options={"device": "jetson"}), "does not take --device"),
+])
+def test_bad_export_requests_are_refused(req, message):
+    with pytest.raises(ValueError, match=message):
+        validate(req)
+
+
+def test_other_checkpoint_into_an_existing_bundle_is_refused(bundle_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundles" / "rapsam_r18_lite"
+    shutil.copytree(bundle_dir, copy)
+    with pytest.raises(BundleError, match="another model"):
+        run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=128, seed=1, out=tmp_path / "bundles"))
+
+
+@pytest.mark.slow
+def test_dcn_config_exports_with_standard_ops(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    root, report = run_export(ExportRequest(target="onnx", config="rapsam_r18", imgsz=128, out=tmp_path,
+                                            verify_images=IMAGES[:1]))
+    ops = {n.op_type for n in onnx.load(str(root / "encoder.onnx")).graph.node}
+    assert "GridSample" in ops and "DeformConv" not in ops
+    assert report["failures"] == [] and load_bundle(root).manifest["model"]["dcn"] == "pytorch"
+
+
+def test_export_cli(tmp_path):
+    from rapsam_edge.cli import app
+
+    res = CliRunner().invoke(app, ["export", "--imgsz", "64", "--out", str(tmp_path), "--verify-images",
+                                   str(ASSET_IMAGES)])
+    assert res.exit_code == 0, res.output
+    assert "verification vs PyTorch" in res.output and "bundle" in res.output
+    assert (tmp_path / "rapsam_r18_lite" / "manifest.json").is_file()
