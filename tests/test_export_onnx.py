@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import ASSET_IMAGES
 from typer.testing import CliRunner
 
 import rapsam_edge
@@ -16,8 +17,6 @@ from rapsam_edge.exporters.export import ExportRequest, run_export, validate
 from rapsam_edge.exporters.verify import VerificationError
 from rapsam_edge.runtime.ort_backend import OrtBackend
 from rapsam_edge.runtime.torch_backend import TorchBackend
-
-from conftest import ASSET_IMAGES
 
 IMAGES = sorted(ASSET_IMAGES.glob("*.png"))[:2]
 
