@@ -152,3 +152,20 @@ def test_export_cli(tmp_path):
     assert res.exit_code == 0, res.output
     assert "verification vs PyTorch" in res.output and "bundle" in res.output
     assert (tmp_path / "rapsam_r18_lite" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_dcn_as_onnx_deformconv_runs_and_matches_torch(tmp_path):
+    import onnx
+
+    root, report = run_export(ExportRequest(target="onnx", config="rapsam_r18", imgsz=128, out=tmp_path,
+                                            options={"dcn": "deformconv"}, verify_images=IMAGES[:1]))
+    model = onnx.load(str(root / "encoder.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("DeformConv") == 3 and "GridSample" not in ops
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [19]
+    assert report["failures"] == [] and report["graphs"]["encoder.features.cosine"]["worst"] > 0.9999
+    assert load_bundle(root).manifest["model"]["dcn"] == "deformconv"
+    with pytest.raises(ValueError, match="no deformable convolutions"):
+        run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=64, out=tmp_path / "x",
+                                 options={"dcn": "deformconv"}, verify_images=IMAGES[:1]))

@@ -112,8 +112,7 @@ def base_manifest(model: RapSam, name: str, section: dict[str, Any]) -> dict[str
 
 def _same_model(bundle: Bundle, section: dict[str, Any]) -> bool:
     m = bundle.manifest.get("model", {})
-    return m.get("config") == section["config"] and m.get("checkpoint") == section["checkpoint"] \
-        and m.get("seed") == section["seed"]
+    return all(m.get(k) == section[k] for k in ("config", "checkpoint", "seed", "dcn"))
 
 
 ExportFn = Callable[[RapSam, Path, str, ExportRequest], list[Artifact]]

@@ -57,7 +57,8 @@ def _tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
     return out
 
 
-def export_fp32(model: RapSam, graph: str, path: Path, opts: OnnxOptions) -> dict[str, Any]:
+def export_fp32(model: RapSam, graph: str, path: Path, opts: OnnxOptions,
+                custom_translation_table: dict[Any, Any] | None = None) -> dict[str, Any]:
     """Export one graph to ``path``; returns details (export seconds, simplified, node count)."""
     io = GRAPH_IO[graph]
     dyn, ex = _dynamic_shapes(graph, model, opts)
@@ -66,7 +67,8 @@ def export_fp32(model: RapSam, graph: str, path: Path, opts: OnnxOptions) -> dic
         warnings.simplefilter("ignore")
         program = torch.onnx.export(build_graph(graph, model), ex, dynamo=True, opset_version=opts.opset,
                                     input_names=list(io.inputs), output_names=list(io.outputs),
-                                    dynamic_shapes=dyn, external_data=False, verbose=False)
+                                    dynamic_shapes=dyn, external_data=False, verbose=False,
+                                    custom_translation_table=custom_translation_table)
     proto = program.model_proto
     simplified = False
     if opts.simplify:
