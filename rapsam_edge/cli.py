@@ -199,7 +199,9 @@ def export(
     device: Annotated[str | None, typer.Option(help="tensorrt: jetson|a100|auto.")] = None,
     workspace: Annotated[int | None, typer.Option(help="tensorrt: builder workspace in MB.")] = None,
     dla: Annotated[int | None, typer.Option(help="tensorrt: DLA core (Jetson).")] = None,
-    verify_images: Annotated[Path | None, typer.Option(help="Folder of images to verify on.")] = None,
+    verify_images: Annotated[Path | None, typer.Option(help="Folder of images to verify on (default: the "
+                                                            "embedded photos + coco_mini when present).")] = None,
+    verify_limit: Annotated[int, typer.Option(help="Verify on at most this many images of the folder.")] = 8,
 ) -> None:
     """Export the encoder / object-decoder / prompt-decoder graphs into a verified bundle."""
     from .exporters.export import ExportRequest, run_export
@@ -208,6 +210,9 @@ def export(
                "workspace": workspace, "dla": dla}
     images = sorted(p for p in verify_images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
         if verify_images else []
+    if verify_images and not images:
+        fail(f"--verify-images {verify_images} holds no .jpg/.png images.")
+    images = images[:verify_limit]
     req = ExportRequest(target=target, config=config, checkpoint=checkpoint, class_embeddings=class_embeddings,
                         precision=precision, imgsz=imgsz, out=out, name=name, force=force, seed=seed,
                         verify_images=images, options={k: v for k, v in options.items() if v is not None})

@@ -89,7 +89,7 @@ PRESETS = {
         # from scratch (no ImageNet weights can be fetched here): full backbone lr, short warm-up, prompts
         # weighted up (interactive accuracy is what calibration and the apps measure most), 12,544 points
         # scaled to the 256x256 input (3,136 = 56^2)
-        train_config=dict(model="rapsam_r18_lite", imgsz=256, epochs=18, batch_size=2, lr=3e-4,
+        train_config=dict(model="rapsam_r18_lite", imgsz=256, epochs=12, batch_size=2, lr=3e-4,
                           backbone_lr_mult=1.0, warmup_iters=50, grad_clip=1.0, num_points=3136,
                           stream_weights={"coco": 80.0, "prompts": 120.0, "video": 25.0}),
     ),
