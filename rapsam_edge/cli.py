@@ -119,11 +119,11 @@ def train(
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the end-of-run evaluation.")] = False,
 ) -> None:
     """Train RAP-SAM (single process, or DDP: torchrun --nproc_per_node N -m rapsam_edge.cli train ...)."""
-    from .training.run import TrainRequest, run_request
+    from .training.run import DataSpec, TrainRequest, run_request
 
-    req = TrainRequest(out=out, preset=preset, config=config, coco_root=coco_root, coco_split=coco_split,
-                       coco_subset=coco_subset, video_root=video_root, use_coco=not no_coco,
-                       use_prompts=not no_prompts, epochs=epochs, imgsz=imgsz, batch_size=batch_size, lr=lr,
+    data = DataSpec(coco_root, coco_split, coco_subset, video_root, use_coco=not no_coco, use_prompts=not no_prompts)
+    req = TrainRequest(out=out, preset=preset, config=config, data=data, epochs=epochs, imgsz=imgsz,
+                       batch_size=batch_size, lr=lr,
                        steps_per_epoch=steps_per_epoch, max_steps=max_steps, seed=seed, resume=resume,
                        init_checkpoint=init_checkpoint, threads=threads, evaluate=not no_eval)
     try:

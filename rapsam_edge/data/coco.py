@@ -152,7 +152,37 @@ def _check_size(image: np.ndarray, hw: tuple[int, int], path: Path, what: str) -
                          f"file says {hw[1]}x{hw[0]}.")
 
 
-class CocoInstances:
+class _ImageDataset:
+    """Id selection, class mapping and the LRU-cached ``__getitem__`` shared by the COCO datasets."""
+
+    image_ids: list[int]
+
+    def _index(self, available: list[int], image_ids: list[int] | None, missing: str, vocabulary: Vocabulary,
+               cache_size: int) -> None:
+        if image_ids is None:
+            self.image_ids = available
+        else:
+            known = set(available)
+            unknown = [i for i in image_ids if i not in known]
+            if unknown:
+                raise ValueError(f"Image ids {unknown[:5]} {missing}.")
+            self.image_ids = list(image_ids)
+        self._cat_to_index = category_index(vocabulary)
+        self._cache = LRUCache(self._load, cache_size)
+
+    def _load(self, i: int) -> Record:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, i: int) -> Record:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)} images.")
+        return self._cache(int(i) % len(self))
+
+
+class CocoInstances(_ImageDataset):
     """A COCO-instances dataset (JSON with polygon / RLE segmentations), decoded by pycocotools.
 
     Args:
@@ -179,24 +209,7 @@ class CocoInstances:
         except (KeyError, TypeError) as exc:
             raise AnnotationFileError(f"Annotation file {str(self.ann_file)!r} has a malformed image or "
                                       f"annotation entry (missing key {exc}).") from None
-        known = set(self.coco.imgs)
-        if image_ids is None:
-            self.image_ids = sorted(known)
-        else:
-            unknown = [i for i in image_ids if i not in known]
-            if unknown:
-                raise ValueError(f"Image ids {unknown[:5]} are not in {str(self.ann_file)!r}.")
-            self.image_ids = list(image_ids)
-        self._cat_to_index = category_index(vocabulary)
-        self._cache = LRUCache(self._load, cache_size)
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def __getitem__(self, i: int) -> Record:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for a dataset of {len(self)} images.")
-        return self._cache(int(i) % len(self))
+        self._index(sorted(self.coco.imgs), image_ids, f"are not in {str(self.ann_file)!r}", vocabulary, cache_size)
 
     def num_annotations(self, include_crowd: bool = True) -> int:
         """Annotations of the selected images (any category), optionally without crowd ones."""
@@ -243,7 +256,7 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     return c[..., 0] + 256 * c[..., 1] + 65536 * c[..., 2]
 
 
-class CocoPanoptic:
+class CocoPanoptic(_ImageDataset):
     """A COCO-panoptic dataset: RGB-id PNGs plus ``segments_info`` (things and stuff, crowd flags).
 
     Args:
@@ -274,24 +287,8 @@ class CocoPanoptic:
             raise AnnotationFileError(f"Annotation file {str(self.pan_json)!r} has a malformed image or "
                                       f"annotation entry ({exc}).") from None
         self.categories = list(data["categories"])
-        available = sorted(set(self.images) & set(self.annotations))
-        if image_ids is None:
-            self.image_ids = available
-        else:
-            unknown = [i for i in image_ids if i not in self.annotations or i not in self.images]
-            if unknown:
-                raise ValueError(f"Image ids {unknown[:5]} have no panoptic annotation in {str(self.pan_json)!r}.")
-            self.image_ids = list(image_ids)
-        self._cat_to_index = category_index(vocabulary)
-        self._cache = LRUCache(self._load, cache_size)
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def __getitem__(self, i: int) -> Record:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for a dataset of {len(self)} images.")
-        return self._cache(int(i) % len(self))
+        self._index(sorted(set(self.images) & set(self.annotations)), image_ids,
+                    f"have no panoptic annotation in {str(self.pan_json)!r}", vocabulary, cache_size)
 
     def _load(self, i: int) -> Record:
         img_id = self.image_ids[i]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,7 @@ class TrainRequest:
     out: Path
     preset: str | None = None
     config: str = "rapsam_r18_lite"
-    coco_root: Path | None = None
-    coco_split: str = "train2017"
-    coco_subset: str | None = None
-    video_root: Path | None = None
-    use_coco: bool = True
-    use_prompts: bool = True
+    data: DataSpec = field(default_factory=DataSpec)
     epochs: int | None = None
     imgsz: int | None = None
     batch_size: int | None = None
@@ -91,7 +86,7 @@ class TrainRequest:
 def resolve_request(req: TrainRequest) -> tuple[TrainConfig, DataSpec, Preset | None]:
     preset = None
     base: dict[str, Any] = {"model": req.config}
-    spec = DataSpec(req.coco_root, req.coco_split, req.coco_subset, req.video_root, req.use_coco, req.use_prompts)
+    spec = req.data
     if req.preset:
         if req.preset not in PRESETS:
             raise ValueError(f"unknown preset {req.preset!r}; known presets are {', '.join(PRESETS)}.")
@@ -101,8 +96,9 @@ def resolve_request(req: TrainRequest) -> tuple[TrainConfig, DataSpec, Preset | 
         if not (shared / "coco_mini").is_dir():
             raise FileNotFoundError(f"the {preset.name} preset trains on ../shared/data, not found at {shared} "
                                     "(set RAPSAM_SHARED_DATA).")
-        spec = DataSpec(req.coco_root or shared / "coco_mini", req.coco_split, req.coco_subset or preset.coco_subset,
-                        req.video_root or shared / "video_mini", req.use_coco, req.use_prompts)
+        d = req.data
+        spec = DataSpec(d.coco_root or shared / "coco_mini", d.coco_split, d.coco_subset or preset.coco_subset,
+                        d.video_root or shared / "video_mini", d.use_coco, d.use_prompts)
     overrides = {"epochs": req.epochs, "imgsz": req.imgsz, "batch_size": req.batch_size, "lr": req.lr,
                  "steps_per_epoch": req.steps_per_epoch}
     base.update({k: v for k, v in overrides.items() if v is not None})
