@@ -1,0 +1,250 @@
+"""--target tensorrt on a machine without TensorRT: checked ONNX inputs + trtexec lines land in the bundle, the
+engine build stops with one sentence; fingerprint probes and comparisons on sample outputs (no GPU, no fake
+tensorrt module)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from rapsam_edge.bundle import BundleError, load_bundle
+from rapsam_edge.exporters.export import ExportRequest, run_export
+from rapsam_edge.exporters.tensorrt import (
+    INT8_NEEDS_CALIBRATION,
+    EngineSpec,
+    TrtOptions,
+    _check_qdq,
+    engine_specs,
+    main,
+    trtexec_line,
+)
+from rapsam_edge.runtime.base import backend_factory
+from rapsam_edge.runtime.trt_backend import (
+    TrtBackend,
+    device_fingerprint,
+    engine_precisions,
+    fingerprint_mismatch,
+    parse_device_tree_model,
+    parse_nvidia_smi,
+    parse_nvpmodel,
+    parse_tegra_release,
+    resolve_device,
+)
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
+                                reason="these tests cover a machine without TensorRT")
+ASTRONAUT = Path(__file__).resolve().parents[1] / "rapsam_edge" / "assets" / "images" / "astronaut.png"
+
+TEGRA_R36 = ("# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, "
+             "DATE: Mon May  6 17:34:21 UTC 2024\n# KERNEL_VARIANT: oot\nTARGET_USERSPACE_LIB_DIR=nvidia\n")
+TEGRA_R35 = "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 2023\n"
+SMI_A100 = "NVIDIA A100-SXM4-40GB, 8.0\nNVIDIA A100-SXM4-40GB, 8.0\n"
+NVPMODEL = "NVPM WARN: fan mode is not set!\nNV Power Mode: MAXN\n0\n"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One fp16 export at 128 px for the Jetson profile; returns (bundle root, the error run_export raised)."""
+    out = tmp_path_factory.mktemp("trt")
+    req = ExportRequest(target="tensorrt", config="rapsam_r18_lite", imgsz=128, out=out,
+                        options={"device": "jetson"}, verify_images=[ASTRONAUT])
+    with pytest.raises(RuntimeError) as err:
+        run_export(req)
+    return out / "rapsam_r18_lite", err.value
+
+
+def test_export_without_tensorrt_keeps_checked_inputs(exported):
+    root, err = exported
+    msg = str(err)
+    assert msg.startswith("TensorRT is not installed here") and msg.count(". ") == 0 and msg.endswith(".")
+    assert "build_fp16.sh" in msg and str(root / "tensorrt") in msg
+    bundle = load_bundle(root)  # committed and sha256-clean despite the failed engine build
+    keys = {a.key for a in bundle.artifacts}
+    assert keys == {f"{g}/tensorrt-onnx/fp16" for g in ("encoder", "object_decoder", "prompt_decoder", "build")}
+    assert not any(a.format == "tensorrt" for a in bundle.artifacts)
+    for graph in ("encoder", "object_decoder", "prompt_decoder"):
+        art = bundle.require(graph, "tensorrt-onnx", "fp16")
+        onnx.checker.check_model(str(bundle.path(art)))
+        assert art.details["checker"] == "passed" and art.details["unlisted_ops"] == []
+        assert art.details["tensorrt_min"] == "10.0" and art.details["opset"] == 18
+        sess = ort.InferenceSession(str(bundle.path(art)), providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.random.default_rng(0).random([1 if isinstance(d, str) else d for d in i.shape],
+                                                          dtype=np.float32) for i in sess.get_inputs()}
+        assert all(np.isfinite(o).all() for o in sess.run(None, feeds))
+    od = bundle.require("object_decoder", "tensorrt-onnx", "fp16")
+    assert od.inputs[0].shape == [1, 256, 32, 32]  # single frame, static
+    pd = bundle.require("prompt_decoder", "tensorrt-onnx", "fp16")
+    assert pd.inputs[-1].name == "boxes" and isinstance(pd.inputs[-1].shape[1], str)
+    assert pd.details["checked_prompts"] == [1, 16, 64]
+    report = bundle.manifest["verification"]["tensorrt/fp16"]
+    assert report["failures"] == [] and report["graphs"]["prompt_decoder.mask_iou"]["mean"] > 0.95
+
+
+def test_build_script_and_manifest_record_trtexec_lines(exported):
+    root, _ = exported
+    bundle = load_bundle(root)
+    build = bundle.require("build", "tensorrt-onnx", "fp16")
+    script = (root / build.path).read_text()
+    assert subprocess.run(["bash", "-n", str(root / build.path)]).returncode == 0
+    lines = [ln for ln in script.splitlines() if ln.startswith("trtexec ")]
+    assert lines == build.details["trtexec"] and len(lines) == 3
+    for ln, graph in zip(lines, ("encoder", "object_decoder", "prompt_decoder"), strict=True):
+        assert f"--onnx={graph}.fp16.onnx" in ln and f"--saveEngine={graph}.fp16.plan" in ln
+        assert "--stronglyTyped" in ln and "--memPoolSize=workspace:1024M" in ln
+        assert "--fp16" not in ln and "--int8" not in ln  # strongly typed: precision comes from the graph
+    assert "--minShapes=boxes:1x1x4 --optShapes=boxes:1x16x4 --maxShapes=boxes:1x64x4" in lines[2]
+    assert "minShapes" not in lines[0] + lines[1]
+    assert build.details["tensorrt_min"] == "10.0" and "opset 18" in " ".join(build.details["tensorrt_min_reasons"])
+    assert build.details["options"] == {"device": "jetson", "profile": "jetson", "workspace_mb": 1024, "dla": None,
+                                        "prompt_slots": 16}
+    assert build.details["prompt_profile"] == {"input": "boxes", "min": 1, "opt": 16, "max": 64}
+    assert "rapsam_edge.exporters.tensorrt register .. --precision fp16" in script
+
+
+def test_register_needs_built_engines(exported):
+    root, _ = exported
+    with pytest.raises(FileNotFoundError, match="build_fp16.sh"):
+        main(["register", str(root), "--precision", "fp16"])
+
+
+def test_int8_needs_calibrated_encoder(tmp_path):
+    req = ExportRequest(target="tensorrt", config="rapsam_r18_lite", imgsz=128, out=tmp_path, precision="int8",
+                        options={"device": "jetson"})
+    with pytest.raises(ValueError) as err:
+        run_export(req)
+    assert str(err.value) == INT8_NEEDS_CALIBRATION
+    assert not (tmp_path / "rapsam_r18_lite").exists()
+
+
+def test_trtexec_lines_for_int8_dla_and_a100():
+    jetson = TrtOptions("jetson", "jetson", 1024, 0, 16)
+    enc, od, pd = (trtexec_line(s, jetson) for s in engine_specs("int8", jetson))
+    assert "--onnx=encoder.int8.onnx" in enc and "--int8 --fp16" in enc  # DLA on TensorRT 10.x is weakly typed
+    assert "--useDLACore=0 --allowGPUFallback" in enc and "--stronglyTyped" not in enc
+    assert "--onnx=object_decoder.fp16.onnx" in od and "--stronglyTyped" in od and "DLA" not in od + pd
+    a100 = TrtOptions("a100", "a100", 4096, None, 8)
+    line = trtexec_line(EngineSpec("prompt_decoder", "fp16", None), a100)
+    assert "--memPoolSize=workspace:4096M" in line and "--optShapes=boxes:1x8x4" in line
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"device": "a100", "dla": 0}, "DLA cores exist only on Jetson"),
+    ({"device": "tpu"}, "unknown TensorRT --device"),
+    ({"device": "jetson", "workspace": -5}, "positive number of MB"),
+    ({"device": "jetson", "prompt_slots": 65}, r"prompt_slots must be an integer in \[1, 64\]"),
+])
+def test_options_refused_with_one_sentence(options, match):
+    with pytest.raises(ValueError, match=match):
+        TrtOptions.from_request(ExportRequest(options=options))
+
+
+def test_options_defaults_per_device():
+    assert TrtOptions.from_request(ExportRequest(options={"device": "a100"})).workspace_mb == 4096
+    assert TrtOptions.from_request(ExportRequest(options={"device": "jetson", "workspace": 512})).workspace_mb == 512
+    here = TrtOptions.from_request(ExportRequest(options={}))  # auto on a CPU-only host: Jetson-safe defaults
+    assert (here.device, here.profile, here.workspace_mb) == ("auto", "jetson", 1024)
+
+
+def _qdq_model(zero_point_type: int, zero: int = 0) -> onnx.ModelProto:
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    zp = helper.make_tensor("z", zero_point_type, [], [zero])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [scale, zp])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_qdq_must_be_symmetric_int8():
+    assert _check_qdq(_qdq_model(TensorProto.INT8)) == {"qdq_nodes": 2, "symmetric_int8": True}
+    with pytest.raises(ValueError, match=r"2 of 2 Q/DQ nodes .* \(2 uint8/non-zero zero points, 0 int32"):
+        _check_qdq(_qdq_model(TensorProto.UINT8, 128))  # the CPU flavour (U8 activations) is not for TensorRT
+    with pytest.raises(ValueError, match="0 uint8/non-zero zero points, 2 int32 bias dequantizations"):
+        _check_qdq(_qdq_model(TensorProto.INT32))  # onnxruntime's default QuantizeBias
+
+
+def test_parse_probe_outputs():
+    assert parse_tegra_release(TEGRA_R36) == {"l4t": "36.3.0", "l4t_major": 36, "jetpack": "6.0",
+                                              "tegra_board": "generic"}
+    assert parse_tegra_release(TEGRA_R35)["l4t"] == "35.4.1"
+    assert parse_tegra_release("") is None and parse_tegra_release("garbage") is None
+    assert parse_nvidia_smi(SMI_A100) == {"gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0",
+                                          "gpu_count": 2}
+    assert parse_nvidia_smi("Orin (nvgpu), [N/A]\n") == {"gpu_name": "Orin (nvgpu)", "compute_capability": None,
+                                                          "gpu_count": 1}
+    assert parse_nvidia_smi(None) is None and parse_nvidia_smi("No devices were found\n") is None
+    assert parse_nvpmodel(NVPMODEL) == {"power_mode": "MAXN", "power_mode_id": 0}
+    assert parse_nvpmodel("NV Power Mode: 15W\n2\n") == {"power_mode": "15W", "power_mode_id": 2}
+    assert parse_nvpmodel("") is None
+    assert parse_device_tree_model("NVIDIA Jetson AGX Orin Developer Kit\x00") == {
+        "board": "NVIDIA Jetson AGX Orin Developer Kit", "compute_capability": "8.7"}
+
+
+def _fake_run(outputs: dict[str, str]):
+    return lambda cmd: outputs.get(cmd[0])
+
+
+def test_device_fingerprint_on_a_jetson(tmp_path):
+    (tmp_path / "tegra").write_text(TEGRA_R36)
+    (tmp_path / "model").write_text("NVIDIA Jetson Orin Nano Developer Kit\x00")
+    fp = device_fingerprint(run=_fake_run({"nvpmodel": NVPMODEL, "nvidia-smi": "Orin (nvgpu), [N/A]\n"}),
+                            tegra_release=tmp_path / "tegra", device_tree_model=tmp_path / "model",
+                            cuda_gpu=lambda: None, trt_version=lambda: "10.3.0.30")
+    assert fp["jetson"] and fp["l4t"] == "36.3.0" and fp["l4t_major"] == 36 and fp["jetpack"] == "6.0"
+    assert fp["gpu_name"] == "Orin (nvgpu)" and fp["compute_capability"] == "8.7"  # capability from the board
+    assert fp["board"] == "NVIDIA Jetson Orin Nano Developer Kit" and fp["power_mode"] == "MAXN"
+    assert fp["tensorrt"] == "10.3.0.30" and resolve_device("auto", fp) == "jetson"
+
+
+def test_device_fingerprint_on_dgpu_and_cpu_hosts(tmp_path):
+    missing = tmp_path / "absent"
+    dgpu = device_fingerprint(run=_fake_run({"nvidia-smi": SMI_A100}), tegra_release=missing,
+                              device_tree_model=missing, cuda_gpu=lambda: None, trt_version=lambda: "10.13.3")
+    assert (dgpu["gpu_name"], dgpu["compute_capability"], dgpu["jetson"], dgpu["gpu_probe"]) == (
+        "NVIDIA A100-SXM4-40GB", "8.0", False, "nvidia-smi")
+    assert resolve_device("auto", dgpu) == "a100" and resolve_device("a100", dgpu) == "a100"
+    with pytest.raises(RuntimeError, match="not a Jetson"):
+        resolve_device("jetson", dgpu)
+    cpu = device_fingerprint(run=_fake_run({}), tegra_release=missing, device_tree_model=missing,
+                             cuda_gpu=lambda: None, trt_version=lambda: None)
+    assert cpu["gpu_name"] is None and cpu["tensorrt"] is None and not cpu["jetson"]
+    with pytest.raises(RuntimeError, match="needs an NVIDIA GPU but none is visible"):
+        resolve_device("a100", cpu)
+    real = device_fingerprint()  # this machine: no GPU, no TensorRT
+    assert real["gpu_name"] is None and real["tensorrt"] is None
+
+
+ORIN = {"gpu_name": "Orin (nvgpu)", "compute_capability": "8.7", "tensorrt": "10.3.0.30", "l4t_major": 36,
+        "power_mode": "MAXN"}
+
+
+def test_fingerprint_mismatch():
+    assert fingerprint_mismatch(ORIN, dict(ORIN)) is None
+    assert fingerprint_mismatch({"device": ORIN}, {**ORIN, "gpu_name": "Orin", "tensorrt": "10.3.1"}) is None
+    assert fingerprint_mismatch(ORIN, {**ORIN, "power_mode": "15W"}) is None  # recorded, never blocks
+    a100 = {"gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0", "tensorrt": "10.3.0", "l4t_major": None}
+    msg = fingerprint_mismatch(a100, ORIN)
+    assert "'NVIDIA A100-SXM4-40GB' there, 'Orin (nvgpu)' here" in msg and "compute capability 8.0 there, 8.7" in msg
+    assert "TensorRT 10" not in msg and msg.endswith("`rapsam-edge export --target tensorrt`.")
+    msg = fingerprint_mismatch(ORIN, {**ORIN, "tensorrt": "10.7.0"})
+    assert "TensorRT 10.3 there, 10.7 here" in msg and "GPU" not in msg
+    assert "L4T R36 there, R35 here" in fingerprint_mismatch(ORIN, {**ORIN, "l4t_major": 35})
+    msg = fingerprint_mismatch(ORIN, {"gpu_name": None})
+    assert "no NVIDIA GPU is visible here" in msg
+
+
+def test_trt_backend_without_tensorrt(exported):
+    root, _ = exported
+    assert backend_factory("tensorrt") is TrtBackend
+    with pytest.raises(RuntimeError) as err:
+        TrtBackend(load_bundle(root), precision="fp16")
+    assert str(err.value).startswith("TensorRT is not installed here") and str(err.value).count(". ") == 0
+    with pytest.raises(BundleError, match="no TensorRT encoder engine in fp16"):
+        engine_precisions(load_bundle(root), "fp16")
