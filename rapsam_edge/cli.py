@@ -199,6 +199,8 @@ def export(
     device: Annotated[str | None, typer.Option(help="tensorrt: jetson|a100|auto.")] = None,
     workspace: Annotated[int | None, typer.Option(help="tensorrt: builder workspace in MB.")] = None,
     dla: Annotated[int | None, typer.Option(help="tensorrt: DLA core (Jetson).")] = None,
+    prompt_slots: Annotated[int | None, typer.Option(help="coreml/tensorrt: fixed prompt slots (16).")] = None,
+    calib_images: Annotated[Path | None, typer.Option(help="coreml w8a8: calibration image folder.")] = None,
     verify_images: Annotated[Path | None, typer.Option(help="Folder of images to verify on (default: the "
                                                             "embedded photos + coco_mini when present).")] = None,
     verify_limit: Annotated[int, typer.Option(help="Verify on at most this many images of the folder.")] = 8,
@@ -206,8 +208,10 @@ def export(
     """Export the encoder / object-decoder / prompt-decoder graphs into a verified bundle."""
     from .exporters.export import ExportRequest, run_export
 
+    calib = sorted(p for p in calib_images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
+        if calib_images else None
     options = {"dcn": dcn, "simplify": False if no_simplify else None, "compress": compress, "device": device,
-               "workspace": workspace, "dla": dla}
+               "workspace": workspace, "dla": dla, "prompt_slots": prompt_slots, "calib_images": calib}
     images = sorted(p for p in verify_images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
         if verify_images else []
     if verify_images and not images:
@@ -228,7 +232,11 @@ def print_verification(report: dict) -> None:
     """Worst-case agreement per graph output and end to end."""
     if not report:
         return
-    table = Table(title="verification vs PyTorch (worst over images)")
+    if "simulated" in report and not report.get("graphs"):
+        report = {**report["simulated"], "title": "SIMULATED in PyTorch (no CoreML runtime here)"}
+    for w in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
+    table = Table(title=report.get("title", "verification vs PyTorch (worst over images)"))
     for col in ("check", "max abs", "mean abs", "cosine / IoU"):
         table.add_column(col)
     graphs = report.get("graphs", {})

@@ -21,8 +21,8 @@ class Target:
 TARGETS: dict[str, Target] = {
     "onnx": Target("onnx", ("fp32", "fp16"), "fp32", ("dcn", "simplify", "opset"),
                    "exported, run and verified in onnxruntime"),
-    "coreml": Target("coreml", ("fp16", "fp32"), "fp16", ("compress",),
+    "coreml": Target("coreml", ("fp16", "fp32"), "fp16", ("compress", "calib_images", "prompt_slots"),
                      "converted and validated (spec, ops, sizes); prediction needs macOS"),
-    "tensorrt": Target("tensorrt", ("fp16", "int8"), "fp16", ("device", "workspace", "dla"),
+    "tensorrt": Target("tensorrt", ("fp16", "int8"), "fp16", ("device", "workspace", "dla", "prompt_slots"),
                        "ONNX inputs + trtexec line written; engines are built on the target GPU"),
 }

@@ -188,7 +188,8 @@ def _export_into(bundle: Bundle, root: Path, model: RapSam, precision: str, req:
     if impl.verify is not None:
         report = impl.verify(model, bundle, precision, req)
         fails = report.get("failures", [])
-        bundle.manifest.setdefault("verification", {})[f"{req.target}/{precision}"] = report
+        key = f"{req.target}/{report.get('precision', precision)}"  # e.g. coreml/fp16-int8
+        bundle.manifest.setdefault("verification", {})[key] = report
         bundle.save()
         if fails:
             raise VerificationError(f"{req.target} {precision} export disagrees with PyTorch beyond tolerance: "

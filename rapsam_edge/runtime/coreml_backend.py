@@ -60,9 +60,10 @@ class CoreMLBackend(Backend):
 
     def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if tuple(features.shape[2:]) != self.feature_hw:
-            raise ValueError(f"the CoreML object decoder is single-frame: it takes features of height "
-                             f"{self.feature_hw[0]}, not {features.shape[2]} (a {features.shape[2] // self.feature_hw[0]}"
-                             "-frame clip); decode frame by frame or use the onnxruntime backend for clip mode.")
+            h = self.feature_hw[0]
+            raise ValueError(f"the CoreML object decoder is single-frame: it takes features of height {h}, not "
+                             f"{features.shape[2]} (a {features.shape[2] / h:g}-frame clip); decode frame by frame "
+                             "or use the onnxruntime backend for clip mode.")
         out = self._predict("object_decoder", features=features)
         return out["cls_logits"], out["mask_logits"], out["queries"]
 
