@@ -81,8 +81,9 @@ def test_compression_ops_sizes_and_simulated_drift(lite_bundle):
         int8 = bundle.require(graph, "coreml", "fp16-int8").bytes
         assert int8 < 0.6 * none, (graph, none, int8)
     # run_export files reports under "<target>/<precision>", so the int8 report replaced the fp16 one
-    filed = bundle.manifest["verification"]["coreml/fp16"]
+    filed = bundle.manifest["verification"]["coreml/fp16-int8"]  # each variant keeps its own report
     assert filed["precision"] == "fp16-int8" and filed["packages"] == rep_int8["packages"]
+    assert bundle.manifest["verification"]["coreml/fp16"]["precision"] == "fp16"
     for rep in (rep_none, filed):
         assert "SIMULATED" in rep["simulated"]["note"] and "not measured in CoreML" in rep["simulated"]["note"]
     assert rep_none["simulated"]["graphs"]["encoder.features.cosine"]["worst"] > 0.999
