@@ -80,7 +80,6 @@ def test_compression_ops_sizes_and_simulated_drift(lite_bundle):
         none = bundle.require(graph, "coreml", "fp16").bytes
         int8 = bundle.require(graph, "coreml", "fp16-int8").bytes
         assert int8 < 0.6 * none, (graph, none, int8)
-    # run_export files reports under "<target>/<precision>", so the int8 report replaced the fp16 one
     filed = bundle.manifest["verification"]["coreml/fp16-int8"]  # each variant keeps its own report
     assert filed["precision"] == "fp16-int8" and filed["packages"] == rep_int8["packages"]
     assert bundle.manifest["verification"]["coreml/fp16"]["precision"] == "fp16"
