@@ -22,9 +22,9 @@ from rapsam_edge.exporters.tensorrt import (
     TrtOptions,
     _check_qdq,
     engine_specs,
-    main,
     trtexec_line,
 )
+from rapsam_edge.exporters.tensorrt_build import main
 from rapsam_edge.runtime.base import backend_factory
 from rapsam_edge.runtime.trt_backend import (
     TrtBackend,
@@ -105,7 +105,7 @@ def test_build_script_and_manifest_record_trtexec_lines(exported):
     assert build.details["options"] == {"device": "jetson", "profile": "jetson", "workspace_mb": 1024, "dla": None,
                                         "prompt_slots": 16}
     assert build.details["prompt_profile"] == {"input": "boxes", "min": 1, "opt": 16, "max": 64}
-    assert "rapsam_edge.exporters.tensorrt register .. --precision fp16" in script
+    assert "rapsam_edge.exporters.tensorrt_build register .. --precision fp16" in script
 
 
 def test_register_needs_built_engines(exported):

@@ -1,0 +1,119 @@
+"""On-device half of the TensorRT target: build engines with the TensorRT Python API, write a device
+fingerprint beside each, and register them in the bundle (also the ``register`` entry run by the
+generated ``build_<precision>.sh`` after ``trtexec``). Needs TensorRT, i.e. the target GPU; nothing
+here can run on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from ..bundle import Artifact, Bundle, load_bundle, write_json_atomic
+from ..runtime.trt_backend import device_fingerprint, import_tensorrt
+from .tensorrt import FORMAT, PROMPT_MAX, PROMPT_MIN, EngineSpec, TrtOptions, engine_specs, trtexec_line
+
+
+def build_engine(trt: Any, folder: Path, spec: EngineSpec, opts: TrtOptions) -> dict[str, Any]:
+    """The Python-API twin of :func:`trtexec_line`: parse, configure, build, write ``<graph>.<p>.plan``."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    weak = bool(spec.weak_flags) and int(trt.__version__.split(".")[0]) < 11
+    flags = 0
+    if not weak and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(folder / spec.onnx)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
+        raise RuntimeError(f"TensorRT {trt.__version__} could not parse {spec.onnx}: {errors}.")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
+    if weak:
+        config.set_flag(trt.BuilderFlag.FP16)
+        if spec.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ: no calibrator
+    if spec.graph == "prompt_decoder":
+        profile = builder.create_optimization_profile()
+        profile.set_shape("boxes", (1, PROMPT_MIN, 4), (1, opts.prompt_slots, 4), (1, PROMPT_MAX, 4))
+        config.add_optimization_profile(profile)
+    if spec.dla is not None:
+        if spec.dla >= builder.num_DLA_cores:
+            raise RuntimeError(f"--dla {spec.dla} asks for a DLA core this device does not have "
+                               f"(it has {builder.num_DLA_cores}).")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = spec.dla
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"TensorRT {trt.__version__} could not build the {spec.graph} engine (see its log above); "
+                           f"a larger --workspace than {opts.workspace_mb} MB may help.")
+    (folder / spec.plan).write_bytes(bytes(plan))
+    return {"build_seconds": round(time.perf_counter() - t0, 1), "typing": "weak" if weak else "strong"}
+
+
+def register_engines(bundle: Bundle, precision: str, opts: TrtOptions, built_by: str,
+                     builds: dict[str, dict[str, Any]] | None = None) -> list[Artifact]:
+    """Write ``<graph>.<p>.json`` (device fingerprint + build record) beside each engine and register it."""
+    fp = device_fingerprint()
+    folder = bundle.root / "tensorrt"
+    arts = []
+    for spec in engine_specs(precision, opts):
+        if not (folder / spec.plan).is_file():
+            raise FileNotFoundError(f"{folder / spec.plan} is missing; build it first with "
+                                    f"`bash {folder / f'build_{precision}.sh'}`.")
+        src = bundle.require(spec.graph, FORMAT, spec.precision)
+        record = {"device": fp, "build": {
+            "by": built_by, "precision": spec.precision, "onnx": src.path, "onnx_sha256": src.sha256,
+            "trtexec_equivalent": trtexec_line(spec, opts), "options": dataclasses.asdict(opts),
+            "bundle": bundle.name, "bundle_manifest_sha256": bundle.manifest_hash(),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(builds or {}).get(spec.graph, {})}}
+        write_json_atomic(folder / spec.fingerprint, record)
+        keys = ("gpu_name", "compute_capability", "tensorrt", "l4t", "jetpack", "power_mode")
+        arts.append(bundle.add(Artifact(spec.graph, "tensorrt", spec.precision, f"tensorrt/{spec.plan}", src.inputs,
+                                        src.outputs, details={"fingerprint": f"tensorrt/{spec.fingerprint}",
+                                                              "device": {k: fp.get(k) for k in keys},
+                                                              "built_by": built_by})))
+    return arts
+
+
+def post_export(bundle: Bundle, precision: str, req: Any) -> dict[str, Any]:
+    """Build the engines here (after the bundle with the ONNX inputs is committed); needs TensorRT + a GPU."""
+    folder = bundle.root / "tensorrt"
+    trt = import_tensorrt(hint=(
+        f"TensorRT is not installed here: the ONNX inputs and trtexec lines are in {folder}/; build the engines on "
+        f"the target device (TensorRT from JetPack or NVIDIA's index) with `bash {folder / f'build_{precision}.sh'}` "
+        "or rerun this command there."))
+    fp = device_fingerprint()
+    opts = TrtOptions.from_request(req, fp=fp)
+    need = bundle.require("build", FORMAT, precision).details["tensorrt_min"]
+    have = tuple(int(x) for x in trt.__version__.split(".")[:2])
+    if have < tuple(int(x) for x in need.split(".")):
+        raise RuntimeError(f"TensorRT {trt.__version__} here is older than {need}, which these graphs need "
+                           f"(see tensorrt_min_reasons in the manifest); upgrade TensorRT/JetPack.")
+    builds = {s.graph: build_engine(trt, folder, s, opts) for s in engine_specs(precision, opts)}
+    arts = register_engines(bundle, precision, opts, "python-api", builds)
+    return {"engines": [a.path for a in arts], "device": {k: fp.get(k) for k in ("gpu_name", "tensorrt", "l4t")},
+            "builds": builds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m rapsam_edge.exporters.tensorrt_build register <bundle> --precision fp16``: after build_<p>.sh."""
+    ap = argparse.ArgumentParser(prog="python -m rapsam_edge.exporters.tensorrt")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    reg = sub.add_parser("register", help="fingerprint and register engines built by build_<precision>.sh")
+    reg.add_argument("bundle", type=Path)
+    reg.add_argument("--precision", default="fp16", choices=("fp16", "int8"))
+    args = ap.parse_args(argv)
+    bundle = load_bundle(args.bundle)
+    opts = TrtOptions(**bundle.require("build", FORMAT, args.precision).details["options"])
+    for art in register_engines(bundle, args.precision, opts, "trtexec"):
+        print(f"registered {art.key}: {art.path} ({art.bytes / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
