@@ -148,13 +148,15 @@ def eval_cmd(
     subset: Annotated[str | None, typer.Option(help="Id list of splits.json (coco_mini).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N images / videos.")] = None,
     mode: Annotated[str, typer.Option(help="Video tracking: clip | stream.")] = "clip",
+    imgsz: Annotated[int | None, typer.Option(help="Evaluate at this input size instead of the model's.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
 ) -> None:
     """Evaluate a checkpoint: PQ (panoptic), mIoU@1/NoC (interactive) or YouTube-VIS AP (video)."""
     from .training.run import evaluate_checkpoint
 
     try:
-        result = evaluate_checkpoint(task, data, checkpoint, config, class_embeddings, split, subset, limit, mode)
+        result = evaluate_checkpoint(task, data, checkpoint, config, class_embeddings, split, subset, limit, mode,
+                                     imgsz)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         fail(str(e))
     print_metrics({task: result})

@@ -12,6 +12,7 @@ import torch
 
 from ..config import get_config, get_vocabulary
 from ..data.streams import CocoPseudoVideoStream, PromptStream, VideoClipStream
+from ..preprocess import InputPolicy
 from .recipes import PRESETS, Preset, default_shared_data, open_coco, open_video
 from .trainer import TrainConfig, Trainer, init_distributed
 
@@ -142,7 +143,7 @@ def evaluate_run(checkpoint: Path, spec: DataSpec, preset: Preset, out: Path) ->
 
 def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: str | None,
                         class_embeddings: Path | None, split: str, subset: str | None, limit: int | None,
-                        mode: str) -> dict[str, Any]:
+                        mode: str, imgsz: int | None = None) -> dict[str, Any]:
     """The library function behind ``rapsam-edge eval``."""
     from ..evaluate import evaluate_interactive, evaluate_panoptic, evaluate_video
     from ..runtime import load
@@ -151,6 +152,10 @@ def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: 
     if task not in tasks:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(tasks)}.")
     pipe = load(config, checkpoint, class_embeddings=class_embeddings)
+    if imgsz:
+        if imgsz % 32:
+            raise ValueError(f"--imgsz {imgsz} must be a multiple of 32.")
+        pipe.policy = InputPolicy(size=(imgsz, imgsz))  # the PyTorch model takes any multiple of 32
     if task == "video":
         return evaluate_video(pipe, open_video(data, pipe.vocabulary, split if split != "val2017" else "valid"),
                               limit, mode)
