@@ -8,6 +8,7 @@ one self-contained file per graph (``external_data=False``).
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -63,12 +64,17 @@ def export_fp32(model: RapSam, graph: str, path: Path, opts: OnnxOptions,
     io = GRAPH_IO[graph]
     dyn, ex = _dynamic_shapes(graph, model, opts)
     t0 = time.perf_counter()
+    # torch.onnx logs one "torchvision is not installed. Skipping ..." line per torchvision op; we never use them
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(build_graph(graph, model), ex, dynamo=True, opset_version=opts.opset,
                                     input_names=list(io.inputs), output_names=list(io.outputs),
                                     dynamic_shapes=dyn, external_data=False, verbose=False,
                                     custom_translation_table=custom_translation_table)
+    registration.setLevel(level)
     proto = program.model_proto
     simplified = False
     if opts.simplify:
