@@ -75,6 +75,9 @@ def verify_graphs(reference: Backend, candidate: Backend, images: list[Path], po
     for path in images:
         tensor, lb = preprocess(load_image(path), policy)
         enc_ref, enc_out = reference.encode(tensor), candidate.encode(tensor)
+        boxes = grid_clicks(lb.resized_hw)
+        if "prompt_keys" not in enc_ref:
+            reference.decode_prompts(enc_ref, boxes[:, :1])  # lets the torch backend fill its key/values
         for name in enc_out:
             if name in enc_ref:
                 _merge(acc, f"encoder.{name}", compare(enc_ref[name], enc_out[name]))
@@ -83,10 +86,7 @@ def verify_graphs(reference: Backend, candidate: Backend, images: list[Path], po
         for name, a, b in zip(("cls_logits", "mask_logits", "queries"), obj_ref, obj_out, strict=True):
             _merge(acc, f"object_decoder.{name}", compare(a, b))
         acc.setdefault("object_decoder.mask_iou", []).append(mask_iou(obj_ref[1], obj_out[1]))
-        boxes = grid_clicks(lb.resized_hw)
         full = dict(enc_ref)
-        if "prompt_keys" not in full:
-            reference.decode_prompts(full, boxes[:, :1])  # lets the torch backend fill its key/values
         pr_ref, pr_out = reference.decode_prompts(full, boxes), candidate.decode_prompts(dict(full), boxes)
         for name, a, b in zip(("mask_logits", "iou"), pr_ref, pr_out, strict=True):
             _merge(acc, f"prompt_decoder.{name}", compare(a, b))
