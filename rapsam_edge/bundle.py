@@ -167,6 +167,20 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     return bundle
 
 
+def host_contract() -> dict[str, Any]:
+    """The host-side constants that apps re-implement (design.md §3), written into every new manifest so no
+    app hard-codes them: the click box side, the mask-logit threshold and the panoptic merge thresholds
+    (the defaults of :func:`rapsam_edge.postprocess.panoptic_merge`)."""
+    import inspect
+
+    from .postprocess import panoptic_merge
+    from .preprocess import CLICK_BOX_SIZE
+
+    merge = inspect.signature(panoptic_merge).parameters
+    return {"click_box_size": CLICK_BOX_SIZE, "mask_threshold": 0.0,
+            "panoptic": {"score_thr": merge["score_thr"].default, "overlap_thr": merge["overlap_thr"].default}}
+
+
 @contextmanager
 def new_bundle(root: str | Path, manifest: dict[str, Any], overwrite: bool = False) -> Iterator[Bundle]:
     """Build a bundle in a temporary sibling folder; rename it to ``root`` only if the block succeeds."""
@@ -176,7 +190,7 @@ def new_bundle(root: str | Path, manifest: dict[str, Any], overwrite: bool = Fal
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.partial."))
     manifest = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **manifest, "artifacts": []}
+                "host": host_contract(), **manifest, "artifacts": []}
     bundle = Bundle(tmp, manifest)
     try:
         bundle.save()

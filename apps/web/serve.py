@@ -1,0 +1,95 @@
+"""Serve the web app and one bundle on localhost (Python standard library only).
+
+    python apps/web/serve.py BUNDLE_DIR [--port 8000]     then open http://127.0.0.1:8000/
+
+Routes: ``/`` the page (this folder), ``/bundle/`` the bundle folder (manifest.json + graphs), ``/ort/``
+onnxruntime-web's dist folder from ``node_modules`` (``npm ci`` in this folder installs it). Every response is
+cross-origin isolated (COOP/COEP) so onnxruntime-web may use WASM threads, and is not cached (a re-exported
+bundle is picked up on reload).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import sys
+import threading
+import urllib.parse
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ORT_DIST = HERE / "node_modules" / "onnxruntime-web" / "dist"
+PAGE_FILES = ("index.html", "app.js", "host.js")
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
+                      ".js": "text/javascript", ".wasm": "application/wasm", ".onnx": "application/octet-stream",
+                      ".json": "application/json"}
+
+    def translate_path(self, path: str) -> str:
+        """URL path -> file: /bundle/... and /ort/... map to their folders, anything else to the page files."""
+        url = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
+        routes: list[tuple[str, Path]] = self.server.routes  # type: ignore[attr-defined]
+        for prefix, root in routes:
+            if url.startswith(prefix):
+                parts = [p for p in url[len(prefix):].split("/") if p not in ("", ".", "..")]
+                return str(root.joinpath(*parts))
+        name = url.strip("/") or "index.html"
+        return str(HERE / name) if name in PAGE_FILES else str(HERE / "__not_served__")
+
+    def end_headers(self) -> None:
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        if not getattr(self.server, "quiet", False):
+            super().log_message(format, *args)
+
+
+def make_server(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000,
+                quiet: bool = False) -> http.server.ThreadingHTTPServer:
+    """A server for ``bundle`` (port 0 = any free port: read it from ``server.server_address``)."""
+    bundle = Path(bundle).resolve()
+    if not (bundle / "manifest.json").is_file():
+        raise FileNotFoundError(f"{bundle} is not a rapsam-edge bundle (no manifest.json); "
+                                "make one with `rapsam-edge export --target onnx`.")
+    if not ORT_DIST.is_dir():
+        raise FileNotFoundError(f"onnxruntime-web is not installed in {HERE / 'node_modules'}; "
+                                f"run `npm ci` in {HERE}.")
+    server = http.server.ThreadingHTTPServer((host, port), Handler)
+    server.routes = [("/bundle/", bundle), ("/ort/", ORT_DIST)]  # type: ignore[attr-defined]
+    server.quiet = quiet  # type: ignore[attr-defined]
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_background(bundle: str | Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """Start a quiet server on a free localhost port in a daemon thread; returns (server, base URL)."""
+    server = make_server(bundle, port=0, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    return server, f"http://{host}:{port}/"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path, help="bundle folder written by `rapsam-edge export --target onnx`")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    args = ap.parse_args(argv)
+    try:
+        server = make_server(args.bundle, args.host, args.port)
+    except (FileNotFoundError, OSError) as e:
+        sys.exit(f"error: {e}")
+    print(f"serving {args.bundle} at http://{args.host}:{server.server_address[1]}/ (Ctrl+C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
