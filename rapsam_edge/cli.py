@@ -255,6 +255,107 @@ def print_verification(report: dict) -> None:
     Console().print(table)
 
 
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(n.strip() for n in (text or "").split(",") if n.strip())
+
+
+@app.command()
+def calibrate(
+    bundle: Annotated[Path, typer.Option(help="Exported bundle folder (with fp32 ONNX graphs).")],
+    images: Annotated[Path, typer.Option(help="Calibration image folder.")],
+    data: Annotated[str, typer.Option(help="coco (COCO images folder, optional --annotations) | folder.")] = "coco",
+    annotations: Annotated[Path | None, typer.Option(help="COCO JSON restricting/ordering the images.")] = None,
+    num: Annotated[int, typer.Option(help="At most this many images (capped by what exists).")] = 500,
+    method: Annotated[str, typer.Option(help="percentile (99.999 %) | minmax | entropy (KL, 2048 bins).")
+                      ] = "percentile",
+    backend: Annotated[str, typer.Option(help="ort (onnxruntime.quantization) | nncf (NNCF on the ONNX "
+                                              "graph).")] = "ort",
+    flavor: Annotated[str, typer.Option(help="cpu (U8S8, fast onnxruntime x86) | tensorrt (S8S8 symmetric).")] = "cpu",
+    graphs: Annotated[str, typer.Option(help="Graphs to quantize: encoder[,object_decoder].")] = "encoder",
+    max_drop: Annotated[list[str] | None, typer.Option(help="METRIC=POINTS (pq, miou, sq, rq); repeatable. "
+                                                             "Moves sensitive layers back to float until met.")] = None,
+    exclude: Annotated[str | None, typer.Option(help="NODE,... kept float in addition to the derived list.")] = None,
+    include: Annotated[str | None, typer.Option(help="NODE,... quantized although the rules exclude them.")] = None,
+    exclusions_file: Annotated[Path | None, typer.Option(help='JSON {"exclude": [...], "include": [...]}.')] = None,
+    rules: Annotated[str | None, typer.Option(help="Exclusion rules to apply (default: first_conv, layernorm, "
+                                                   "softmax, attention, attention_kv, mask_products, classifier; "
+                                                   "attention_kv_outputs is opt-in); 'none' for none.")] = None,
+    eval_data: Annotated[Path | None, typer.Option(help="Evaluation COCO layout (default: ../shared/data/"
+                                                        "coco_mini when present).")] = None,
+    eval_subset: Annotated[str | None, typer.Option(help="splits.json id list of the evaluation split (without "
+                                                         "--eval-data: coco_mini's extra_val2017_from_COCO_MINI)."
+                                                    )] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Evaluate on the first N images of the split.")] = None,
+    evaluate: Annotated[bool, typer.Option("--evaluate", help="Measure PQ/mIoU drops without --max-drop.")] = False,
+    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Accept calibration images that are "
+                                                                        "also evaluation images.")] = False,
+    verify_limit: Annotated[int, typer.Option(help="Compare with PyTorch on this many of the bundle's "
+                                                   "verification images (0 = skip).")] = 4,
+    strict_verify: Annotated[bool, typer.Option("--strict-verify", help="Write nothing when INT8 vs PyTorch is "
+                                                                        "beyond the int8 tolerance.")] = False,
+    no_trt_cache: Annotated[bool, typer.Option("--no-trt-cache", help="tensorrt: skip the TensorRT 8.x "
+                                                                      "calibration cache.")] = False,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 2,
+    out: Annotated[Path | None, typer.Option(help="Also write the calibration report JSON here.")] = None,
+) -> None:
+    """INT8 calibration: explicit Q/DQ encoder (+ object decoder) registered in the bundle, with exclusions,
+    per-layer sensitivity (JSON + PNG), optional accuracy control and a TensorRT 8.x calibration cache."""
+    from .calibration import CalibrationOptions, calibration_context, parse_max_drop
+    from .calibration import calibrate as run_calibration
+
+    try:
+        extra: dict = {}
+        if exclusions_file is not None:
+            extra = json.loads(exclusions_file.read_text())
+            if not isinstance(extra, dict) or set(extra) - {"exclude", "include"}:
+                fail(f'--exclusions-file {exclusions_file} must hold {{"exclude": [...], "include": [...]}}.')
+        evalset, verify = calibration_context(bundle, eval_data, eval_subset, eval_limit, verify_limit)
+        opts = CalibrationOptions(
+            images=images, data=data, annotations=annotations, num=num, method=method, backend=backend,
+            flavor=flavor, graphs=_names(graphs), max_drop=parse_max_drop(max_drop),
+            exclude=_names(exclude) + tuple(extra.get("exclude", ())),
+            include=_names(include) + tuple(extra.get("include", ())),
+            rules=None if rules is None else tuple(r for r in _names(rules) if r != "none"),
+            allow_overlap=allow_overlap, evaluate=evaluate, threads=threads, trt_cache=not no_trt_cache,
+            verify_images=tuple(verify), strict_verify=strict_verify)
+        report = run_calibration(bundle, opts, log=lambda s: console.print(f"  {s}"), evalset=evalset)
+    except (ValueError, FileNotFoundError, RuntimeError, json.JSONDecodeError) as e:
+        fail(str(e))
+    print_calibration(report)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1, default=float))
+        console.print(f"wrote {out}")
+
+
+def print_calibration(report: dict) -> None:
+    """Exclusions, speed, accuracy and the control steps of one calibration."""
+    for w in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
+    for graph, names in report["exclusions"].items():
+        console.print(f"{graph}: {len(names)} nodes kept in floating point: {', '.join(names) or 'none'}")
+    table = Table(title=f"calibration {report['precision']} ({report['backend']}, {report['method']}, "
+                        f"{report['data']['count']} images)")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    lat = report.get("latency") or {}
+    if lat:
+        table.add_row("encoder fp32 / int8 (median ms)", f"{lat['fp32']['median_ms']} / {lat['int8']['median_ms']}")
+        table.add_row("speed-up", f"{lat['speedup']:.2f}x")
+    acc = report.get("accuracy") or {}
+    for metric, value in acc.get("fp32", {}).items():
+        table.add_row(f"{metric} fp32 / int8 (drop)", f"{value:.2f} / {acc['int8'][metric]:.2f} "
+                                                      f"({acc['drop'][metric]:+.2f})")
+    for step in report.get("accuracy_control", []):
+        moved = ", ".join(step["moved_to_float"]) or "derived exclusions"
+        table.add_row(f"control step {step['step']}", f"{moved}: " + ", ".join(
+            f"{k} {v:+.2f}" for k, v in step["drop"].items()) + (" ok" if step["within_budget"] else ""))
+    for graph, files in report.get("files", {}).items():
+        table.add_row(graph, ", ".join([files["path"]] if "path" in files else [files["artifact"],
+                                                                                *files["sensitivity"]]))
+    Console().print(table)
+
+
 @app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
     """Configs with parameter counts, and the runtimes installed here."""

@@ -1,0 +1,191 @@
+"""Accuracy of a calibrated bundle against its FP32 graphs, with the SAME evaluation code for every backend
+(:mod:`rapsam_edge.evaluate`), and the accuracy-control loop of ``--max-drop``.
+
+Candidates are evaluated before anything is registered: :func:`candidate_pipeline` loads the bundle with an
+in-memory manifest whose INT8 artifacts point at the candidate files, through the ordinary loader (per-graph
+precision resolution included), so what is measured is exactly what ``rapsam_edge.load(bundle,
+precision="int8-cpu")`` will run once the files are registered.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Artifact, Bundle
+
+TASK_OF = {"pq": "panoptic", "sq": "panoptic", "rq": "panoptic", "miou": "interactive"}
+Log = Callable[[str], None]
+
+
+@dataclass
+class EvalSet:
+    """The evaluation split: a COCO layout opened with ``open_coco`` (+ splits.json subset), first ``limit``."""
+
+    root: Path
+    subset: str | None
+    limit: int | None
+    dataset: Any
+    paths: list[Path]
+
+    def provenance(self) -> dict[str, Any]:
+        return {"path": str(self.root), "subset": self.subset, "images": len(self.paths)}
+
+
+def open_eval_set(root: Path, subset: str | None, limit: int | None, vocabulary: Any) -> EvalSet:
+    from ..training.recipes import open_coco
+    from .readers import dataset_image_paths
+
+    ds = open_coco(root, vocabulary, split="val2017", subset=subset)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    return EvalSet(Path(root), subset, n, ds, dataset_image_paths(ds, n))
+
+
+def calibration_context(bundle: str | Path, eval_data: Path | None = None, subset: str | None = None,
+                        limit: int | None = None, verify_limit: int = 4) -> tuple[EvalSet | None, list[Path]]:
+    """The evaluation split — ``eval_data``, or coco_mini's 48 held-apart images (the ``extra_val2017_from_
+    COCO_MINI`` id list) when ../shared/data is present — and up to ``verify_limit`` of the images the bundle's
+    FP32 export was verified on."""
+    from ..bundle import load_bundle
+    from ..config import Vocabulary
+    from ..training.recipes import default_shared_data
+
+    manifest = load_bundle(bundle).manifest
+    if eval_data is None and (default_shared_data() / "coco_mini" / "splits.json").is_file():
+        eval_data = default_shared_data() / "coco_mini"
+        subset = subset or "extra_val2017_from_COCO_MINI"
+    evalset = None
+    if eval_data is not None:
+        evalset = open_eval_set(eval_data, subset, limit, Vocabulary.from_dict(manifest["classes"]))
+    recorded = manifest.get("verification", {}).get("onnx/fp32", {}).get("images", [])
+    return evalset, [Path(p) for p in recorded if Path(p).is_file()][:verify_limit]
+
+
+def candidate_view(bundle: Bundle, files: dict[str, str], precision: str) -> Bundle:
+    """An in-memory copy of ``bundle`` whose ``precision`` graphs are ``files`` (graph -> path relative to the
+    bundle); nothing on disk changes (the copy is never saved)."""
+    view = Bundle(bundle.root, copy.deepcopy(bundle.manifest))
+    keys = {f"{g}/onnx/{precision}" for g in files}
+    arts = [a for a in view.manifest.get("artifacts", []) if Artifact.from_dict(a).key not in keys]
+    arts += [asdict(Artifact(g, "onnx", precision, rel, [], [])) for g, rel in files.items()]
+    view.manifest["artifacts"] = arts
+    return view
+
+
+def candidate_pipeline(bundle: Bundle, files: dict[str, str], precision: str, threads: int | None) -> Any:
+    """The Pipeline ``rapsam_edge.load(bundle, precision=...)`` would build once ``files`` are registered."""
+    from ..runtime.loader import load_from_bundle
+
+    return load_from_bundle(candidate_view(bundle, files, precision), "onnxruntime", precision, "cpu", threads)
+
+
+def task_metrics(pipe: Any, evalset: EvalSet, metrics: tuple[str, ...]) -> dict[str, float]:
+    """Headline numbers (:func:`rapsam_edge.evaluate.summarise`) of the tasks ``metrics`` need."""
+    from ..evaluate import evaluate_interactive, evaluate_panoptic, summarise
+
+    tasks = {TASK_OF[m] for m in metrics}
+    results = []
+    if "panoptic" in tasks:
+        results.append(evaluate_panoptic(pipe, evalset.dataset, limit=evalset.limit))
+    if "interactive" in tasks:
+        results.append(evaluate_interactive(pipe, evalset.dataset, limit=evalset.limit))
+    return {k: float(v) for k, v in summarise(results).items() if k in metrics}
+
+
+def drops(base: dict[str, float], cand: dict[str, float]) -> dict[str, float]:
+    """Points lost by the candidate (positive = worse) per metric."""
+    return {k: round(base[k] - cand[k], 4) for k in base if k in cand}
+
+
+def within_budget(drop: dict[str, float], budget: dict[str, float]) -> bool:
+    return all(drop.get(k, 0.0) <= v + 1e-9 for k, v in budget.items())
+
+
+def agreement(reference: Any, candidate: Any, paths: list[Path]) -> dict[str, Any]:
+    """INT8 vs FP32 end to end on ``paths`` (panoptic category-map agreement, interactive mask IoU)."""
+    from ..exporters.verify import verify_pipelines
+
+    return verify_pipelines(reference, candidate, paths)
+
+
+@dataclass
+class Step:
+    """One step of accuracy control: what moved back to float, and what the candidate then measured."""
+
+    step: int
+    moved_to_float: list[str]
+    excluded: int
+    metrics: dict[str, float]
+    drop: dict[str, float]
+    within_budget: bool
+    seconds: float
+
+
+class AccuracyBudgetError(RuntimeError):
+    """``--max-drop`` could not be met within the allowed steps; nothing was registered. ``steps`` keeps what
+    every step measured, so a sweep (scripts/calibration_table.py) can still report how far it got."""
+
+    def __init__(self, message: str, steps: list[Step]):
+        super().__init__(message)
+        self.steps = steps
+
+
+def control(requantize: Callable[[list[str]], dict[str, str]], evaluate: Callable[[dict[str, str]], dict[str, float]],
+            base: dict[str, float], budget: dict[str, float], ranking: list[str], excluded: list[str],
+            log: Log = lambda s: None, max_steps: int = 8) -> tuple[list[str], dict[str, str], list[Step]]:
+    """Move the most sensitive nodes of ``ranking`` back to float (1, 2, 4, ... per step) until every drop is
+    within ``budget``. ``requantize(exclusions)`` returns candidate files; ``evaluate(files)`` their metrics.
+
+    Returns the final exclusion list, its files and every step (step 0 = the starting exclusions).
+    """
+    excluded = list(excluded)
+    queue = [n for n in ranking if n not in excluded]
+    steps: list[Step] = []
+    files = requantize(excluded)
+    moved: list[str] = []
+    for i in range(max_steps + 1):
+        t0 = time.perf_counter()
+        if i:
+            k = min(2 ** (i - 1), len(queue))
+            moved, queue = queue[:k], queue[k:]
+            excluded += moved
+            files = requantize(excluded)
+        metrics = evaluate(files)
+        d = drops(base, metrics)
+        ok = within_budget(d, budget)
+        steps.append(Step(i, moved, len(excluded), metrics, d, ok, round(time.perf_counter() - t0, 1)))
+        log(f"step {i}: {'+' + ', '.join(moved) if moved else 'derived exclusions'} -> "
+            + ", ".join(f"{m} {metrics[m]:.2f} (drop {d[m]:+.2f})" for m in metrics) + (" ok" if ok else ""))
+        if ok or not queue:
+            break
+    return excluded, files, steps
+
+
+def encoder_latencies(paths: dict[str, Path], size: tuple[int, int], threads: int = 2, runs: int = 20,
+                      warmup: int = 3) -> dict[str, dict[str, float]]:
+    """Median / min onnxruntime CPU latency (ms) of encoder graphs on one letterboxed image, warm-up excluded.
+
+    The graphs run in turns (a, b, a, b, ...) so a load change on a shared machine hits all of them alike and
+    the speed-up stays fair even when absolute numbers move.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    x = np.random.default_rng(0).uniform(0, 255, (1, 3, *size)).astype(np.float32)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for i in range(warmup + runs):
+        for k, sess in sessions.items():
+            t0 = time.perf_counter()
+            sess.run(None, {sess.get_inputs()[0].name: x})
+            if i >= warmup:
+                times[k].append((time.perf_counter() - t0) * 1000)
+    return {k: {"median_ms": round(float(np.median(t)), 1), "min_ms": round(float(np.min(t)), 1), "runs": runs,
+                "warmup": warmup, "threads": threads} for k, t in times.items()}

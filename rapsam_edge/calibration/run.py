@@ -1,0 +1,333 @@
+"""``rapsam-edge calibrate``: a bundle + calibration images -> INT8 Q/DQ graphs registered in the bundle.
+
+Order of work, each step refusing with one sentence before anything is written:
+1. pick the calibration images (readers.py) and refuse an overlap with the evaluation images;
+2. per graph: derive the exclusions from the traced graph (exclusions.py), apply --exclude/--include,
+   calibrate once (ort_qdq.py: statistics reused by every re-quantization; or nncf_backend.py), quantize,
+   and check the Q/DQ structure against the flavour (qdq.py);
+3. sensitivity report (sensitivity.py); with --max-drop, the accuracy-control loop (accuracy.py);
+4. encoder latency FP32 vs INT8; TensorRT 8.x calibration cache (trt_cache.py) for the tensorrt flavour;
+5. files are written under temporary names in the bundle and renamed into place, then registered
+   (``Bundle.add``) with the provenance in ``manifest["calibration"][flavour]`` (register.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ..bundle import Bundle, load_bundle
+from ..preprocess import InputPolicy
+from . import exclusions as excl
+from . import qdq
+from .options import WARN_BELOW, CalibrationOptions
+from .readers import GraphInputReader, ImageReader, ImageSet, overlapping, select_images
+from .register import register
+
+Log = Callable[[str], None]
+
+
+class OverlapError(ValueError):
+    """Calibration images that are also evaluation images (refused unless allow_overlap)."""
+
+
+@dataclass
+class GraphJob:
+    """One graph being quantized: its float model, reader, statistics and current exclusions."""
+
+    graph: str
+    source: Path  # the bundle's fp32 graph
+    model: Path  # what is quantized (ORT: pre-processed copy)
+    reader: Any
+    derived: dict[str, list[str]]
+    excluded: list[str]
+    ranges: Any = None
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def quantize(self, opts: CalibrationOptions, out: Path) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        if opts.backend == "ort":
+            from . import ort_qdq
+
+            if self.ranges is None:
+                self.ranges = ort_qdq.collect_ranges(self.model, self.reader, opts.method,
+                                                     opts.flavour.symmetric_activations, opts.num_bins,
+                                                     opts.percentile, out.parent, opts.threads)
+            self.details = ort_qdq.quantize(self.model, out, self.ranges, opts.flavour, self.excluded)
+        else:
+            from . import nncf_backend
+
+            self.details = nncf_backend.quantize(self.model, out, self.reader, opts.method, opts.flavour,
+                                                 self.excluded)
+        self.seconds += time.perf_counter() - t0
+        return self.details
+
+
+def _attention_outputs(bundle: Bundle) -> frozenset[str]:
+    """Encoder outputs the prompt decoder uses as attention keys/values (read from its graph)."""
+    art = bundle.find("prompt_decoder", "onnx", "fp32")
+    if art is None:
+        return frozenset()
+    return frozenset(excl.attention_inputs(onnx.load(str(bundle.path(art)))))
+
+
+def _split_names(names: tuple[str, ...], models: dict[str, onnx.ModelProto], flag: str) -> dict[str, list[str]]:
+    per_graph: dict[str, list[str]] = {g: [] for g in models}
+    for name in names:
+        owners = [g for g, m in models.items() if any(n.name == name for n in m.graph.node)]
+        if not owners:
+            excl.apply_overrides({}, next(iter(models.values())), **{flag: [name]})  # raises the sentence
+        for g in owners:
+            per_graph[g].append(name)
+    return per_graph
+
+
+def prepare_jobs(bundle: Bundle, opts: CalibrationOptions, images: ImageSet, work: Path) -> dict[str, GraphJob]:
+    import onnxruntime as ort
+
+    policy = InputPolicy.from_dict(bundle.manifest["input_policy"])
+    image_reader = ImageReader(images.paths, policy)
+    context = excl.Context(_attention_outputs(bundle))
+    models, sources = {}, {}
+    for graph in opts.graphs:
+        src = bundle.path(bundle.require(graph, "onnx", "fp32"))
+        model = src
+        if opts.backend == "ort":
+            from .ort_qdq import preprocess_model
+
+            model = work / f"{graph}.pre.onnx"
+            preprocess_model(src, model)
+        models[graph], sources[graph] = onnx.load(str(model)), (src, model)
+    exclude = _split_names(opts.exclude, models, "exclude")
+    include = _split_names(opts.include, models, "include")
+    jobs = {}
+    for graph, proto in models.items():
+        derived = excl.derive(proto, opts.rules if opts.rules is not None else excl.DEFAULT_RULES, context)
+        final = excl.apply_overrides(derived, proto, exclude[graph], include[graph])
+        if graph == "encoder":
+            reader: Any = image_reader
+        else:
+            sess_opts = ort.SessionOptions()
+            sess_opts.intra_op_num_threads = opts.threads
+            encoder = ort.InferenceSession(str(bundle.path(bundle.require("encoder", "onnx", "fp32"))), sess_opts,
+                                           providers=["CPUExecutionProvider"])
+            wanted = tuple(i.name for i in proto.graph.input)
+            reader = GraphInputReader(image_reader, encoder, wanted)
+        jobs[graph] = GraphJob(graph, sources[graph][0], sources[graph][1], reader, derived, final)
+    return jobs
+
+
+def _quantize_all(jobs: dict[str, GraphJob], opts: CalibrationOptions, work: Path, tag: str) -> dict[str, str]:
+    """Quantize every job into ``work`` and check the flavour; returns graph -> path relative to the bundle."""
+    files = {}
+    for graph, job in jobs.items():
+        out = work / f"{graph}.{opts.flavour.precision}.{tag}.onnx"
+        job.quantize(opts, out)
+        summary = qdq.summarise(onnx.load(str(out)))
+        problems = qdq.check_flavor(summary, opts.flavour)
+        if problems:
+            raise RuntimeError(f"the {opts.backend} {opts.flavor} {graph} graph breaks its flavour: "
+                               f"{'; '.join(problems)}. Nothing was written.")
+        job.details["structure"] = {k: v for k, v in summary.items() if k not in ("quantized_nodes",
+                                                                                  "float_compute_nodes")}
+        job.details["structure"]["float_compute_nodes"] = summary["float_compute_nodes"]
+        files[graph] = str(out.relative_to(work.parent))
+    return files
+
+
+def _check_overlap(images: ImageSet, evalset: Any, opts: CalibrationOptions) -> dict[str, Any] | None:
+    if evalset is None:
+        return None
+    both = overlapping(images.paths, evalset.paths)
+    if both and not opts.allow_overlap:
+        raise OverlapError(f"{len(both)} of the {len(images.paths)} calibration images are also evaluation images "
+                           f"of {evalset.root} (e.g. {both[0]}); calibrate on other images (e.g. "
+                           "coco_mini/calib_images) or pass --allow-overlap.")
+    return {**evalset.provenance(), "overlapping_images": len(both), "allowed": bool(both)}
+
+
+def calibrate(bundle_root: str | Path, opts: CalibrationOptions, log: Log = lambda s: None,
+              evalset: Any = None) -> dict[str, Any]:
+    """Calibrate, check, measure and register; returns the report (also stored in the manifest).
+
+    ``evalset`` (an :class:`~.accuracy.EvalSet`) is the evaluation split: overlap is refused against it, and
+    ``opts.max_drop`` / ``opts.evaluate`` measure on it.
+    """
+    t_start = time.perf_counter()
+    opts = opts.validated()
+    bundle = load_bundle(bundle_root)
+    flavor = opts.flavour
+    if (opts.max_drop or opts.evaluate) and evalset is None:
+        raise ValueError("--max-drop / --evaluate need an evaluation split (--eval-data).")
+    images = select_images(opts.images, opts.data, opts.annotations, opts.num)
+    warnings = [f"skipped unreadable image {s}" for s in images.skipped]
+    if len(images.paths) < WARN_BELOW:
+        warnings.append(f"only {len(images.paths)} calibration images (of --num {opts.num}); ranges from fewer than "
+                        f"~{WARN_BELOW} images may not cover what the model meets (NVIDIA recommends >= 500).")
+    for w in warnings:
+        log(f"warning: {w}")
+    eval_info = _check_overlap(images, evalset, opts)
+    work = Path(tempfile.mkdtemp(dir=bundle.root, prefix=".calibrate."))
+    try:
+        jobs = prepare_jobs(bundle, opts, images, work)
+        for g, job in jobs.items():
+            log(f"{g}: {len(job.excluded)} nodes stay float: " + "; ".join(
+                f"{rule} {len(names)}" for rule, names in job.derived.items() if names))
+        files = _quantize_all(jobs, opts, work, "step0")
+        sens = _sensitivity(bundle, jobs, files, opts, images)
+        control_steps: list[Any] = []
+        metrics: dict[str, Any] = {}
+        if opts.max_drop or opts.evaluate:
+            first = files
+            files, control_steps, metrics = _accuracy(bundle, jobs, files, opts, evalset, sens, work, log)
+            if files != first:  # layers moved back to float: report the sensitivity of what is registered
+                sens = _sensitivity(bundle, jobs, files, opts, images)
+        verification = _verify(bundle, files, opts)
+        if verification and verification.get("skipped"):
+            warnings.append(f"INT8 vs PyTorch comparison skipped: {verification['skipped']}")
+            log(f"warning: {warnings[-1]}")
+        if verification and verification["failures"]:
+            warnings.append("INT8 vs PyTorch beyond the int8 tolerance (recorded in manifest['verification']): "
+                            + "; ".join(verification["failures"]))
+            log(f"warning: {warnings[-1]}")
+        fidelity = _fidelity(bundle, jobs, files, opts, images, evalset)
+        metrics["output_fidelity"] = fidelity
+        timing = _latency(bundle, files, opts)
+        report = register(bundle, jobs, files, sens, opts, images, eval_info, control_steps, metrics, timing,
+                           verification, warnings, round(time.perf_counter() - t_start, 1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"registered {', '.join(f'{g}/onnx/{flavor.precision}' for g in jobs)}")
+    return report
+
+
+def _sensitivity(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], opts: CalibrationOptions,
+                 images: ImageSet) -> dict[str, Any]:
+    from . import sensitivity
+
+    out = {}
+    n = min(opts.sensitivity_images, len(images.paths))
+    for graph, job in jobs.items():
+        feeds = [job.reader.feed(i) for i in range(n)]
+        out[graph] = sensitivity.report(job.model, bundle.root / files[graph], feeds, opts.threads)
+    return out
+
+
+def _fidelity(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], opts: CalibrationOptions,
+              images: ImageSet, evalset: Any) -> dict[str, Any]:
+    """INT8 vs FP32 graph outputs on up to 8 evaluation images (calibration images when there is no split)."""
+    from .sensitivity import output_fidelity
+
+    if "encoder" not in jobs:
+        return {}
+    policy = InputPolicy.from_dict(bundle.manifest["input_policy"])
+    paths = list(evalset.paths[:8]) if evalset is not None else list(images.paths[:8])
+    feeds = list(ImageReader(paths, policy))
+    return {"images": len(feeds), "source": "evaluation" if evalset is not None else "calibration",
+            "encoder": output_fidelity(jobs["encoder"].source, bundle.root / files["encoder"], feeds, opts.threads)}
+
+
+def _accuracy(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], opts: CalibrationOptions,
+              evalset: Any, sens: dict[str, Any], work: Path, log: Log
+              ) -> tuple[dict[str, str], list[Any], dict[str, Any]]:
+    from ..runtime.loader import load
+    from . import accuracy
+
+    wanted = tuple(opts.max_drop) or ("pq", "miou")
+    fp32 = load(bundle.root, precision="fp32", threads=opts.threads)
+    t0 = time.perf_counter()
+    base = _fp32_baseline(bundle, evalset, wanted, lambda: accuracy.task_metrics(fp32, evalset, wanted))
+    log(f"fp32 on {len(evalset.paths)} evaluation images: " + ", ".join(f"{k} {v:.2f}" for k, v in base.items())
+        + f" ({time.perf_counter() - t0:.0f} s)")
+    precision = opts.flavour.precision
+    nodes = {g: {n.name for n in onnx.load(str(job.model)).graph.node} for g, job in jobs.items()}
+    start = [n for job in jobs.values() for n in job.excluded]
+    step = iter(range(1, 1000))
+
+    def requantize(excluded: list[str]) -> dict[str, str]:
+        if excluded == start:
+            return files  # step 0 is what was quantized already
+        for g, job in jobs.items():
+            job.excluded = [n for n in excluded if n in nodes[g]]
+        return _quantize_all(jobs, opts, work, f"step{next(step)}")
+
+    def evaluate(candidate: dict[str, str]) -> dict[str, float]:
+        return accuracy.task_metrics(accuracy.candidate_pipeline(bundle, candidate, precision, opts.threads),
+                                     evalset, wanted)
+
+    budget = opts.max_drop or {m: float("inf") for m in wanted}
+    ranked = sorted((r["local_sqnr_db"], r["node"]) for g in jobs for r in sens[g]["nodes"])
+    _, final_files, steps = accuracy.control(requantize, evaluate, base, budget, [n for _, n in ranked], start, log)
+    if not steps[-1].within_budget:
+        raise accuracy.AccuracyBudgetError(
+            f"accuracy control could not bring the drop within {opts.max_drop} after moving "
+            f"{steps[-1].excluded - len(start)} layers back to float (last drop: {steps[-1].drop}); nothing was "
+            "written.", steps)
+    final = accuracy.candidate_pipeline(bundle, final_files, precision, opts.threads)
+    agree = accuracy.agreement(fp32, final, evalset.paths[: min(8, len(evalset.paths))])
+    return final_files, steps, {"fp32": base, "int8": steps[-1].metrics, "drop": steps[-1].drop,
+                                "agreement_vs_fp32": agree, "evaluation_images": len(evalset.paths)}
+
+
+def _fp32_baseline(bundle: Bundle, evalset: Any, wanted: tuple[str, ...],
+                   compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """FP32 metrics of the evaluation split, cached in the manifest under a key of the split's images and the
+    FP32 graphs' sha256 (re-calibrating does not re-evaluate an unchanged FP32 model)."""
+    import hashlib
+
+    graphs = sorted(a.sha256 for a in bundle.artifacts if a.format == "onnx" and a.precision == "fp32")
+    key = hashlib.sha256(json.dumps([evalset.provenance(), [str(p) for p in evalset.paths], graphs, sorted(wanted)]
+                                    ).encode()).hexdigest()[:16]
+    cache = (bundle.manifest.get("calibration") or {}).get("fp32_baselines", {})
+    if key in cache:
+        return {k: float(v) for k, v in cache[key].items()}
+    metrics = compute()
+    cal = bundle.manifest.get("calibration") or {}
+    cal.setdefault("fp32_baselines", {})[key] = metrics
+    bundle.update(calibration=cal)
+    return metrics
+
+
+def _verify(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> dict[str, Any] | None:
+    """PyTorch vs the INT8 graphs (exporters/verify.py, TOLERANCES["int8"]) on ``opts.verify_images``."""
+    if not opts.verify_images:
+        return None
+    from ..exporters.export import verify_onnx_bundle
+    from ..exporters.verify import VerificationError
+    from ..runtime.loader import reference_model
+    from .accuracy import candidate_view
+
+    precision = opts.flavour.precision
+    try:  # the bundle's checkpoint may be gone or no longer load into the current model code
+        reference = reference_model(bundle)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        if opts.strict_verify:
+            raise VerificationError(f"--strict-verify needs the PyTorch reference, which cannot be built: {e}") from e
+        return {"skipped": f"the PyTorch reference could not be built ({e})", "failures": [], "precision": precision}
+    report = verify_onnx_bundle(reference, candidate_view(bundle, files, precision), precision,
+                                list(opts.verify_images), threads=opts.threads)
+    report["precision"] = precision
+    if report["failures"] and opts.strict_verify:
+        raise VerificationError(f"the {precision} graphs disagree with PyTorch beyond the int8 tolerance: "
+                                f"{'; '.join(report['failures'])}. Nothing was written.")
+    return report
+
+
+def _latency(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> dict[str, Any]:
+    from .accuracy import encoder_latencies
+
+    if "encoder" not in files:
+        return {}
+    h, w = InputPolicy.from_dict(bundle.manifest["input_policy"]).size
+    t = encoder_latencies({"fp32": bundle.path(bundle.require("encoder", "onnx", "fp32")),
+                           "int8": bundle.root / files["encoder"]}, (h, w), opts.threads)
+    return {**t, "speedup": round(t["fp32"]["median_ms"] / t["int8"]["median_ms"], 2)}

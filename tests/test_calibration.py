@@ -1,0 +1,364 @@
+"""INT8 calibration: Q/DQ structure of both flavours and backends, exclusions derived from the graph, overlap
+refusal, empty / unreadable calibration folders, manifest provenance, TensorRT cache format, accuracy control.
+
+The bundle is a seeded RANDOM rapsam_r18_lite at 128x128: fine for structure, never for accuracy claims.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ASSET_IMAGES
+from typer.testing import CliRunner
+
+from rapsam_edge.bundle import load_bundle
+from rapsam_edge.calibration import CalibrationOptions, OverlapError, calibrate, parse_max_drop, qdq, trt_cache
+from rapsam_edge.calibration import exclusions as excl
+from rapsam_edge.calibration.accuracy import EvalSet, Step, control
+from rapsam_edge.calibration.options import FLAVORS
+from rapsam_edge.calibration.readers import ImageReader, overlapping, select_images
+from rapsam_edge.cli import app
+from rapsam_edge.exporters.export import ExportRequest, run_export
+from rapsam_edge.preprocess import InputPolicy
+
+VERIFY = sorted(ASSET_IMAGES.glob("*.png"))[:1]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("calib_bundles")
+    run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=128, out=out, verify_images=VERIFY))
+    return out / "rapsam_r18_lite"
+
+
+@pytest.fixture()
+def bundle(exported, tmp_path) -> Path:
+    dst = tmp_path / "bundle"
+    shutil.copytree(exported, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory) -> Path:
+    """Six real photos (the package's embedded images, repeated under new names)."""
+    d = tmp_path_factory.mktemp("calib")
+    photos = sorted(p for p in ASSET_IMAGES.iterdir() if p.suffix in (".png", ".jpg"))
+    for i in range(6):
+        src = photos[i % len(photos)]
+        shutil.copy(src, d / f"{i:03d}{src.suffix}")
+    return d
+
+
+def _opts(images: Path, **kw) -> CalibrationOptions:
+    return CalibrationOptions(images=images, data="folder", num=kw.pop("num", 3), sensitivity_images=1, threads=1,
+                              **kw)
+
+
+def _middle_conv(path: Path) -> str:
+    """A Conv node of the graph that no default rule excludes (picked from the graph: the layer list of the
+    lite neck is not fixed)."""
+    model = onnx.load(str(path))
+    derived = {n for names in excl.derive(model).values() for n in names}
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in derived]
+    return convs[len(convs) // 2]
+
+
+def _zero_points(model: onnx.ModelProto) -> list[tuple[str, int, bool]]:
+    inits = {t.name: t for t in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = inits[n.input[2]]
+            out.append((n.op_type, zp.data_type, bool(np.any(onnx.numpy_helper.to_array(zp)))))
+    return out
+
+
+def test_cpu_flavour_is_u8_activations_s8_per_channel_weights_with_provenance(bundle, calib_dir):
+    report = calibrate(bundle, _opts(calib_dir, flavor="cpu"))
+    b = load_bundle(bundle)  # sha256 of every artifact checked
+    art = b.require("encoder", "onnx", "int8-cpu")
+    model = onnx.load(str(b.path(art)))
+    s = qdq.summarise(model)
+    # uint8 activations with free (asymmetric) zero points, int8 weights with zero point 0, one per quantized layer
+    assert set(s["activation_dtypes"]) == {"uint8"} and s["activation_nonzero_zero_points"] > 0
+    assert set(s["weight_dtypes"]) == {"int8"} and s["weight_nonzero_zero_points"] == 0
+    assert sum(s["weight_dtypes"].values()) == len(s["quantized_nodes"]) > 10
+    assert s["int32_bias_dequantize"] > 0  # onnxruntime's CPU kernels take int32 biases
+    # per output channel: Conv weights (O, I, kh, kw) on axis 0, ConvTranspose (I, O, kh, kw) on 1, MatMul (K, N) on 1
+    assert set(s["weight_axes"]["Conv"]) == {"0"}
+    assert set(s["weight_axes"].get("ConvTranspose", {"1": 0})) == {"1"}
+    linear = {**s["weight_axes"].get("MatMul", {}), **s["weight_axes"].get("Gemm", {})}
+    assert set(linear) == {"1"}  # the prompt K/V projections of the encoder
+    assert qdq.check_flavor(s, FLAVORS["cpu"]) == []
+    # derived exclusions stay float, and only they: in the encoder at least the conv on raw pixels
+    exc = report["exclusions"]["encoder"]
+    nodes = {n.name: n for n in model.graph.node}
+    assert set(s["float_compute_nodes"]) == {n for n in exc if nodes[n].op_type in qdq.COMPUTE_OPS}
+    rules = art.details["exclusion_rules"]
+    assert len(rules["first_conv"]) == 1 and nodes[rules["first_conv"][0]].op_type == "Conv"
+    assert nodes[rules["first_conv"][0]].input[0] not in {o for n in model.graph.node if n.op_type ==
+                                                          "DequantizeLinear" for o in n.output}
+    # provenance in the manifest
+    cal = b.manifest["calibration"]["cpu"]
+    assert cal["data"]["count"] == 3 and cal["data"]["available"] == 6 and len(cal["data"]["image_ids_sha256"]) == 64
+    assert cal["data"]["data"] == "folder" and cal["data"]["path"] == str(calib_dir)
+    assert (cal["method"], cal["backend"], cal["flavour"]) == ("percentile", "ort", "cpu")  # the defaults
+    assert cal["exclusions"]["encoder"] == exc and art.details["calibration_images"] == 3
+    assert cal["exclusion_overrides"]["rules"] == list(excl.DEFAULT_RULES)
+    assert cal["latency"]["speedup"] > 0 and "only 3 calibration images" in cal["warnings"][0]
+    sens = json.loads((bundle / "calibration" / "encoder.int8-cpu.sensitivity.json").read_text())
+    assert (bundle / "calibration" / "encoder.int8-cpu.sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sqnr = [r["sqnr_db"] for r in sens["tensors"]]
+    assert sqnr == sorted(sqnr) and {r["kind"] for r in sens["tensors"]} == {"activation", "weight"}
+    assert all(-1 <= r["cosine"] <= 1.0 + 1e-9 for r in sens["tensors"]) and sens["nodes"]
+    # the runtime resolves int8 for the encoder and fp32 for the decoders
+    from rapsam_edge.calibration import calibrated_artifacts
+    from rapsam_edge.runtime.ort_backend import resolve_precisions
+
+    assert resolve_precisions(b, "int8-cpu") == {"encoder": "int8-cpu", "object_decoder": "fp32",
+                                                  "prompt_decoder": "fp32"}
+    assert calibrated_artifacts(bundle) == {"cpu": {"encoder": b.path(art)}}
+
+
+def test_tensorrt_flavour_is_symmetric_s8_zero_point_0_and_writes_a_trt8_cache(bundle, calib_dir, tmp_path):
+    from rapsam_edge.exporters.tensorrt import _check_qdq
+
+    chosen = _middle_conv(bundle / "encoder.onnx")
+    copy = tmp_path / "eval" / "same_bytes.png"  # an evaluation image that is also a calibration image ...
+    copy.parent.mkdir()
+    shutil.copy(select_images(calib_dir, num=3).paths[0], copy)
+    evalset = EvalSet(copy.parent, None, 1, None, [copy])
+    calibrate(bundle, _opts(calib_dir, flavor="tensorrt", exclude=(chosen,), allow_overlap=True), evalset=evalset)
+    b = load_bundle(bundle)
+    model = onnx.load(str(b.path(b.require("encoder", "onnx", "int8-trt"))))
+    zps = _zero_points(model)
+    assert zps and all(dtype == onnx.TensorProto.INT8 and not nonzero for _, dtype, nonzero in zps)
+    assert _check_qdq(model)["symmetric_int8"]  # what `export --target tensorrt --precision int8` requires
+    s = qdq.summarise(model)
+    assert s["int32_bias_dequantize"] == 0 and set(s["weight_axes"]["Conv"]) == {"0"}
+    assert qdq.check_flavor(s, FLAVORS["tensorrt"]) == []
+    assert chosen in s["float_compute_nodes"]  # --exclude honoured
+    cal = b.manifest["calibration"]["tensorrt"]
+    assert cal["flavour"] == "tensorrt" and chosen in cal["exclusions"]["encoder"]
+    assert cal["exclusion_overrides"]["exclude"] == [chosen]
+    # ... accepted only because of --allow-overlap, and recorded
+    assert cal["evaluation"]["overlapping_images"] == 1 and cal["evaluation"]["allowed"] is True
+    text = (bundle / cal["files"]["trt_cache"]["path"]).read_text()
+    lines = text.splitlines()
+    assert lines[0] == "TRT-8601-EntropyCalibration2"
+    assert all(re.fullmatch(r"[^:\s]+: [0-9a-f]{8}", ln) for ln in lines[1:]) and len(lines) > 30
+    fp32 = onnx.load(str(bundle / "encoder.onnx"))
+    fp32_names = {o for n in fp32.graph.node for o in n.output} | {"image"}
+    _, amax = trt_cache.parse(text)
+    assert set(amax) <= fp32_names and all(v > 0 for v in amax.values())
+    # the excluded first conv's input (and the raw image) stay float in TensorRT 8 too: no range for them
+    first = next(n for n in fp32.graph.node if n.name == cal["exclusions"]["encoder"][0])
+    left_out = set(cal["files"]["trt_cache"]["left_out_for_float_nodes"])
+    assert {"image", first.input[0]} <= left_out and not left_out & set(amax)
+
+
+class _Feeds:
+    def __init__(self, feeds):
+        self.feeds = feeds
+
+    def get_next(self):
+        return self.feeds.pop(0) if self.feeds else None
+
+    def chunks(self, size):
+        for i in range(0, len(self.feeds), size):
+            yield _Feeds(self.feeds[i:i + size])
+
+
+def test_entropy_and_percentile_clip_outliers_unlike_minmax(tmp_path):
+    """quantize_static's Entropy equals MinMax (128 bins); ours searches 2048 bins and clips the tail."""
+    from onnx import TensorProto, helper
+
+    from rapsam_edge.calibration.ort_qdq import collect_ranges
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4, 1, 1], np.eye(4, dtype=np.float32).ravel())
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                               helper.make_node("Relu", ["c"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], [w])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    rng = np.random.default_rng(0)
+
+    def feeds():
+        out = []
+        for _ in range(6):
+            x = rng.normal(size=(1, 4, 16, 16)).astype(np.float32)
+            x[0, 0, 0, 0] = 40.0  # one outlier per image
+            out.append({"x": x})
+        return out
+
+    mm = collect_ranges(path, _Feeds(feeds()), "minmax", symmetric=True)
+    ent = collect_ranges(path, _Feeds(feeds()), "entropy", symmetric=True)
+    assert mm.values["c"][1] == pytest.approx(40.0, rel=1e-3)
+    assert 2.0 < ent.values["c"][1] < 20.0  # the KL threshold drops the lone outlier
+    assert ent.values["y"][0] == 0.0  # clipped to what was observed: no negative half for a ReLU output
+    pct = collect_ranges(path, _Feeds(feeds()), "percentile", symmetric=False, percentile=99.0)
+    assert 2.0 < pct.values["c"][1] < 20.0
+
+
+@pytest.mark.parametrize("flavor", ["cpu", "tensorrt"])
+def test_nncf_backend_meets_the_flavour(exported, calib_dir, tmp_path, flavor):
+    from rapsam_edge.calibration import nncf_backend
+
+    policy = InputPolicy(size=(128, 128))
+    reader = ImageReader(select_images(calib_dir, num=2).paths, policy)
+    out = tmp_path / "q.onnx"
+    chosen = _middle_conv(exported / "encoder.onnx")
+    details = nncf_backend.quantize(exported / "encoder.onnx", out, reader, "minmax", FLAVORS[flavor], [chosen])
+    s = qdq.summarise(onnx.load(str(out)))
+    assert qdq.check_flavor(s, FLAVORS[flavor]) == [] and details["activation_qdq_retyped"] > 0
+    assert chosen in s["float_compute_nodes"] and set(s["weight_axes"]["Conv"]) == {"0"}
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    feats = sess.run(None, reader.feed(0))[0]
+    ref = ort.InferenceSession(str(exported / "encoder.onnx"), so, providers=["CPUExecutionProvider"]).run(
+        None, reader.feed(0))[0]
+    cos = float((feats * ref).sum() / np.linalg.norm(feats) / np.linalg.norm(ref))
+    assert cos > 0.98
+
+
+def test_exclusions_are_derived_from_the_object_decoder_graph(exported):
+    model = onnx.load(str(exported / "object_decoder.onnx"))
+    counts = {op: sum(n.op_type == op for n in model.graph.node) for op in ("LayerNormalization", "Softmax")}
+    derived = excl.derive(model)
+    assert len(derived["layernorm"]) == counts["LayerNormalization"] and len(derived["softmax"]) == counts["Softmax"]
+    assert len(derived["attention"]) == 2 * counts["Softmax"]  # q·kᵀ into and p·v out of each softmax
+    assert len(derived["classifier"]) == 1 and derived["first_conv"] == []
+    assert len(derived["mask_products"]) >= 5  # one per stage + adapter + the initial product (+ pooling)
+    nodes = {n.name: n for n in model.graph.node}
+    assert all(nodes[n].op_type == "MatMul" for n in derived["attention"] + derived["mask_products"])
+    final = excl.apply_overrides(derived, model, exclude=[], include=derived["classifier"])
+    assert derived["classifier"][0] not in final
+    with pytest.raises(ValueError, match="not a node of the graph"):
+        excl.apply_overrides(derived, model, exclude=["no_such_node"])
+    prompt = onnx.load(str(exported / "prompt_decoder.onnx"))
+    assert excl.attention_inputs(prompt) == {"prompt_keys", "prompt_values"}
+    encoder = onnx.load(str(exported / "encoder.onnx"))
+    ctx = excl.Context(frozenset(excl.attention_inputs(prompt)))
+    kv = excl.derive(encoder, excl.RULES, ctx)["attention_kv_outputs"]  # opt-in rule, not a default
+    assert len(kv) == 2 and "attention_kv_outputs" not in excl.DEFAULT_RULES
+    assert {o for n in encoder.graph.node if n.name in kv for o in n.output} == {"prompt_keys", "prompt_values"}
+
+
+def test_overlap_with_the_evaluation_images_is_refused(bundle, calib_dir, tmp_path):
+    copy = tmp_path / "eval" / "renamed.png"
+    copy.parent.mkdir()
+    shutil.copy(sorted(calib_dir.iterdir())[0], copy)  # same bytes, other name: still caught
+    evalset = EvalSet(copy.parent, None, 1, None, [copy])
+    with pytest.raises(OverlapError, match="also evaluation images.*--allow-overlap"):
+        calibrate(bundle, _opts(calib_dir), evalset=evalset)
+    assert load_bundle(bundle).find("encoder", "onnx", "int8-cpu") is None  # nothing written
+    assert overlapping([copy], [sorted(calib_dir.iterdir())[1]]) == []
+
+
+def test_empty_missing_and_unreadable_calibration_folders(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="holds no image files"):
+        select_images(empty)
+    coco_root = tmp_path / "coco_root"  # a COCO root: the images are one level down, and it says which
+    (coco_root / "calib_images").mkdir(parents=True)
+    shutil.copy(sorted(ASSET_IMAGES.glob("*.png"))[0], coco_root / "calib_images" / "a.png")
+    with pytest.raises(ValueError, match="has image folders calib_images: pass one of them"):
+        select_images(coco_root, "coco")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        select_images(tmp_path / "missing")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not a jpeg")
+    (bad / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ValueError, match="none of the 2 image files .* can be read"):
+        select_images(bad)
+    shutil.copy(sorted(ASSET_IMAGES.glob("*.png"))[0], bad / "c.png")
+    picked = select_images(bad, num=5)
+    assert [p.name for p in picked.paths] == ["c.png"] and len(picked.skipped) == 2
+
+
+def test_cli_refuses_bad_calibration_input_in_one_sentence(exported, tmp_path):
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, ["calibrate", "--bundle", str(exported), "--images", str(empty), "--data", "folder",
+                              "--eval-data", str(tmp_path / "none")])
+    assert res.exit_code == 2
+    res = runner.invoke(app, ["calibrate", "--bundle", str(exported), "--images", str(empty), "--data", "folder",
+                              "--verify-limit", "0"])
+    assert res.exit_code == 2 and "holds no image files" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["calibrate", "--bundle", str(exported), "--images", str(empty), "--method", "kl"])
+    assert res.exit_code == 2 and "--method 'kl' is not one of" in res.output
+    res = runner.invoke(app, ["calibrate", "--bundle", str(exported), "--images", str(empty), "--max-drop", "pq"])
+    assert res.exit_code == 2 and "METRIC=POINTS" in res.output
+
+
+def test_options_and_max_drop_parsing():
+    assert parse_max_drop(["pq=0.5", "miou=0.25,sq=1"]) == {"pq": 0.5, "miou": 0.25, "sq": 1.0}
+    with pytest.raises(ValueError, match="did you mean 'miou'"):
+        parse_max_drop(["mIOU2=1"])
+    with pytest.raises(ValueError, match="prompt decoder stays in floating point"):
+        CalibrationOptions(images=Path("."), graphs=("prompt_decoder",)).validated()
+    with pytest.raises(ValueError, match="--flavor 'trt' is not one of cpu, tensorrt"):
+        CalibrationOptions(images=Path("."), flavor="trt").validated()
+
+
+def test_trt_cache_scales_round_trip():
+    text = trt_cache.render({"image": 2.64, "relu": 12.7}, version="8.5.3")
+    head, amax = trt_cache.parse(text)
+    assert head == "TRT-8503-EntropyCalibration2" and amax.keys() == {"image", "relu"}
+    assert amax["relu"] == pytest.approx(12.7, rel=1e-6)
+    assert text.splitlines()[2] == "relu: 3dcccccd"  # 0.1 as big-endian float32 bits
+
+
+def test_accuracy_control_moves_the_most_sensitive_nodes_first():
+    quality = {"a": 3.0, "b": 1.0, "c": 0.5, "d": 0.1}  # points each node costs when quantized
+
+    def requantize(excluded):
+        return {"encoder": ",".join(excluded)}
+
+    def evaluate(files):
+        float_nodes = set(filter(None, files["encoder"].split(",")))
+        return {"miou": 50.0 - sum(v for k, v in quality.items() if k not in float_nodes)}
+
+    log: list[str] = []
+    final, _, steps = control(requantize, evaluate, {"miou": 50.0}, {"miou": 0.7}, ["a", "b", "c", "d"], ["x"],
+                              log.append)
+    assert [s.moved_to_float for s in steps] == [[], ["a"], ["b", "c"]]
+    assert final == ["x", "a", "b", "c"] and steps[-1].within_budget and steps[-1].drop == {"miou": 0.1}
+    assert isinstance(steps[0], Step) and not steps[0].within_budget and len(log) == 3
+
+
+@pytest.mark.slow
+def test_calibrate_cli_with_max_drop_and_object_decoder(bundle, calib_dir, shared_data, tmp_path):
+    """Mechanics of accuracy control through the CLI (random weights: a budget of 0 forces fallback steps)."""
+    out = tmp_path / "report.json"
+    res = CliRunner().invoke(app, [
+        "calibrate", "--bundle", str(bundle), "--images", str(calib_dir), "--data", "folder", "--num", "3",
+        "--graphs", "encoder,object_decoder", "--max-drop", "miou=0", "--max-drop", "pq=0",
+        "--eval-data", str(shared_data / "coco_mini"), "--eval-subset", "extra_val2017_from_COCO_MINI",
+        "--eval-limit", "3", "--verify-limit", "1", "--threads", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert set(report["exclusions"]) == {"encoder", "object_decoder"}
+    steps = report["accuracy_control"]
+    assert steps[-1]["within_budget"] and all(d <= 0 for d in steps[-1]["drop"].values())
+    assert report["evaluation"]["overlapping_images"] == 0 and report["verification"]["images"] == 1
+    b = load_bundle(bundle)
+    assert b.find("object_decoder", "onnx", "int8-cpu") is not None
+    # recorded, and printed as a warning when beyond tolerance (random weights: agreement means nothing here)
+    failures = b.manifest["verification"]["onnx/int8-cpu"]["failures"]
+    assert failures == report["verification"]["failures"]
+    assert bool(failures) == any("int8 tolerance" in w for w in report["warnings"])
