@@ -381,6 +381,124 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instea
     out.print(vt)
 
 
+@app.command()
+def bench(
+    bundle: Annotated[Path | None, typer.Option(help="Exported bundle. None: export + calibrate + bench the embedded "
+                                                     "default (rapsam_r18_lite with --checkpoint, else seeded RANDOM "
+                                                     "weights, labelled so) into OUT/bundles.")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | a100 | jetson | coreml | auto.")] = "auto",
+    formats: Annotated[str | None, typer.Option(help="Comma list or 'all': torch, onnx-fp32, onnx-fp16, onnx-int8-cpu, "
+                                                     "onnx-int8-trt, trt-fp16, trt-int8, coreml-fp16, coreml-fp32, "
+                                                     "coreml-int8, coreml-palette4, coreml-w8a8 (default: the "
+                                                     "device's).")] = None,
+    data: Annotated[str, typer.Option(help="coco (coco_mini held-out split + the official panoptic images) | "
+                                           "panoptic | none (embedded photos) | DIR (COCO layout or images).")
+                    ] = "coco",
+    subset: Annotated[str | None, typer.Option(help="splits.json id list (default for coco_mini: "
+                                                    "extra_val2017_from_COCO_MINI).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most N images (and videos) per dataset.")] = None,
+    tasks: Annotated[str, typer.Option(help="Comma list: panoptic, interactive, video.")] = "panoptic,interactive",
+    video_data: Annotated[Path | None, typer.Option(help="YouTube-VIS layout (default ../shared/data/video_mini).")
+                          ] = None,
+    video_mode: Annotated[str, typer.Option(help="clip | stream (TensorRT/CoreML rows always stream).")] = "clip",
+    runs: Annotated[int, typer.Option(help="Timed runs per measure (median and p90 over them).")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs before them.")] = 3,
+    threads: Annotated[int, typer.Option(help="CPU threads of onnxruntime / torch (0 = runtime default).")] = 0,
+    floor: Annotated[list[str] | None, typer.Option(help="METRIC=VALUE (pq, miou, ap, mask_iou, class_agreement "
+                                                         "...); repeatable. A format below it fails the run.")] = None,
+    max_drop: Annotated[list[str] | None, typer.Option(help="METRIC=POINTS vs the PyTorch row (else onnx-fp32); "
+                                                            "repeatable. A larger drop fails the run.")] = None,
+    drift_images: Annotated[int, typer.Option(help="Images compared with PyTorch per format.")] = 4,
+    out: Annotated[Path, typer.Option(help="Report folder (report.json, report.md, PNG plots).")] = Path("runs/bench"),
+    cold_start: Annotated[bool, typer.Option("--cold-start/--no-cold-start", help="Measure load + first inference "
+                                             "and peak RSS in a fresh process per format.")] = True,
+    make_missing: Annotated[bool, typer.Option("--make-missing", help="Export / calibrate formats the bundle lacks "
+                                               "(writes into the bundle).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Also exit 1 when a format failed validation or export.")
+                      ] = False,
+    compute_units: Annotated[str, typer.Option(help="coreml: all | cpuAndNeuralEngine | cpuAndGPU | cpuOnly.")
+                             ] = "all",
+    config: Annotated[str | None, typer.Option(help="No --bundle: config (default rapsam_r18_lite).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="No --bundle: checkpoint (none = seeded random init).")
+                          ] = None,
+    imgsz: Annotated[int | None, typer.Option(help="No --bundle: square input size (multiple of 32).")] = None,
+    seed: Annotated[int, typer.Option(help="No --bundle: seed of the random init.")] = 0,
+    calib_images: Annotated[Path | None, typer.Option(help="Calibration images for made INT8 formats (default "
+                                                           "coco_mini/calib_images).")] = None,
+    calib_num: Annotated[int, typer.Option(help="At most this many calibration images.")] = 500,
+) -> None:
+    """Validate every format of a bundle for accuracy drift and speed on this device, side by side in one run.
+    Exit code 1 when a --floor / --max-drop gate is missed (and with --strict, when a format failed)."""
+    from .benchmarks.gates import DROP_METRICS, FLOOR_METRICS, parse_thresholds
+    from .benchmarks.harness import BenchRequest, run_bench
+    from .benchmarks.prepare import MakeSpec
+    from .progress import bench_progress
+
+    if bundle is not None and (config or checkpoint or imgsz):
+        fail("--config / --checkpoint / --imgsz describe the default bundle made without --bundle; the bundle "
+             f"{bundle} already fixes them.")
+    try:
+        req = BenchRequest(
+            bundle=bundle, device=device, formats=formats, data=data, subset=subset, limit=limit,
+            video_data=video_data, video_mode=video_mode, tasks=_names(tasks), runs=runs, warmup=warmup,
+            threads=threads or None, drift_images=drift_images, out=out, cold_start=cold_start,
+            make_missing=make_missing, compute_units=compute_units,
+            floors=parse_thresholds(floor, "--floor", FLOOR_METRICS),
+            max_drops=parse_thresholds(max_drop, "--max-drop", DROP_METRICS),
+            make=MakeSpec(out=out, config=config, checkpoint=checkpoint, imgsz=imgsz, seed=seed,
+                          calib_images=calib_images, calib_num=calib_num, threads=threads or None))
+        with bench_progress(console) as view:
+            doc = run_bench(req, view)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # DeviceUnavailable included
+        fail(str(e))
+    print_bench(doc)
+    console.print(f"wrote {out / 'report.json'}, {out / 'report.md'}"
+                  + "".join(f", {out / p}" for p in doc["plots"]))
+    failed = [r["format"] for r in doc["formats"] if r["status"] in ("failed validation", "failed to export")]
+    if doc["exit_code"] or (strict and failed):
+        raise typer.Exit(1)
+
+
+def print_bench(doc: dict) -> None:
+    """The formats table (status coloured), the reasons of every non-ok format, targets and gates."""
+    from rich.markup import escape
+
+    from .benchmarks.report import main_table
+
+    if doc["bundle"]["random_init"]:
+        console.print(f"[bold yellow]{escape(doc['notes'][0])}[/]")
+    colour = {"ok": "green", "failed validation": "red", "failed to export": "red", "not exported": "yellow",
+              "not available": "dim"}
+    lines = main_table(doc["formats"])
+    sysinfo = doc["system"]
+    table = Table(title=f"{doc['bundle']['name']} {doc['bundle']['input_size'][0]}px on {doc['device']['profile']} "
+                        f"({sysinfo['cpu_model']}, {sysinfo['cpu_cores_usable']} cores"
+                        + (f", {sysinfo['gpu']['gpu_name']}" if sysinfo["gpu"].get("gpu_name") else "") + ")",
+                  caption="ms: median (p90) over the timed runs; mask IoU: end-to-end clicks vs PyTorch")
+    for col in lines[0]:
+        table.add_column(col.replace(" ms", "\nms").replace(" vs ", "\nvs "),
+                         justify="left" if col in ("format", "status") else "right")
+    for line in lines[1:]:
+        table.add_row(line[0], f"[{colour.get(line[1], 'white')}]{line[1]}[/]", *line[2:])
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
+    for r in doc["formats"]:
+        if r["reasons"]:
+            console.print(f"[bold]{escape(r['format'])}[/] ({r['status']}): {escape('; '.join(r['reasons']))}")
+    for note in doc["notes"][1 if doc["bundle"]["random_init"] else 0:]:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    kinds: dict[str, list[str]] = {}
+    for t in doc["targets"]:
+        mark = "[green]met[/]" if t["met"] else f"[red]missed, {escape(t['missed_by'])}[/]"
+        kinds.setdefault(f"{t['target']} ({t['comparison']} {t['threshold']:g})", []).append(
+            f"{escape(t['format'])} {t['value']:.2f} {mark}")
+    for kind, parts in kinds.items():
+        console.print(f"target {escape(kind)}: " + "; ".join(parts))
+    g = doc["gates"]
+    if g["floor"] or g["max_drop"]:
+        console.print("[green]gates passed[/]" if g["passed"] else
+                      f"[bold red]gates failed:[/] {escape('; '.join(g['failures']))}")
+
+
 def main() -> None:  # pragma: no cover - entry for python -m
     app(sys.argv[1:])
 

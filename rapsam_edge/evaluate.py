@@ -85,6 +85,21 @@ def evaluate_interactive(pipe: Pipeline, dataset: CocoInstances | CocoPanoptic, 
     return {"task": "interactive", "images": len(idx), **ev.compute()}
 
 
+def video_ground_truth(video: Any) -> list[dict[str, Any]]:
+    """YouTube-VIS ground-truth tracks of a :class:`~rapsam_edge.data.video.VideoRecord`: per-frame RLE (or None)
+    segmentations as stored; polygon frames are rasterised (the evaluator takes RLE only)."""
+    import pycocotools.mask as mask_util
+
+    out, masks = [], None
+    for n, segs in enumerate(video.segmentations):
+        if not all(s is None or isinstance(s, dict) for s in segs):
+            masks = video.masks() if masks is None else masks
+            segs = [mask_util.encode(np.asfortranarray(m.astype(np.uint8))) if m.any() else None for m in masks[n]]
+        out.append({"id": int(video.track_ids[n]), "category_id": int(video.category_ids[n]),
+                    "iscrowd": int(video.iscrowd[n]), "segmentations": segs})
+    return out
+
+
 def evaluate_video(pipe: Pipeline, dataset: YTVISDataset, limit: int | None = None, mode: str = "clip",
                    progress: Progress | None = None) -> dict[str, Any]:
     """YouTube-VIS 2019 AP / AR with ``pipe.track`` (clip or stream mode)."""
@@ -94,7 +109,8 @@ def evaluate_video(pipe: Pipeline, dataset: YTVISDataset, limit: int | None = No
     for n, i in enumerate(idx):
         video = dataset[i]
         result = pipe.track(video.frames, mode=mode)
-        ev.update(video.video_id, video.annotations, result.to_ytvis(video.video_id, pipe.vocabulary.coco_categories()))
+        ev.update(video.video_id, video_ground_truth(video),
+                  result.to_ytvis(video.video_id, pipe.vocabulary.coco_categories()))
         if progress:
             progress(n + 1, len(idx))
     return {"task": "video", "videos": len(idx), "mode": mode, **ev.compute()}

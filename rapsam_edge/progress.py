@@ -33,3 +33,30 @@ def training_progress(console: Console) -> Iterator[Callable[[dict[str, Any]], N
             progress.update(task_id, completed=record["step"], total=total, losses=text)
 
         yield on_step
+
+
+class BenchView:
+    """Renders ``rapsam_edge.benchmarks.harness.Progress`` callbacks: one bar over formats, one over items
+    (images, videos, latency rounds, cold starts) of the current step, and log lines above them."""
+
+    def __init__(self, progress: Progress, console: Console):
+        self.progress, self.console = progress, console
+        self.formats = progress.add_task("formats", total=None, what="")
+        self.steps = progress.add_task("items", total=None, what="")
+
+    def log(self, message: str) -> None:
+        self.progress.console.print(f"  {message}")
+
+    def format(self, done: int, total: int, name: str) -> None:
+        self.progress.update(self.formats, completed=done, total=total, what=name)
+
+    def items(self, done: int, total: int, what: str) -> None:
+        self.progress.update(self.steps, completed=done, total=total, what=what)
+
+
+@contextmanager
+def bench_progress(console: Console) -> Iterator[BenchView]:
+    columns = (TextColumn("[bold]{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[what]}"))
+    with Progress(*columns, console=console, transient=True) as progress:
+        yield BenchView(progress, console)

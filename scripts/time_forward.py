@@ -3,17 +3,18 @@
     .venv/bin/python scripts/time_forward.py --size 640 --runs 10 [--threads 2]
 
 Warm-up excluded; K=1 and K=16 prompts with the per-image key/value memory precomputed (as a
-deployment does) and without it. The real benchmark harness is ``rapsam-edge bench`` (later issue).
+deployment does) and without it. A quick look at every config without exporting anything; the full
+measurement of a bundle's formats (PyTorch row included, p90, cold start, memory) is ``rapsam-edge bench``.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
+from rapsam_edge.benchmarks.latency import stats
 from rapsam_edge.config import CONFIGS, get_config
 from rapsam_edge.model import build_model
 
@@ -25,7 +26,7 @@ def median_ms(fn, runs: int) -> float:
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return stats(times)["median_ms"]
 
 
 def main() -> None:

@@ -28,3 +28,15 @@ def small_pipeline():
     from rapsam_edge.config import get_config
 
     return rapsam_edge.load(get_config("rapsam_r18_lite").replace(input_size=(256, 256)), seed=0, threads=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_bundle(tmp_path_factory) -> Path:
+    """A seeded RANDOM rapsam_r18_lite at 128x128, ONNX fp32, verified on one embedded photo (~20 s to export,
+    so once per session). Read-only: tests that add to it copy it first."""
+    from rapsam_edge.exporters.export import ExportRequest, run_export
+
+    out = tmp_path_factory.mktemp("tiny_bundle")
+    verify = sorted(ASSET_IMAGES.glob("*.png"))[:1]
+    run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=128, out=out, verify_images=verify))
+    return out / "rapsam_r18_lite"

@@ -2,8 +2,8 @@
 
 Two levels, as design.md §6 asks: per graph with identical inputs (the torch encoder's outputs feed
 both decoders, so each graph's own drift is isolated) — max / mean abs error and cosine per output,
-IoU of thresholded masks — and end to end through the shared Pipeline (panoptic pixel agreement,
-interactive mask IoU), which is what a user sees.
+IoU of thresholded masks, top-1 class agreement of the object queries — and end to end through the
+shared Pipeline (panoptic pixel agreement, interactive mask IoU), which is what a user sees.
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ def mask_iou(ref: np.ndarray, out: np.ndarray) -> float:
     return float((inter[keep] / union[keep]).mean()) if keep.any() else 1.0
 
 
+def class_agreement(ref: np.ndarray, out: np.ndarray) -> float:
+    """Fraction of queries whose top-1 class (no-object included) is the reference's: cls_logits (1, Q, C+1)."""
+    return float((ref.argmax(-1) == out.argmax(-1)).mean())
+
+
 def grid_clicks(resized_hw: tuple[int, int], n: int = 4) -> np.ndarray:
     """(1, n*n, 4) normalised click boxes (CLICK_BOX_SIZE pixels) on a regular grid inside the resized image."""
     h, w = resized_hw
@@ -86,6 +91,7 @@ def verify_graphs(reference: Backend, candidate: Backend, images: list[Path], po
         for name, a, b in zip(("cls_logits", "mask_logits", "queries"), obj_ref, obj_out, strict=True):
             _merge(acc, f"object_decoder.{name}", compare(a, b))
         acc.setdefault("object_decoder.mask_iou", []).append(mask_iou(obj_ref[1], obj_out[1]))
+        acc.setdefault("object_decoder.class_agreement", []).append(class_agreement(obj_ref[0], obj_out[0]))
         full = dict(enc_ref)
         pr_ref, pr_out = reference.decode_prompts(full, boxes), candidate.decode_prompts(dict(full), boxes)
         for name, a, b in zip(("mask_logits", "iou"), pr_ref, pr_out, strict=True):

@@ -1,0 +1,212 @@
+"""Accuracy of every format, measured two ways (design.md §6) with the project's own code:
+
+* task metrics against ground truth — :mod:`rapsam_edge.evaluate` (PQ, things-only on instance data; interactive
+  mIoU@1 click and NoC; YouTube-VIS AP), the same functions for every backend;
+* drift against the PyTorch reference on the same images — :func:`rapsam_edge.exporters.verify.verify_graphs`
+  (per graph with identical inputs: max / mean abs error and cosine per output, mask IoU, top-1 class agreement)
+  and :func:`~rapsam_edge.exporters.verify.verify_pipelines` (end to end: panoptic per-pixel class agreement,
+  interactive mask IoU), judged with the export tolerances (``verify.TOLERANCES`` / ``verify.check``).
+
+Data (``--data``): ``coco`` = ``../shared/data/coco_mini`` restricted to its held-out evaluation split
+(``extra_val2017_from_COCO_MINI`` in ``splits.json``; the calibration images are train2017, so they never
+overlap) plus, for the panoptic task, the official COCO panoptic images of ``coco_panoptic_mini`` (``pq_official``)
+and, for the video task, the DAVIS clips of ``video_mini``; ``panoptic`` = the official panoptic images only;
+a folder = a COCO layout (``open_coco``) or a plain image folder (drift and latency only); ``none`` = the
+embedded photos (drift and latency only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.coco import IMAGE_SUFFIXES
+from ..exporters.verify import check, verify_graphs, verify_pipelines
+
+TASKS = ("panoptic", "interactive", "video")
+EVAL_SPLIT = "extra_val2017_from_COCO_MINI"
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class EvalData:
+    """What the formats are measured on.
+
+    Attributes:
+        dataset: the primary COCO-layout dataset (None: images only — drift and latency, no task metrics).
+        images: image files of the primary data (first ``limit``), in order; drift uses the first few.
+        limit: at most this many images / videos per dataset.
+        panoptic: the official panoptic images (``coco_panoptic_mini``), for ``pq_official``.
+        video: the YouTube-VIS-layout clips for the video task.
+    """
+
+    dataset: Any
+    images: list[Path]
+    limit: int | None
+    panoptic: Any = None
+    video: Any = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _embedded_images() -> list[Path]:
+    from importlib import resources
+
+    folder = Path(str(resources.files("rapsam_edge.assets").joinpath("images")))
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _image_paths(dataset: Any, limit: int | None) -> list[Path]:
+    from ..calibration.readers import dataset_image_paths
+
+    return dataset_image_paths(dataset, limit)
+
+
+def resolve_data(data: str, vocabulary: Any, tasks: tuple[str, ...], subset: str | None = None,
+                 limit: int | None = None, video_root: Path | None = None) -> EvalData:
+    """``--data`` -> :class:`EvalData` (see the module doc); refuses a missing folder with one sentence."""
+    from ..training.recipes import default_shared_data, open_coco, open_video
+
+    shared = default_shared_data()
+    notes: list[str] = []
+    dataset = panoptic = video = None
+    prov: dict[str, Any] = {"data": data, "limit": limit}
+    if data == "coco" and not (shared / "coco_mini").is_dir():
+        notes.append(f"--data coco: {shared / 'coco_mini'} is not there; measuring drift and latency on the embedded "
+                     "photos only (no task metrics).")
+        data = "none"
+    if data == "coco":
+        root = shared / "coco_mini"
+        if subset is None and (root / "splits.json").is_file() and EVAL_SPLIT in (root / "splits.json").read_text():
+            subset = EVAL_SPLIT
+        dataset = open_coco(root, vocabulary, subset=subset)
+        prov.update(path=str(root), subset=subset)
+        if "panoptic" in tasks and (shared / "coco_panoptic_mini").is_dir():
+            panoptic = open_coco(shared / "coco_panoptic_mini", vocabulary)
+            prov["panoptic_official"] = str(shared / "coco_panoptic_mini")
+    elif data == "panoptic":
+        root = shared / "coco_panoptic_mini"
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data panoptic reads {root}, which does not exist.")
+        dataset = open_coco(root, vocabulary)
+        prov.update(path=str(root))
+    elif data != "none":
+        root = Path(data)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data {data!r} is neither coco, panoptic, none nor an existing folder.")
+        try:
+            dataset = open_coco(root, vocabulary, split="val2017", subset=subset)
+            prov.update(path=str(root), subset=subset)
+        except FileNotFoundError:
+            files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ValueError(f"--data {root} is neither a COCO layout nor a folder of images.") from None
+            notes.append(f"--data {root} has no COCO annotations: drift and latency only, no task metrics.")
+            prov.update(path=str(root), kind="images")
+            return EvalData(None, files[:limit] if limit else files, limit, provenance=prov, notes=notes)
+    if "video" in tasks:
+        vroot = video_root or shared / "video_mini"
+        if not Path(vroot).is_dir():
+            raise FileNotFoundError(f"--tasks video needs clips: {vroot} does not exist (give --video-data).")
+        video = open_video(vroot, vocabulary)
+        prov["video"] = str(vroot)
+    if dataset is None:
+        images = _embedded_images()
+        prov.update(path="embedded photos", kind="images")
+    else:
+        images = _image_paths(dataset, limit)
+        prov["images"] = len(images)
+    return EvalData(dataset, images, limit, panoptic, video, prov, notes)
+
+
+def planned_items(data: EvalData, tasks: tuple[str, ...]) -> int:
+    """How many image / video evaluations one format costs (for the progress bar)."""
+    n = 0
+    if data.dataset is not None:
+        n += len(data.images) * sum(t in tasks for t in ("panoptic", "interactive"))
+    if data.panoptic is not None:
+        n += len(data.panoptic) if data.limit is None else min(data.limit, len(data.panoptic))
+    if data.video is not None:
+        n += len(data.video) if data.limit is None else min(data.limit, len(data.video))
+    return n
+
+
+def task_metrics(pipe: Any, data: EvalData, tasks: tuple[str, ...], video_mode: str = "clip",
+                 progress: Progress | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Headline metrics (flat: pq, sq, rq, miou, noc@0.85 ..., pq_official ..., ap, ap50) and full results."""
+    from ..evaluate import evaluate_interactive, evaluate_panoptic, evaluate_video, summarise
+
+    done = [0]
+    total = planned_items(data, tasks)
+
+    def tick(_: int, __: int) -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], total)
+
+    results: dict[str, Any] = {}
+    if data.dataset is not None and "panoptic" in tasks:
+        results["panoptic"] = evaluate_panoptic(pipe, data.dataset, data.limit, tick)
+    if data.dataset is not None and "interactive" in tasks:
+        results["interactive"] = evaluate_interactive(pipe, data.dataset, data.limit, tick)
+    if data.panoptic is not None:
+        results["panoptic_official"] = evaluate_panoptic(pipe, data.panoptic, data.limit, tick)
+    if data.video is not None:
+        results["video"] = evaluate_video(pipe, data.video, data.limit, video_mode, tick)
+    flat = summarise([results[k] for k in ("panoptic", "interactive", "video") if k in results])
+    if "panoptic_official" in results:
+        flat.update({f"{k}_official": v for k, v in summarise([results["panoptic_official"]]).items()})
+    return {k: float(v) for k, v in flat.items()}, results
+
+
+def _aggregate(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-image verify reports -> worst (max for errors, min for agreements) and mean over images."""
+    out: dict[str, Any] = {}
+    for key in parts[0]:
+        if not isinstance(parts[0][key], dict):
+            continue
+        worsts = [p[key]["worst"] for p in parts]
+        means = [p[key]["mean"] for p in parts]
+        worst = max(worsts) if key.endswith(("max_abs", "mean_abs")) else min(worsts)
+        out[key] = {"worst": worst, "mean": float(np.mean(means))}
+    return out
+
+
+def drift(reference: Any, pipe: Any, images: list[Path], tolerance: str,
+          progress: Progress | None = None) -> dict[str, Any]:
+    """Agreement of ``pipe`` with the PyTorch ``reference`` pipeline on ``images`` (one image at a time, so the
+    progress bar moves; figures are the worst and the mean over images) and the tolerance failures."""
+    graphs, pipeline = [], []
+    for i, path in enumerate(images):
+        graphs.append(verify_graphs(reference.backend, pipe.backend, [path], pipe.policy))
+        pipeline.append(verify_pipelines(reference, pipe, [path]))
+        if progress:
+            progress(i + 1, len(images))
+    report: dict[str, Any] = {"images": [str(p) for p in images], "graphs": _aggregate(graphs),
+                              "pipeline": _aggregate(pipeline), "tolerance": tolerance}
+    report["failures"] = check(report, tolerance)
+    report["summary"] = drift_summary(report)
+    return report
+
+
+def drift_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """Flat figures for tables and gates: agreement means, and worst max / mean abs error per graph output."""
+    g, p = report["graphs"], report["pipeline"]
+
+    def mean(d: dict[str, Any], key: str) -> float | None:
+        return d[key]["mean"] if key in d else None
+
+    out: dict[str, Any] = {
+        "mask_iou": mean(g, "prompt_decoder.mask_iou"), "object_mask_iou": mean(g, "object_decoder.mask_iou"),
+        "class_agreement": mean(g, "object_decoder.class_agreement"),
+        "panoptic_agreement": mean(p, "panoptic_agreement"), "interactive_mask_iou": mean(p, "interactive_mask_iou"),
+        "encoder_cosine": g.get("encoder.features.cosine", {}).get("worst"),
+    }
+    outputs = sorted({k.rsplit(".", 1)[0] for k in g if k.endswith(".max_abs")})
+    out["per_output"] = {o: {"max_abs": g[f"{o}.max_abs"]["worst"], "mean_abs": g[f"{o}.mean_abs"]["mean"],
+                             "cosine": g[f"{o}.cosine"]["worst"]} for o in outputs}
+    return out

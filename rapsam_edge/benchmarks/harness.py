@@ -1,0 +1,309 @@
+"""``rapsam-edge bench``: every format of a bundle, side by side, in one run (the orchestrator).
+
+Order of work:
+1. resolve the device profile first — a profile this host cannot run stops here with one sentence;
+2. with no bundle, make the embedded default (export + calibrate, ``prepare.py``); with ``make_missing``, make
+   what the bundle lacks; load (and sha256-check) the bundle;
+3. give every requested format a status: not available here / not exported / failed to export, or load it;
+4. accuracy per format (``accuracy.py``): task metrics with the project's metric code, drift vs the PyTorch row;
+5. latency of all loaded formats in interleaved rounds, then cold start + peak RSS per format in a fresh
+   process (``latency.py``);
+6. ratios against the onnx-fp32 row of this run, the issue's targets, the gates (``gates.py``) and the report
+   files (``report.py``).
+The library prints nothing: ``progress`` receives the stages, formats and items (the CLI draws them).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..bundle import load_bundle
+from . import accuracy, devices, gates, latency, prepare, report
+from .formats import (
+    FAILED_EXPORT,
+    FAILED_VALIDATION,
+    FORMATS,
+    NOT_AVAILABLE,
+    NOT_EXPORTED,
+    OK,
+    Format,
+    bundle_bytes,
+    graph_precisions,
+    missing_reason,
+    open_pipeline,
+    parse_formats,
+)
+
+
+class Progress:
+    """Callbacks of a bench run (no-ops here; ``rapsam-edge bench`` renders them with rich)."""
+
+    def log(self, message: str) -> None: ...
+
+    def format(self, done: int, total: int, name: str) -> None: ...
+
+    def items(self, done: int, total: int, what: str) -> None: ...
+
+
+@dataclass
+class BenchRequest:
+    """Everything a bench run needs (the CLI's options, typed). See ``rapsam-edge bench --help``."""
+
+    bundle: Path | None = None
+    device: str = "auto"
+    formats: str | None = None
+    data: str = "coco"
+    subset: str | None = None
+    limit: int | None = None
+    video_data: Path | None = None
+    video_mode: str = "clip"
+    tasks: tuple[str, ...] = ("panoptic", "interactive")
+    runs: int = 20
+    warmup: int = 3
+    threads: int | None = None
+    drift_images: int = 4
+    floors: dict[str, float] = field(default_factory=dict)
+    max_drops: dict[str, float] = field(default_factory=dict)
+    out: Path = Path("runs/bench")
+    cold_start: bool = True
+    make_missing: bool = False
+    compute_units: str = "all"
+    plots: bool = True
+    make: prepare.MakeSpec | None = None  # the no-bundle default: what to export and calibrate
+    command: str = field(default_factory=lambda: shlex.join(["rapsam-edge", *sys.argv[1:]]))
+
+    def validated(self) -> BenchRequest:
+        bad = [t for t in self.tasks if t not in accuracy.TASKS]
+        if bad or not self.tasks:
+            raise ValueError(f"--tasks {','.join(self.tasks)!r}: choose from {', '.join(accuracy.TASKS)}.")
+        if self.runs < 1 or self.warmup < 0:
+            raise ValueError(f"--runs must be >= 1 and --warmup >= 0 (got {self.runs} and {self.warmup}).")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1, not {self.limit}.")
+        if self.video_mode not in ("clip", "stream"):
+            raise ValueError(f"--video-mode {self.video_mode!r}: choose clip or stream.")
+        if self.compute_units not in devices.COMPUTE_UNITS:
+            raise ValueError(f"--compute-units {self.compute_units!r}: choose one of "
+                             f"{', '.join(devices.COMPUTE_UNITS)}.")
+        return self
+
+
+def _row(fmt: Format) -> dict[str, Any]:
+    return {"format": fmt.name, "backend": fmt.backend, "precision": fmt.precision, "status": None, "reasons": [],
+            "note": fmt.note, "size_mb": None, "graphs": None, "metrics": None, "drift": None, "latency": None,
+            "cold_start": None, "speedup_vs_onnx_fp32": None, "gates": None, "made": None, "describe": None}
+
+
+def _fail(row: dict[str, Any], status: str, reason: str) -> None:
+    row["status"] = status
+    row["reasons"].append(reason)
+
+
+def _open_formats(rows: list[dict[str, Any]], fmts: list[Format], bundle: Any, profile: devices.DeviceProfile,
+                  host: dict[str, Any], req: BenchRequest, made: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Status for every format; returns name -> loaded Pipeline for those that can run."""
+    pipes: dict[str, Any] = {}
+    for fmt, row in zip(fmts, rows, strict=True):
+        row["made"] = made.get(fmt.name)
+        device = devices.backend_device(fmt.name, fmt.backend, profile, host, req.compute_units)
+        row["device"] = device
+        if profile.name not in fmt.devices:
+            _fail(row, NOT_AVAILABLE, f"{fmt.name} does not belong to the {profile.name} profile (it runs on "
+                                      f"{', '.join(fmt.devices)}): {fmt.note or fmt.backend}")
+            continue
+        problem = devices.runtime_problem(fmt.backend, profile, host, device)
+        if problem:
+            _fail(row, NOT_AVAILABLE, problem)
+            continue
+        if (made.get(fmt.name) or {}).get("status") == "failed":
+            _fail(row, FAILED_EXPORT, f"{made[fmt.name]['step']}: {made[fmt.name]['reason']}")
+            continue
+        missing = missing_reason(fmt, bundle)
+        if missing:
+            _fail(row, NOT_EXPORTED, missing)
+            continue
+        try:
+            row["graphs"] = graph_precisions(fmt, bundle)
+            row["size_mb"] = round(bundle_bytes(fmt, bundle, row["graphs"]) / 1e6, 2)
+            pipe = open_pipeline(bundle, fmt, device, req.threads)
+            row["describe"] = pipe.describe()
+            pipes[fmt.name] = pipe
+        except Exception as e:  # a package that does not load is a validation failure of that package
+            _fail(row, FAILED_VALIDATION, f"could not load: {e}")
+    return pipes
+
+
+def _reference(pipes: dict[str, Any], bundle: Any, profile: devices.DeviceProfile, host: dict[str, Any],
+               req: BenchRequest, notes: list[str]) -> Any:
+    """The PyTorch reference of the drift columns: the torch row when measured, else built for drift only."""
+    if "torch" in pipes:
+        return pipes["torch"]
+    fmt = FORMATS["torch"]
+    problem = missing_reason(fmt, bundle)
+    # drift needs no particular device: a torch without CUDA (e.g. on a Jetson) still gives the reference on CPU
+    device = "cpu" if devices.runtime_problem("torch", profile, host, profile.torch_device) else profile.torch_device
+    if problem is None:
+        try:
+            return open_pipeline(bundle, fmt, device, req.threads)
+        except Exception as e:  # reported, and the run goes on without drift
+            problem = str(e)
+    notes.append(f"no PyTorch reference ({problem}): drift against PyTorch is not reported.")
+    return None
+
+
+def _accuracy(rows: list[dict[str, Any]], pipes: dict[str, Any], ref: Any, fmts: dict[str, Format],
+              data: accuracy.EvalData, req: BenchRequest, progress: Progress) -> None:
+    drift_images = data.images[: req.drift_images]
+    measured = [r for r in rows if r["format"] in pipes]
+    for i, row in enumerate(measured):
+        name = row["format"]
+        progress.format(i, len(measured), name)
+        pipe, fmt = pipes[name], fmts[name]
+
+        def items(done: int, total: int, what: str, name: str = name) -> None:
+            progress.items(done, total, f"{name}: {what}")
+
+        try:
+            if ref is not None and name != "torch" and drift_images:
+                row["drift"] = accuracy.drift(ref, pipe, drift_images, fmt.tolerance,
+                                              lambda d, t: items(d, t, "drift vs PyTorch"))
+                if row["drift"]["failures"]:
+                    _fail(row, FAILED_VALIDATION, "beyond the " + fmt.tolerance + " tolerance vs PyTorch: "
+                          + "; ".join(row["drift"]["failures"]))
+            mode = req.video_mode if fmt.backend in ("torch", "onnxruntime") else "stream"
+            if data.dataset is not None or data.panoptic is not None or data.video is not None:
+                row["metrics"], row["task_results"] = accuracy.task_metrics(
+                    pipe, data, req.tasks, mode, lambda d, t: items(d, t, "task metrics"))
+                row["video_mode"] = mode if data.video is not None else None
+        except Exception as e:
+            _fail(row, FAILED_VALIDATION, f"failed while evaluating: {e}")
+    progress.format(len(measured), len(measured), "accuracy done")
+
+
+def _latency(rows: list[dict[str, Any]], pipes: dict[str, Any], data: accuracy.EvalData, req: BenchRequest,
+             profile: devices.DeviceProfile, bundle_root: Path, progress: Progress) -> dict[str, Any]:
+    from ..preprocess import load_image
+
+    image = data.images[0]
+    rgb = load_image(image)
+    workloads, errors = {}, {}
+    for name, pipe in pipes.items():  # rows that failed validation are timed too: a reader wants both facts
+        try:
+            workloads[name] = latency.workload(pipe, rgb)
+        except Exception as e:
+            errors[name] = f"could not prepare the latency workload: {e}"
+    with devices.tegrastats(profile.name == "jetson") as samples:
+        results, run_errors = latency.measure(workloads, req.runs, req.warmup,
+                                              lambda d, t: progress.items(d, t, "latency rounds"))
+    errors.update(run_errors)
+    by_name = {r["format"]: r for r in rows}
+    for name, res in results.items():
+        by_name[name]["latency"] = res
+    for name, err in errors.items():
+        _fail(by_name[name], FAILED_VALIDATION, err)
+    if req.cold_start:
+        names = list(results)
+        for i, name in enumerate(names):
+            progress.items(i, len(names), f"cold start: {name}")
+            cold = latency.cold_start(bundle_root, name, by_name[name]["device"], req.threads, image)
+            by_name[name]["cold_start"] = cold
+            if "error" in cold:
+                _fail(by_name[name], FAILED_VALIDATION, f"cold start in a fresh process failed: {cold['error']}")
+        progress.items(len(names), len(names), "cold start done")
+    return {"image": str(image), "tegrastats": devices.summarise_tegrastats(samples)}
+
+
+def _finish_statuses(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        if row["status"] is None:
+            row["status"] = OK if row.get("latency") else FAILED_VALIDATION
+
+
+def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the benchmark and write ``report.json``, ``report.md`` and the plots into ``req.out``; returns the
+    report (``report["exit_code"]`` is 1 when a gate failed, else 0).
+
+    Raises:
+        devices.DeviceUnavailable: the profile cannot run on this host (before anything else happens).
+        ValueError / FileNotFoundError: bad arguments, data or bundle (one sentence).
+    """
+    progress = progress or Progress()
+    req = req.validated()
+    t_start = time.perf_counter()
+    host = devices.probe_host()
+    profile = devices.resolve_profile(req.device, host)
+    fmts = parse_formats(req.formats, profile.name)
+    gates.check_requested(req.floors, req.max_drops, req.tasks, req.data != "none")
+    made: dict[str, dict[str, Any]] = {}
+    runnable = [f for f in fmts if profile.name in f.devices and devices.runtime_problem(
+        f.backend, profile, host, devices.backend_device(f.name, f.backend, profile, host)) is None]
+    if req.bundle is None or req.make_missing:
+        spec = req.make or prepare.MakeSpec(out=req.out)
+        spec.device_profile, spec.threads = profile.name, spec.threads or req.threads
+        root, made = prepare.make_formats(req.bundle, runnable, spec, progress.log)
+    else:
+        root = req.bundle
+    bundle = load_bundle(root)  # sha256 of every artifact
+    data = accuracy.resolve_data(req.data, _vocabulary(bundle), req.tasks, req.subset, req.limit, req.video_data)
+    if req.floors or req.max_drops:
+        gates.check_requested(req.floors, req.max_drops, req.tasks, data.dataset is not None)
+    rows = [_row(f) for f in fmts]
+    progress.log(f"loading {len(runnable)} of {len(fmts)} formats on the {profile.name} profile")
+    pipes = _open_formats(rows, fmts, bundle, profile, host, req, made)
+    notes = list(data.notes)
+    ref = _reference(pipes, bundle, profile, host, req, notes) if pipes else None
+    _accuracy(rows, pipes, ref, {f.name: f for f in fmts}, data, req, progress)
+    del ref  # the drift-only reference is not timed
+    lat_info = _latency(rows, pipes, data, req, profile, Path(root), progress) if pipes else {}
+    _finish_statuses(rows)
+    report.add_ratios(rows)
+    gate_section = gates.apply_gates(rows, req.floors, req.max_drops)
+    model = bundle.manifest["model"]
+    if model.get("random_init"):
+        notes.insert(0, report.RANDOM_LABEL)
+    if req.max_drops and gate_section["max_drop_reference"] != "torch":
+        notes.append(f"--max-drop is measured from {gate_section['max_drop_reference']} (no measured PyTorch row).")
+    doc: dict[str, Any] = {
+        "schema": report.SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": req.command,
+        "bundle": {"path": str(root), "name": bundle.name, "manifest_sha256": bundle.manifest_hash(),
+                   "input_size": model["config"]["input_size"], "config": model["config"]["name"],
+                   "random_init": bool(model.get("random_init")), "seed": model.get("seed"),
+                   "checkpoint": model.get("checkpoint"), "calibration": _calibration_summary(bundle.manifest),
+                   "made_by_this_run": {k: v for k, v in made.items() if v.get("status") != "present"}},
+        "accuracy_claims": not model.get("random_init"),
+        "device": {"requested": req.device, "profile": profile.name},
+        "system": devices.system_info(host, profile, req.threads, req.compute_units),
+        "settings": {"runs": req.runs, "warmup": req.warmup, "threads": req.threads, "tasks": list(req.tasks),
+                     "drift_images": len(data.images[: req.drift_images]), "cold_start": req.cold_start,
+                     "formats": [f.name for f in fmts], **lat_info,
+                     "peak_rss_method": "peak RSS (VmHWM on Linux, ru_maxrss on macOS) of a fresh process per format: "
+                                        "imports + bundle load + first panoptic inference + first click"},
+        "data": data.provenance, "formats": rows, "targets": report.targets(rows), "gates": gate_section,
+        "notes": notes, "plots": [],
+    }
+    req.out.mkdir(parents=True, exist_ok=True)
+    if req.plots:
+        doc["plots"] = report.write_plots(doc, req.out)
+    doc["seconds"] = round(time.perf_counter() - t_start, 1)
+    doc["exit_code"] = 0 if gate_section["passed"] else 1
+    report.write_json(doc, req.out / "report.json")
+    report.write_markdown(doc, req.out / "report.md")
+    return doc
+
+
+def _vocabulary(bundle: Any) -> Any:
+    from ..config import Vocabulary
+
+    return Vocabulary.from_dict(bundle.manifest["classes"])
+
+
+def _calibration_summary(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    cal = manifest.get("calibration") or {}
+    out = {k: {f: v.get(f) for f in ("method", "backend", "precision", "graphs", "data", "latency")}
+           for k, v in cal.items() if isinstance(v, dict) and "precision" in v}
+    return out or None

@@ -1,0 +1,258 @@
+"""The bench report: speed-up ratios, the issue's latency targets, ``report.json``, ``report.md`` and two PNG
+plots (accuracy vs latency per format; per-graph latency bars), drawn with matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .latency import LABELS
+
+SCHEMA = "rapsam-edge/bench/1"
+BASELINE = "onnx-fp32"
+GRAPH_MEASURES = ("encoder", "object_decoder", "prompt_k1", "prompt_k16")
+RANDOM_LABEL = ("RANDOM WEIGHTS: the bundle was exported without a checkpoint (seeded random init). Task "
+                "metrics below are meaningless and make no accuracy claim; drift against PyTorch, latency and memory "
+                "are valid.")
+
+
+def _median(row: dict[str, Any], measure: str) -> float | None:
+    lat = row.get("latency") or {}
+    return lat[measure]["median_ms"] if measure in lat else None
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """``speedup_vs_onnx_fp32`` per measure (baseline median / row median; > 1 = faster), same run only."""
+    base = next((r for r in rows if r["format"] == BASELINE and r.get("latency")), None)
+    for row in rows:
+        if base is None or not row.get("latency"):
+            row["speedup_vs_onnx_fp32"] = None
+            continue
+        row["speedup_vs_onnx_fp32"] = {m: round(base["latency"][m]["median_ms"] / row["latency"][m]["median_ms"], 3)
+                                       for m in row["latency"] if m in base["latency"] and "median_ms" in row[
+                                           "latency"][m]}
+
+
+def _target(name: str, fmt: str, value: float, threshold: float, at_least: bool, unit: str) -> dict[str, Any]:
+    met = value >= threshold if at_least else value <= threshold
+    shortfall = None
+    if not met:
+        value = round(value, 3)
+        factor = threshold / value if at_least else value / threshold
+        shortfall = (f"{value:.3g}{unit} vs {'>=' if at_least else '<='} {threshold:g}{unit}: "
+                     f"{'needs' if at_least else 'over by'} {factor:.2f}x")
+    return {"target": name, "format": fmt, "value": round(value, 3), "threshold": threshold,
+            "comparison": ">=" if at_least else "<=", "met": met, "missed_by": shortfall}
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's latency targets, for the rows this run measured (each says by how much it is missed)."""
+    by = {r["format"]: r for r in rows if r.get("latency")}
+    out = []
+    int8 = by.get("onnx-int8-cpu")
+    if int8 and BASELINE in by:
+        out.append(_target("INT8 (cpu flavour) encoder speed-up vs onnxruntime FP32", "onnx-int8-cpu",
+                           _median(by[BASELINE], "encoder") / _median(int8, "encoder"), 1.6, True, "x"))
+    if int8 and "torch" in by:
+        out.append(_target("INT8 (cpu flavour) encoder speed-up vs PyTorch eager", "onnx-int8-cpu",
+                           _median(by["torch"], "encoder") / _median(int8, "encoder"), 2.5, True, "x"))
+    for name, row in by.items():
+        enc, k1, k16 = (_median(row, m) for m in ("encoder", "prompt_k1", "prompt_k16"))
+        if enc and k1:
+            out.append(_target("prompt decoder per click / encoder time", name, k1 / enc, 0.10, False, ""))
+        if k1 and k16:
+            out.append(_target("K=16 prompts in one call / one prompt", name, k16 / k1, 3.0, False, "x"))
+    return out
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# markdown
+# ---------------------------------------------------------------------------------------------------------------
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def primary_metric(rows: list[dict[str, Any]]) -> str | None:
+    """The task metric plots and tables lead with: pq, else miou, else ap."""
+    for m in ("pq", "miou", "ap", "pq_official"):
+        if any(m in (r.get("metrics") or {}) for r in rows):
+            return m
+    return None
+
+
+def main_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Header + one line per format (shared by report.md; the terminal table has its own columns)."""
+    metric_cols = [m for m in ("pq", "pq_official", "miou", "noc@0.85", "ap") if any(
+        m in (r.get("metrics") or {}) for r in rows)]
+    header = ["format", "status", "size MB", *metric_cols, "mask IoU vs torch", "class agr.", "encoder ms",
+              "obj. decoder ms", "prompt K=1 ms", "prompt K=16 ms", "panoptic FPS", "click FPS", "cold start s",
+              "peak RSS MB", "encoder vs onnx-fp32"]
+    lines = [header]
+    for r in rows:
+        lat, cold = r.get("latency") or {}, r.get("cold_start") or {}
+        summ = (r.get("drift") or {}).get("summary") or {}
+        speed = (r.get("speedup_vs_onnx_fp32") or {}).get("encoder")
+
+        def ms(m: str, lat: dict[str, Any] = lat) -> str:
+            return f"{lat[m]['median_ms']:.1f} ({lat[m]['p90_ms']:.1f})" if m in lat else "–"
+
+        lines.append([
+            r["format"], r["status"], _fmt(r.get("size_mb"), 1),
+            *[_fmt((r.get("metrics") or {}).get(m)) for m in metric_cols],
+            "reference" if r["format"] == "torch" and r.get("latency") else _fmt(summ.get("interactive_mask_iou"), 4),
+            _fmt(summ.get("class_agreement"), 3), ms("encoder"), ms("object_decoder"), ms("prompt_k1"),
+            ms("prompt_k16"), _fmt((lat.get("fps") or {}).get("panoptic")), _fmt((lat.get("fps") or {}).get("click")),
+            _fmt(cold["load_and_first_inference_ms"] / 1000, 2) if "load_and_first_inference_ms" in cold else "–",
+            _fmt(cold.get("peak_rss_mb"), 0), f"{speed:.2f}x" if speed else "–"])
+    return lines
+
+
+def _md_table(lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in line) + " |" for line in lines[1:]]
+    return out
+
+
+def _latency_md(rows: list[dict[str, Any]]) -> list[str]:
+    measured = [r for r in rows if r.get("latency")]
+    if not measured:
+        return []
+    lines = [["measure (median / p90 ms)", *[r["format"] for r in measured]]]
+    for m, label in LABELS.items():
+        lines.append([label, *[f"{r['latency'][m]['median_ms']:.2f} / {r['latency'][m]['p90_ms']:.2f}"
+                               for r in measured]])
+    return ["## Latency (warm-up excluded)", "", *_md_table(lines), ""]
+
+
+def _drift_md(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for r in rows:
+        per = ((r.get("drift") or {}).get("summary") or {}).get("per_output")
+        if not per:
+            continue
+        lines = [["output", "max abs (worst)", "mean abs (mean)", "cosine (worst)"]]
+        lines += [[o, f"{v['max_abs']:.3g}", f"{v['mean_abs']:.3g}", f"{v['cosine']:.6f}"] for o, v in per.items()]
+        s = r["drift"]["summary"]
+        out += [f"### {r['format']} vs PyTorch ({len(r['drift']['images'])} images, tolerance "
+                f"{r['drift']['tolerance']})", "",
+                f"mask IoU agreement: prompts {_fmt(s['mask_iou'], 4)}, object queries "
+                f"{_fmt(s['object_mask_iou'], 4)}, "
+                f"end-to-end clicks {_fmt(s['interactive_mask_iou'], 4)}; class agreement: queries "
+                f"{_fmt(s['class_agreement'], 4)}, panoptic pixels {_fmt(s['panoptic_agreement'], 4)}"
+                + (f"; beyond tolerance: {'; '.join(r['drift']['failures'])}" if r["drift"]["failures"] else ""),
+                "", *_md_table(lines), ""]
+    return ["## Drift against the PyTorch reference", "", *out] if out else []
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    rows, sysinfo = report["formats"], report["system"]
+    b = report["bundle"]
+    lines = [f"# rapsam-edge bench: {b['name']} ({b['input_size'][0]}x{b['input_size'][1]}) on "
+             f"`{report['device']['profile']}` — {sysinfo['cpu_model']}", ""]
+    if b["random_init"]:
+        lines += [f"> **{RANDOM_LABEL}**", ""]
+    lines += ["```", report["command"], "```", "",
+              f"Created {report['created']}; bundle manifest sha256 `{b['manifest_sha256']}`; "
+              f"{report['settings']['runs']} timed runs after {report['settings']['warmup']} warm-up runs; threads "
+              f"{report['settings']['threads'] or 'runtime default'}.", "",
+              "## Formats", "", *_md_table(main_table(rows)), ""]
+    notes = [f"- **{r['format']}** ({r['status']}): {'; '.join(r['reasons'])}" for r in rows if r.get("reasons")]
+    notes += [f"- {n}" for n in report.get("notes", [])]
+    if notes:
+        lines += ["Notes:", "", *notes, ""]
+    metrics = [r for r in rows if r.get("metrics")]
+    if metrics:
+        keys = sorted({k for r in metrics for k in r["metrics"]})
+        table = [["metric", *[r["format"] for r in metrics]]]
+        table += [[k, *[_fmt(r["metrics"].get(k)) for r in metrics]] for k in keys]
+        lines += ["## Task metrics" + (" (random weights: not accuracy claims)" if b["random_init"] else ""), "",
+                  f"Data: `{json.dumps(report['data'])}`", "", *_md_table(table), ""]
+    lines += _latency_md(rows) + _drift_md(rows)
+    if report["targets"]:
+        table = [["target", "format", "value", "threshold", "met", "missed by"]]
+        table += [[t["target"], t["format"], f"{t['value']:.3f}", f"{t['comparison']} {t['threshold']:g}",
+                   "yes" if t["met"] else "**no**", t["missed_by"] or ""] for t in report["targets"]]
+        lines += ["## Targets", "", *_md_table(table), ""]
+    g = report["gates"]
+    if g["floor"] or g["max_drop"]:
+        lines += ["## Gates", "", f"floor {g['floor']}, max drop {g['max_drop']} (vs {g['max_drop_reference']}): "
+                  + ("passed" if g["passed"] else "FAILED — " + "; ".join(g["failures"])), ""]
+    prof = sysinfo["profile"]
+    settings = {k: v for k, v in prof.items() if k not in ("name", "description")}
+    lines += ["## Device", "", f"- profile `{prof['name']}`: {prof['description']}",
+              f"- CPU {sysinfo['cpu_model']}, {sysinfo['cpu_cores_logical']} logical cores "
+              f"({sysinfo['cpu_cores_usable']} usable), {sysinfo['memory_gb']} GiB; {sysinfo['os']}",
+              f"- GPU {sysinfo['gpu'].get('gpu_name') or 'none'}",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in sysinfo["versions"].items()),
+              f"- profile settings: `{json.dumps(settings)}`",
+              ""]
+    if report.get("plots"):
+        lines += ["## Plots", "", *[f"![{p}]({p})" for p in report["plots"]], ""]
+    path.write_text("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------------------------------------------
+
+def write_plots(report: dict[str, Any], out: Path) -> list[str]:
+    """accuracy_vs_latency.png and latency_per_graph.png; returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["formats"] if r.get("latency")]
+    if not rows:
+        return []
+    tag = " — RANDOM WEIGHTS" if report["bundle"]["random_init"] else ""
+    written = []
+    metric = primary_metric(rows)
+    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(11 if metric else 6, 4.2), squeeze=False)
+    panels = ([(metric, "panoptic_e2e", f"{metric} (task metric)")] if metric else []) + [
+        ("interactive_mask_iou", "encoder", "mask IoU vs PyTorch (clicks)")]
+    for ax, (key, measure, ylabel) in zip(axes[0], panels, strict=True):
+        for i, r in enumerate(rows):
+            value = (r.get("metrics") or {}).get(key) if key == metric else \
+                (1.0 if r["format"] == "torch" else ((r.get("drift") or {}).get("summary") or {}).get(key))
+            if value is None:
+                continue
+            x = r["latency"][measure]["median_ms"]
+            ax.scatter([x], [value], s=40, color="tab:red" if r["status"] != "ok" else "tab:blue")
+            ax.annotate(r["format"], (x, value), textcoords="offset points", xytext=(4, 4 + 9 * (i % 3)), fontsize=8)
+        ax.set_xlabel(f"{LABELS[measure]} median ms")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{report['bundle']['name']} on {report['device']['profile']}: accuracy vs latency{tag}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_latency.png", dpi=110)
+    plt.close(fig)
+    written.append("accuracy_vs_latency.png")
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows) + 2), 4.2))
+    width = 0.8 / len(GRAPH_MEASURES)
+    for j, m in enumerate(GRAPH_MEASURES):
+        med = [r["latency"][m]["median_ms"] for r in rows]
+        p90 = [r["latency"][m]["p90_ms"] - r["latency"][m]["median_ms"] for r in rows]
+        xs = [i + (j - (len(GRAPH_MEASURES) - 1) / 2) * width for i in range(len(rows))]
+        ax.bar(xs, med, width, yerr=[[0] * len(rows), p90], capsize=2, label=LABELS[m])
+    ax.set_xticks(range(len(rows)), [r["format"] for r in rows], rotation=20, fontsize=8)
+    ax.set_ylabel("median ms (bar) / p90 (whisker)")
+    ax.set_title(f"per-graph latency, {report['bundle']['name']} on {report['device']['profile']}{tag}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "latency_per_graph.png", dpi=110)
+    plt.close(fig)
+    written.append("latency_per_graph.png")
+    return written

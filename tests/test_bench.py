@@ -1,0 +1,213 @@
+"""``rapsam-edge bench``: report schema, statuses of formats that cannot run here, the unavailable-device
+sentence, --floor / --max-drop exit codes, and the pure helpers (gates, targets, tegrastats parsing).
+
+One tiny bundle for the whole file: a seeded RANDOM rapsam_r18_lite at 128x128 with ONNX fp32 and the CPU INT8
+flavour (never an accuracy claim), measured on 2 held-out coco_mini images with 2 timed runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ASSET_IMAGES, SHARED_DATA
+from typer.testing import CliRunner
+
+from rapsam_edge.benchmarks import devices, gates, report
+from rapsam_edge.benchmarks.latency import MEASURES
+from rapsam_edge.bundle import load_bundle
+from rapsam_edge.cli import app
+
+runner = CliRunner()
+HAVE_DATA = (SHARED_DATA / "coco_mini").is_dir()
+DATA = ["--data", "coco", "--limit", "2"] if HAVE_DATA else ["--data", "none"]
+FAST = ["--device", "cpu", "--threads", "1", "--runs", "2", "--warmup", "1", "--drift-images", "1"]
+
+
+@pytest.fixture(scope="session")
+def bench_bundle(tiny_onnx_bundle, tmp_path_factory) -> Path:
+    """The shared tiny bundle + the CPU INT8 flavour (calibrated on the three embedded photos)."""
+    from rapsam_edge.calibration import CalibrationOptions, calibrate
+
+    out = tmp_path_factory.mktemp("bench_bundles")
+    root = out / "rapsam_r18_lite"
+    shutil.copytree(tiny_onnx_bundle, root)
+    calib = out / "calib"
+    calib.mkdir()
+    for p in ASSET_IMAGES.iterdir():
+        if p.suffix in (".png", ".jpg"):
+            shutil.copy(p, calib / p.name)
+    calibrate(root, CalibrationOptions(images=calib, data="folder", num=3, threads=1, sensitivity_images=1))
+    return root
+
+
+@pytest.fixture(scope="session")
+def bench_run(bench_bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_report")
+    gates_ok = ["--floor", "class_agreement=0.5"] + (["--max-drop", "miou=100"] if HAVE_DATA else [])
+    res = runner.invoke(app, ["bench", "--bundle", str(bench_bundle), *FAST, *DATA, "--out", str(out),
+                              "--formats", "torch,onnx-fp32,onnx-int8-cpu,onnx-fp16,trt-fp16,coreml-fp16", *gates_ok])
+    return res, out, json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else None
+
+
+def test_report_schema(bench_run, bench_bundle):
+    res, out, doc = bench_run
+    assert res.exit_code == 0, res.output
+    assert doc["schema"] == report.SCHEMA and doc["exit_code"] == 0
+    assert doc["command"].startswith("rapsam-edge") and doc["device"] == {"requested": "cpu", "profile": "cpu"}
+    b = doc["bundle"]
+    assert b["manifest_sha256"] == load_bundle(bench_bundle).manifest_hash()
+    assert b["random_init"] is True and doc["accuracy_claims"] is False and "RANDOM WEIGHTS" in doc["notes"][0]
+    assert b["input_size"] == [128, 128] and "cpu" in b["calibration"]
+    system = doc["system"]
+    for key in ("cpu_model", "cpu_cores_logical", "os", "memory_gb"):
+        assert system[key]
+    assert {"torch", "onnxruntime", "tensorrt", "coremltools"} <= set(system["versions"])
+    assert system["versions"]["tensorrt"] == "not installed" and system["profile"]["threads"] == 1
+    rows = {r["format"]: r for r in doc["formats"]}
+    assert list(rows) == ["torch", "onnx-fp32", "onnx-int8-cpu", "onnx-fp16", "trt-fp16", "coreml-fp16"]
+    for name in ("torch", "onnx-fp32", "onnx-int8-cpu"):
+        r = rows[name]
+        assert r["status"] == "ok", r["reasons"]
+        assert set(MEASURES) <= set(r["latency"]) and r["latency"]["encoder"]["runs"] == 2
+        assert r["latency"]["encoder"]["p90_ms"] >= r["latency"]["encoder"]["median_ms"] > 0
+        assert r["latency"]["fps"]["panoptic"] > 0 and r["latency"]["fps"]["click"] > 0
+        assert r["cold_start"]["load_and_first_inference_ms"] > 0 and r["cold_start"]["peak_rss_mb"] > 100
+        assert r["size_mb"] > 0 and r["gates"]["passed"]
+        if HAVE_DATA:
+            assert {"pq", "miou", "noc@0.85", "pq_official"} <= set(r["metrics"])
+    assert rows["onnx-fp32"]["speedup_vs_onnx_fp32"]["encoder"] == 1.0
+    assert rows["onnx-int8-cpu"]["graphs"] == {"encoder": "int8-cpu", "object_decoder": "fp32",
+                                               "prompt_decoder": "fp32"}
+    assert rows["torch"]["drift"] is None  # the reference itself
+    summary = rows["onnx-int8-cpu"]["drift"]["summary"]
+    assert 0 <= summary["class_agreement"] <= 1 and 0 <= summary["mask_iou"] <= 1
+    assert summary["per_output"]["encoder.features"]["max_abs"] > 0
+    assert rows["onnx-fp32"]["drift"]["failures"] == []
+    assert any(t["format"] == "onnx-int8-cpu" and "PyTorch" in t["target"] for t in doc["targets"])
+    md = (out / "report.md").read_text()
+    assert "RANDOM WEIGHTS" in md and "| onnx-int8-cpu | ok |" in md and doc["command"] in md
+    for png in ("accuracy_vs_latency.png", "latency_per_graph.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG" and png in doc["plots"]
+    assert "onnx-int8-cpu" in res.output and "not available" in res.output
+
+
+def test_formats_that_cannot_run_here_say_why(bench_run):
+    _, _, doc = bench_run
+    rows = {r["format"]: r for r in doc["formats"]}
+    assert rows["trt-fp16"]["status"] == "not available" and "cpu profile" in rows["trt-fp16"]["reasons"][0]
+    assert rows["coreml-fp16"]["status"] == "not available"
+    fp16 = rows["onnx-fp16"]
+    assert fp16["status"] == "not exported" and "rapsam-edge export" in fp16["reasons"][0]
+    assert all(rows[n]["latency"] is None for n in ("trt-fp16", "coreml-fp16", "onnx-fp16"))
+
+
+@pytest.mark.parametrize("device, words", [("jetson", "/etc/nv_tegra_release"), ("cuda", "NVIDIA GPU"),
+                                           ("coreml", "macOS")])
+def test_unavailable_device_is_one_sentence_and_nonzero(device, words, tmp_path):
+    if device == "coreml" and devices.platform.system() == "Darwin" or device != "coreml" and \
+            devices.probe_host()["fingerprint"].get("gpu_name"):
+        pytest.skip("this host has the device")
+    res = runner.invoke(app, ["bench", "--device", device, "--out", str(tmp_path)])
+    assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_profile_resolution_from_host_facts():
+    fp = {"jetson": False, "gpu_name": None}
+    host = {"os": "Linux", "fingerprint": fp, "ort_providers": ["CPUExecutionProvider"], "torch_cuda": False,
+            "coremltools": "9.0"}
+    assert devices.resolve_profile("auto", host).name == "cpu"
+    assert devices.resolve_profile("auto", {**host, "fingerprint": {"jetson": True, "gpu_name": "Orin"}}).name == \
+        "jetson"
+    assert devices.resolve_profile("auto", {**host, "fingerprint": {"gpu_name": "NVIDIA A100"}}).name == "cuda"
+    assert devices.resolve_profile("auto", {**host, "os": "Darwin"}).name == "coreml"
+    with pytest.raises(devices.DeviceUnavailable, match="this host is not one"):
+        devices.resolve_profile("jetson", host)
+    with pytest.raises(ValueError, match="unknown --device"):
+        devices.resolve_profile("tpu", host)
+    gpu = {**host, "fingerprint": {"gpu_name": "NVIDIA A100"}}
+    problem = devices.runtime_problem("onnxruntime", devices.PROFILES["a100"], gpu, "cuda")
+    assert "CUDAExecutionProvider" in problem
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="needs ../shared/data/coco_mini for task metrics")
+def test_floor_miss_exits_one_and_marks_the_format(bench_bundle, tmp_path):
+    res = runner.invoke(app, ["bench", "--bundle", str(bench_bundle), *FAST, "--data", "coco", "--limit", "1",
+                              "--tasks", "interactive", "--formats", "onnx-fp32", "--runs", "1", "--warmup", "0",
+                              "--no-cold-start", "--floor", "miou=101", "--out", str(tmp_path)])
+    assert res.exit_code == 1, res.output
+    doc = json.loads((tmp_path / "report.json").read_text())
+    row = doc["formats"][0]
+    assert row["status"] == "failed validation" and "floor 101" in row["reasons"][-1]
+    assert doc["gates"]["passed"] is False and doc["exit_code"] == 1 and "gates failed" in res.output
+
+
+def test_bad_gates_are_refused_before_work(bench_bundle, tmp_path):
+    res = runner.invoke(app, ["bench", "--bundle", str(bench_bundle), "--device", "cpu", "--tasks", "interactive",
+                              "--floor", "pq=20", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "needs the panoptic task" in res.output
+    res = runner.invoke(app, ["bench", "--bundle", str(bench_bundle), "--device", "cpu", "--max-drop", "mIoU=x"])
+    assert res.exit_code == 2 and "METRIC=NUMBER" in res.output
+    res = runner.invoke(app, ["bench", "--bundle", str(bench_bundle), "--device", "cpu", "--formats", "onnx-int8"])
+    assert res.exit_code == 2 and "did you mean" in res.output
+
+
+def test_max_drop_is_measured_from_the_reference_row():
+    def row(name: str, miou: float) -> dict:
+        return {"format": name, "status": "ok", "metrics": {"miou": miou}, "latency": {}, "reasons": []}
+
+    rows = [row("torch", 50.0), row("onnx-fp32", 50.0), row("onnx-int8-cpu", 48.9)]
+    section = gates.apply_gates(rows, {}, {"miou": 1.0})
+    assert section["max_drop_reference"] == "torch" and not section["passed"]
+    assert rows[2]["status"] == "failed validation" and "drops 1.1 points vs torch" in rows[2]["reasons"][0]
+    assert rows[1]["status"] == "ok"
+    rows = [row("onnx-fp32", 50.0), row("onnx-int8-cpu", 49.5)]
+    assert gates.apply_gates(rows, {"miou": 45}, {"miou": 1.0})["passed"]
+    assert gates.parse_thresholds(["pq=20,miou=40"], "--floor", gates.FLOOR_METRICS) == {"pq": 20.0, "miou": 40.0}
+
+
+def test_targets_say_by_how_much_they_are_missed():
+    def lat(enc: float, k1: float, k16: float) -> dict:
+        return {m: {"median_ms": v} for m, v in (("encoder", enc), ("prompt_k1", k1), ("prompt_k16", k16))}
+
+    rows = [{"format": "torch", "latency": lat(300, 10, 20)}, {"format": "onnx-fp32", "latency": lat(160, 5, 10)},
+            {"format": "onnx-int8-cpu", "latency": lat(120, 5, 20)}]
+    by = {(t["target"], t["format"]): t for t in report.targets(rows)}
+    vs_fp32 = by[("INT8 (cpu flavour) encoder speed-up vs onnxruntime FP32", "onnx-int8-cpu")]
+    assert not vs_fp32["met"] and vs_fp32["value"] == pytest.approx(1.333, abs=1e-3)
+    assert "needs 1.20x" in vs_fp32["missed_by"]
+    assert by[("INT8 (cpu flavour) encoder speed-up vs PyTorch eager", "onnx-int8-cpu")]["met"]
+    assert not by[("K=16 prompts in one call / one prompt", "onnx-int8-cpu")]["met"]
+    assert by[("prompt decoder per click / encoder time", "onnx-fp32")]["met"]
+
+
+def test_tegrastats_lines_of_jetpack_4_and_6():
+    jp6 = ("RAM 2448/30536MB (lfb 6817x4MB) SWAP 0/15268MB CPU [0%@729,1%@729] EMC_FREQ 12%@3199 GR3D_FREQ "
+           "45%@[305,305] VIC_FREQ 729 CPU@47.4C VDD_GPU_SOC 2788mW/2788mW VDD_CPU_CV 394mW/394mW "
+           "VIN_SYS_5V0 3522mW/3522mW")
+    jp4 = "RAM 1500/3964MB CPU [5%@1479] EMC_FREQ 3%@1600 GR3D_FREQ 99%@921 POM_5V_IN 4887/4500 POM_5V_GPU 2000/1800"
+    a, b = devices.parse_tegrastats(jp6), devices.parse_tegrastats(jp4)
+    assert a["gpu_load_pct"] == 45 and a["emc_load_pct"] == 12 and a["power_mw"]["VDD_GPU_SOC"] == 2788
+    assert b["gpu_load_pct"] == 99 and b["power_mw"] == {"POM_5V_IN": 4887, "POM_5V_GPU": 2000}
+    assert devices.parse_tegrastats("nothing here") is None
+    s = devices.summarise_tegrastats([a, a])
+    assert s["gpu_load_pct_mean"] == 45 and s["power_mw_mean"]["VIN_SYS_5V0"] == 3522
+
+
+def test_video_ground_truth_scores_itself_perfectly(shared_data):
+    """evaluate_video's ground truth (the VIS AP rows of the bench): GT tracks as predictions give AP 100."""
+    from rapsam_edge.config import coco_panoptic_vocabulary
+    from rapsam_edge.evaluate import video_ground_truth
+    from rapsam_edge.metrics.video import VideoEvaluator
+    from rapsam_edge.training.recipes import open_video
+
+    vocabulary = coco_panoptic_vocabulary()
+    video = open_video(shared_data / "video_mini", vocabulary)[0]
+    gt = video_ground_truth(video)
+    assert len(gt) == len(video.track_ids) and len(gt[0]["segmentations"]) == len(video.frames)
+    ev = VideoEvaluator([c for c in vocabulary.coco_categories() if c["isthing"]])
+    ev.update(video.video_id, gt, [{**t, "score": 1.0} for t in gt])
+    assert ev.compute()["AP"] == pytest.approx(100.0)
