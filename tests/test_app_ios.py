@@ -16,6 +16,7 @@ from conftest import ASSET_IMAGES
 from rapsam_edge.exporters.export import ExportRequest, run_export
 
 SWIFT_SOURCES = sorted((APPS / "ios").rglob("*.swift"))
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # coremltools 9 with torch 2.13, per op
 
 
 @pytest.fixture(scope="module")
