@@ -8,7 +8,8 @@ Reproduces the input side of the official RAP-SAM (`seg/models/data_preprocessor
   mean-padded pixel becomes exactly 0, which is what the official model sees (it pads with 0 after
   normalising);
 * the prompt decoder takes boxes (K,4) normalised (cx,cy,w,h) in the frame of the resized, UN-padded
-  image; a click is a 6x6-pixel box in resized pixels (spec §2.3).
+  image (official, ``prompt_frame="resized"``) or of the padded input (``"padded"``, configs whose neck
+  encodes sine coordinates over the padded canvas); a click is a 6x6-pixel box in resized pixels (§2.3).
 
 NumPy + Pillow only (no torch) so phones, browsers and every runtime can mirror it exactly.
 """
@@ -28,6 +29,7 @@ CLICK_BOX_SIZE = 6
 """Side (resized-image pixels) of the box a click becomes: [x-3, y-3, x+3, y+3] (official GeneratePoint)."""
 
 _RESIZE_MODES = ("longest",)
+PROMPT_FRAMES = ("resized", "padded")
 _CHANNEL_ORDERS = ("RGB", "BGR")
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                 "nearest": Image.Resampling.NEAREST}
@@ -67,6 +69,9 @@ class InputPolicy:
             preprocessor converts BGR to RGB); `preprocess` always receives RGB and flips for "BGR".
         interpolation: "bilinear" (Pillow, default), "bicubic", "nearest", or "cv2_bilinear" (NumPy
             re-implementation of OpenCV INTER_LINEAR, the official resize; see `preprocess`).
+        prompt_frame: what prompt boxes are normalised by: "resized" = the un-padded resized image
+            (official ``img_shape``), "padded" = the whole graph input (models whose features carry sine
+            coordinates of the padded canvas, so a click and its feature pixel share one coordinate).
     """
 
     size: tuple[int, int] = (640, 640)
@@ -76,6 +81,7 @@ class InputPolicy:
     resize: str = "longest"
     channel_order: str = "RGB"
     interpolation: str = "bilinear"
+    prompt_frame: str = "resized"
 
     def __post_init__(self) -> None:
         try:
@@ -93,7 +99,7 @@ class InputPolicy:
         pad = self.mean if self.pad_value is None else _triple(self.pad_value, "pad_value")
         object.__setattr__(self, "pad_value", pad)
         for name, allowed in (("resize", _RESIZE_MODES), ("channel_order", _CHANNEL_ORDERS),
-                              ("interpolation", _INTERPOLATIONS)):
+                              ("interpolation", _INTERPOLATIONS), ("prompt_frame", PROMPT_FRAMES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"InputPolicy.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
 
@@ -121,12 +127,18 @@ class Letterbox:
         padded_hw: (H, W) of the graph input (official `batch_input_shape`).
         scale_xy: (w_r/W0, h_r/H0), resized over original per axis (the exact size ratio, which is what
             a bilinear resize between the two sizes uses).
+        prompt_hw: (h, w) prompt boxes are normalised by: `resized_hw` or `padded_hw` (policy.prompt_frame).
     """
 
     orig_hw: tuple[int, int]
     resized_hw: tuple[int, int]
     padded_hw: tuple[int, int]
     scale_xy: tuple[float, float]
+    prompt_hw: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt_hw is None:
+            object.__setattr__(self, "prompt_hw", self.resized_hw)
 
     @property
     def feature_hw(self) -> tuple[int, int]:
@@ -166,7 +178,8 @@ def compute_letterbox(orig_hw: tuple[int, int], policy: InputPolicy) -> Letterbo
     scale = min(ph / h0, pw / w0)
     rh = min(ph, max(1, int(math.floor(h0 * scale + 0.5))))
     rw = min(pw, max(1, int(math.floor(w0 * scale + 0.5))))
-    return Letterbox((h0, w0), (rh, rw), (ph, pw), (rw / w0, rh / h0))
+    prompt_hw = (ph, pw) if policy.prompt_frame == "padded" else (rh, rw)
+    return Letterbox((h0, w0), (rh, rw), (ph, pw), (rw / w0, rh / h0), prompt_hw)
 
 
 def bilinear_weights(out_size: int, in_size: int, scale: float | None = None) -> np.ndarray:
@@ -337,7 +350,7 @@ def _check_prompts(arr: Any, width: int, what: str) -> np.ndarray:
 
 
 def _to_cxcywh(xyxy: np.ndarray, lb: Letterbox) -> np.ndarray:
-    rh, rw = lb.resized_hw
+    rh, rw = lb.prompt_hw
     x0, y0, x1, y1 = xyxy.T / np.array([rw, rh, rw, rh], dtype=np.float64)[:, None]
     return np.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=1).astype(np.float32)
 
@@ -352,7 +365,8 @@ def points_to_boxes(points: np.ndarray, letterbox: Letterbox) -> np.ndarray:
     Returns:
         (K, 4) float32 normalised (cx, cy, w, h) in the resized, un-padded image frame: the click maps to
         resized pixels (x * scale_x, y * scale_y), becomes the CLICK_BOX_SIZE box [x-3, y-3, x+3, y+3]
-        and is divided by the resized (w, h) like the official `img_shape`. No clamping to
+        and is divided by `letterbox.prompt_hw` (the resized (w, h), official `img_shape`, unless the
+        policy's prompt_frame is "padded"). No clamping to
         [1e-5, 1 - 1e-5]: the graph does it (official inverse_sigmoid/sigmoid round trip).
     """
     pts = _check_prompts(points, 2, "points")
@@ -374,7 +388,7 @@ def boxes_to_model(boxes: np.ndarray, letterbox: Letterbox) -> np.ndarray:
         letterbox: geometry from `preprocess`.
 
     Returns:
-        (K, 4) float32 normalised (cx, cy, w, h) in the resized, un-padded image frame (not clamped).
+        (K, 4) float32 normalised (cx, cy, w, h) in the frame of `letterbox.prompt_hw` (not clamped).
     """
     b = _check_prompts(boxes, 4, "boxes")
     h0, w0 = letterbox.orig_hw

@@ -220,3 +220,13 @@ def test_torch_loader_resumes_exactly(coco_pan):
     workers = list(make_loader(stream, start=2, num_items=4, batch_size=2, num_workers=2))
     assert all(_same(a, b) for a, b in zip([s for b in batches for s in b], [s for b in workers for s in b],
                                            strict=True))
+
+
+def test_prompt_boxes_follow_the_policy_prompt_frame(coco_pan):
+    """Training clicks are normalised exactly as the host normalises them at inference."""
+    kw = dict(seed=0, ratio_range=(0.3, 0.5))
+    official = PromptStream(coco_pan, SIZE, **kw)[0]
+    padded = PromptStream(coco_pan, SIZE, policy=InputPolicy(size=SIZE, prompt_frame="padded"), **kw)[0]
+    h, w = official.valid_hw[0]
+    np.testing.assert_allclose(padded.prompt_boxes[:, :2] * [SIZE[1], SIZE[0]],
+                               official.prompt_boxes[:, :2] * [w, h], rtol=1e-5)

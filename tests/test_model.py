@@ -154,3 +154,23 @@ def test_unknown_config_names_the_known_ones():
         get_config("rapsam_r18_lit")
     with pytest.raises(ValueError, match="multiples of 32"):
         get_config("rapsam_r18").replace(input_size=(100, 128))
+
+
+def test_sine_coordinates_let_a_prompt_localise_its_click():
+    """With coord_encoding="sine" the neck's coordinate channels share the prompt encoder's frequencies,
+    and the aligned initialisation makes the very first mask (query . F, before any decoder stage) peak
+    at the clicked feature pixel: what keeps the prompt path from collapsing to click-independent masks."""
+    from rapsam_edge.model.layers import mask_product
+
+    torch.manual_seed(0)
+    model = build_model("rapsam_r18_lite").eval()
+    p = model.neck.sine_pairs
+    feats = model.encode(torch.rand(1, 3, 160, 192) * 255)  # F is 40 x 48
+    for row, col in ((5, 7), (30, 40), (20, 3)):
+        box = torch.tensor([[[(col + 0.5) / 48, (row + 0.5) / 40, 6 / 192, 6 / 160]]])
+        query = model.prompt_encoder(box)
+        peak = mask_product(query[..., : 4 * p], feats[:, : 4 * p])[0, 0]  # the aligned channels
+        assert divmod(int(peak.argmax()), 48) == (row, col)
+        assert peak.max() > 0.99 * 2 * p  # each shared frequency adds cos(0) = 1 per axis at the click
+    assert get_config("rapsam_r18_lite").prompt_frame == "padded"
+    assert get_config("rapsam_r50").prompt_frame == "resized" and get_config("rapsam_r50").coord_encoding == "xy"

@@ -236,3 +236,14 @@ def test_policy_round_trip_and_validation():
         InputPolicy(interpolation="lanczos")
     with pytest.raises(ValueError, match="std"):
         InputPolicy(std=(1, 0, 1))
+
+
+def test_padded_prompt_frame_normalises_by_the_graph_input():
+    """Configs with sine coordinates (prompt_frame="padded") divide clicks by the padded canvas, so the
+    box centre equals the feature-grid coordinate of the clicked pixel whatever the letterbox."""
+    lb = compute_letterbox((720, 1280), InputPolicy(size=(640, 640), prompt_frame="padded"))
+    assert lb.resized_hw == (360, 640) and lb.prompt_hw == (640, 640)
+    np.testing.assert_allclose(points_to_boxes([[100.0, 200.0]], lb)[0],
+                               [50 / 640, 100 / 640, 6 / 640, 6 / 640], rtol=1e-6)
+    with pytest.raises(ValueError, match="prompt_frame"):
+        InputPolicy(prompt_frame="valid")

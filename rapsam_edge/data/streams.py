@@ -269,7 +269,13 @@ class PromptStream(_Stream):
                 "dropped_small_or_empty": int((~ok).sum())}
         return TrainSample("prompts", frame.image[None], masks[:, None], rec.labels[kept].astype(np.int64),
                            rec.instance_ids[kept].astype(np.int64), np.array([frame.valid_hw], np.int64),
-                           prompt_boxes=clicks_to_boxes(points, frame.valid_hw), prompt_targets=targets, meta=meta)
+                           prompt_boxes=clicks_to_boxes(points, self._prompt_hw(frame.valid_hw)),
+                           prompt_targets=targets, meta=meta)
+
+    def _prompt_hw(self, valid_hw: Sequence[int]) -> Sequence[int]:
+        """The frame click boxes are normalised by, as the host does at inference (policy.prompt_frame)."""
+        policy = self.jitter.policy
+        return self.jitter.size if policy.prompt_frame == "padded" else valid_hw
 
 
 class MixedStream:

@@ -329,7 +329,6 @@ class _SimBackend(Backend):
 
 def verify_target(model: RapSam, bundle: Bundle, precision: str, req: Any) -> dict[str, Any]:
     """Package checks + simulated drift (+ measured drift on macOS); ``failures`` non-empty = export fails."""
-    from ..preprocess import InputPolicy
     from ..runtime.torch_backend import TorchBackend
     from .export import default_verify_images
     from .verify import verify_graphs
@@ -344,7 +343,7 @@ def verify_target(model: RapSam, bundle: Bundle, precision: str, req: Any) -> di
         report["failures"] += rep.pop("failures")
         report["packages"][graph] = rep
     images = (req.verify_images or default_verify_images(limit=3))[:3]
-    policy = InputPolicy(size=model.config.input_size)
+    policy = model.config.input_policy()
     sim = simulated_model(model, precision, compress)
     encoder = None
     if compress == "w8a8":

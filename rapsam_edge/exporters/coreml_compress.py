@@ -184,11 +184,11 @@ def w8a8_encoder(model: RapSam, images: list[Path]) -> tuple[nn.Module, dict[str
     """Calibrate activation ranges of ``model.encode`` on ``images`` and return the QDQ encoder graph."""
     from coremltools.optimize.torch.quantization import LinearQuantizer, LinearQuantizerConfig
 
-    from ..preprocess import InputPolicy, load_image, preprocess
+    from ..preprocess import load_image, preprocess
 
     if not images:
         raise ValueError("w8a8 needs calibration images; none were found (pass calib_images).")
-    policy = InputPolicy(size=model.config.input_size)
+    policy = model.config.input_policy()
     mean, std = model.pixel_mean, model.pixel_std
     tensors = [(torch.from_numpy(preprocess(load_image(p), policy)[0]) - mean) / std for p in images]
     spec = {"quantization_scheme": "symmetric", "activation_observer": "min_max", "weight_observer": "min_max",

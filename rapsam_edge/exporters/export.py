@@ -23,7 +23,6 @@ import torch
 from ..bundle import Artifact, Bundle, BundleError, load_bundle, new_bundle
 from ..model.checkpoint import load_model
 from ..model.rapsam import RapSam
-from ..preprocess import InputPolicy
 from . import TARGETS
 from .verify import VerificationError, check, verify_graphs, verify_pipelines
 
@@ -106,7 +105,7 @@ def prepare_model(req: ExportRequest) -> tuple[RapSam, dict[str, Any]]:
 
 def base_manifest(model: RapSam, name: str, section: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "model": section, "classes": model.vocabulary.to_dict(),
-            "input_policy": InputPolicy(size=model.config.input_size).to_dict(), "tools": tool_versions(),
+            "input_policy": model.config.input_policy().to_dict(), "tools": tool_versions(),
             "verification": {}, "calibration": None}
 
 
@@ -218,7 +217,7 @@ def verify_onnx_bundle(model: RapSam, bundle: Bundle, precision: str, images: li
     from ..runtime.pipeline import Pipeline
     from ..runtime.torch_backend import TorchBackend
 
-    policy = InputPolicy(size=model.config.input_size)
+    policy = model.config.input_policy()
     ref, cand = TorchBackend(model, threads=threads), OrtBackend(bundle, precision, threads=threads)
     report: dict[str, Any] = {"graphs": verify_graphs(ref, cand, images, policy)}
     report["pipeline"] = verify_pipelines(Pipeline(ref, policy, model.vocabulary),

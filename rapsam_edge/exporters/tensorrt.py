@@ -375,14 +375,13 @@ class _InputsBackend(Backend):
 
 
 def verify_target(model: RapSam, bundle: Bundle, precision: str, req: Any) -> dict[str, Any]:
-    from ..preprocess import InputPolicy
     from ..runtime.torch_backend import TorchBackend
     from .export import default_verify_images
     from .verify import check, verify_graphs
 
     images = req.verify_images or default_verify_images()
     report: dict[str, Any] = {"graphs": verify_graphs(TorchBackend(model), _InputsBackend(bundle, precision), images,
-                                                      InputPolicy(size=model.config.input_size))}
+                                                      model.config.input_policy())}
     report["failures"] = check(report, precision)
     report["images"] = [str(p) for p in images]
     report["note"] = ("the TensorRT ONNX inputs in onnxruntime (CPU) vs PyTorch; the engines' own numerics are "

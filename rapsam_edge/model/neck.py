@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .deform_conv import ModulatedDeformConv2d
+from .prompt import SINE_TEMPERATURE, sine_encode_coords
+
+SINE_COORD_PAIRS = 32
+"""(sin, cos) pairs per axis for ``coord_encoding='sine'``: every other one of the prompt encoder's 64."""
 
 
 class _UpLayer(nn.Module):
@@ -118,27 +122,39 @@ class YOSONeck(nn.Module):
     """Neck output F (B, hidden_dim, H/4, W/4): aggregated features + CoordConv ([x, y] in [-1, 1]).
 
     CoordConv is the only positional information the decoder gets; it is computed per frame, so a
-    video clip stacked along height later still sees per-frame coordinates.
+    video clip stacked along height later still sees per-frame coordinates. ``sine_pairs > 0`` adds that
+    many (sin, cos) pairs per axis at the prompt encoder's frequencies (``pe_periods``,
+    ``pe_temperature``), evaluated at the feature-pixel centres of the padded canvas in [0, 1] (see
+    ``config.EDGE``): with them a prompt query can localise its click by a dot product alone.
     """
 
     def __init__(self, agg_dim: int, hidden_dim: int, backbone_shape: tuple[int, int, int, int],
-                 lite: bool = False):
+                 lite: bool = False, sine_pairs: int = 0, pe_periods: float = 1.0,
+                 pe_temperature: float = SINE_TEMPERATURE):
         super().__init__()
         self.deconv = LiteDeformConv(agg_dim, backbone_shape, lite=lite)
-        self.loc_conv = nn.Conv2d(agg_dim + 2, hidden_dim, 1)
+        self.sine_pairs = sine_pairs
+        self.pe_scale, self.pe_temperature = 2 * math.pi * pe_periods, pe_temperature
+        self.loc_conv = nn.Conv2d(agg_dim + 2 + 4 * sine_pairs, hidden_dim, 1)
         self.in_channels = backbone_shape
         self.out_channels = hidden_dim
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    @staticmethod
-    def coord_features(x: Tensor) -> Tensor:
+    def coord_features(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
         ys = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device)
         xs = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device)
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        return torch.stack((gx, gy)).unsqueeze(0).expand(b, 2, h, w)
+        coords = [gx, gy]
+        if self.sine_pairs:
+            cy = (torch.arange(h, dtype=x.dtype, device=x.device) + 0.5) / h
+            cx = (torch.arange(w, dtype=x.dtype, device=x.device) + 0.5) / w
+            sy = sine_encode_coords(cy, self.sine_pairs, self.pe_temperature, self.pe_scale)  # (h, 2p)
+            sx = sine_encode_coords(cx, self.sine_pairs, self.pe_temperature, self.pe_scale)  # (w, 2p)
+            coords += list(sy.t()[:, :, None].expand(-1, h, w)) + list(sx.t()[:, None, :].expand(-1, h, w))
+        return torch.stack(coords).unsqueeze(0).expand(b, -1, h, w)
 
     def forward(self, feats: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
         x = self.deconv(feats)

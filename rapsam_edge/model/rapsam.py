@@ -18,8 +18,8 @@ from ..config import ModelConfig, Vocabulary, get_config, get_vocabulary
 from .backbone import ResNet
 from .classifier import Classifier, load_text_embeddings
 from .decoder import Decoder, StageOutput
-from .neck import YOSONeck
-from .prompt import PromptEncoder
+from .neck import SINE_COORD_PAIRS, YOSONeck
+from .prompt import SINE_FEATS, PromptEncoder
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -117,11 +117,46 @@ def build_model(config: str | ModelConfig, class_embeddings: str | Path | Tensor
     elif class_embeddings is not None:
         emb = class_embeddings
     backbone = ResNet(cfg.backbone)
-    neck = YOSONeck(cfg.agg_dim, cfg.hidden_dim, backbone.out_channels, lite=cfg.neck == "lite")
-    prompt = PromptEncoder(cfg.hidden_dim, cfg.prompt_noise_scale)
+    neck = YOSONeck(cfg.agg_dim, cfg.hidden_dim, backbone.out_channels, lite=cfg.neck == "lite",
+                    sine_pairs=SINE_COORD_PAIRS if cfg.coord_encoding == "sine" else 0,
+                    pe_periods=cfg.pe_periods, pe_temperature=cfg.pe_temperature)
+    prompt = PromptEncoder(cfg.hidden_dim, cfg.prompt_noise_scale, cfg.pe_periods, cfg.pe_temperature)
     decoder = Decoder(cfg.hidden_dim, cfg.num_queries, cfg.num_stages, cfg.num_heads, cfg.ffn_dim, cfg.embed_dim)
     classifier = Classifier(vocab, cfg.embed_dim, cfg.classifier, emb)
+    if neck.sine_pairs:
+        align_click_and_pixel_coordinates(neck, prompt)
     return RapSam(cfg, backbone, neck, prompt, decoder, classifier)
+
+
+@torch.no_grad()
+def align_click_and_pixel_coordinates(neck: YOSONeck, prompt: PromptEncoder, gain: float = 2.0) -> None:
+    """Initialise ``sine`` configs so that the first decoder stage already outlines the click.
+
+    The first 4p channels of F copy the neck's sine coordinates (p pairs per axis) and the first 4p
+    channels of a prompt query copy the same frequencies of the click's encoding, with no content in
+    either, so the stage-0 mask logit query . F contains gain^2 * sum_k [cos(w_k (y - cy)) +
+    cos(w_k (x - cx))], a peak at the click. The constant content vector starts at zero so this peak is
+    not drowned by a random image-wide offset. Everything stays trainable. Why: from scratch, the prompt path
+    otherwise settles in the click-independent "mean mask" minimum (measured on coco_mini: identical
+    masks for every click after 300 steps).
+    """
+    p = neck.sine_pairs
+    n = 2 * p  # channels per axis
+    agg = neck.loc_conv.in_channels - 2 - 2 * n
+    w = neck.loc_conv.weight  # (C, agg + 2 + 2n, 1, 1): coordinate inputs are [x, y, sine(y) n, sine(x) n]
+    w[: 2 * n] = 0.0
+    w[: 2 * n, agg + 2: agg + 2 + 2 * n, 0, 0] = gain * torch.eye(2 * n)
+    neck.loc_conv.bias[: 2 * n] = 0.0
+    # pos_linear input: parts (y, x, w, h) of SINE_FEATS each, (sin, cos) pairs; take every step-th pair
+    step = SINE_FEATS // 2 // p
+    cols = torch.arange(0, SINE_FEATS // 2, step).repeat_interleave(2) * 2 + torch.arange(2).repeat(p)
+    lin = prompt.pos_linear.weight
+    lin[: 2 * n] = 0.0
+    lin[torch.arange(n), cols] = gain  # query y channels
+    lin[torch.arange(n, 2 * n), cols + SINE_FEATS] = gain  # query x channels
+    prompt.pos_linear.bias[: 2 * n] = 0.0
+    prompt.pb_embedding.weight.zero_()
+    prompt.mask_tokens.weight.zero_()
 
 
 def parameter_counts(model: RapSam) -> dict[str, int]:

@@ -49,7 +49,7 @@ def load(model: str | Path | ModelConfig | None = None, checkpoint: str | Path |
         "random_init": checkpoint is None, "classifier": net.classifier.source,
         "load_report": str(report) if report else None,
     }
-    return Pipeline(TorchBackend(net, device=device, threads=threads), InputPolicy(size=net.config.input_size),
+    return Pipeline(TorchBackend(net, device=device, threads=threads), net.config.input_policy(),
                     net.vocabulary, meta)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,6 @@ import torch
 
 from ..config import get_config, get_vocabulary
 from ..data.streams import CocoPseudoVideoStream, PromptStream, VideoClipStream
-from ..preprocess import InputPolicy
 from .recipes import PRESETS, Preset, default_shared_data, open_coco, open_video
 from .trainer import TrainConfig, Trainer, init_distributed
 
@@ -30,15 +30,18 @@ class DataSpec:
 
 
 def build_streams(spec: DataSpec, cfg: TrainConfig) -> dict[str, Any]:
-    vocab = get_vocabulary(get_config(cfg.model).vocabulary)
+    model_cfg = get_config(cfg.model)
+    vocab = get_vocabulary(model_cfg.vocabulary)
     size = (cfg.imgsz, cfg.imgsz)
+    policy = dataclasses.replace(model_cfg.input_policy(), size=size)
     streams: dict[str, Any] = {}
     if spec.coco_root is not None and (spec.use_coco or spec.use_prompts):
         coco = open_coco(spec.coco_root, vocab, spec.coco_split, spec.coco_subset)
         if spec.use_coco:
             streams["coco"] = CocoPseudoVideoStream(coco, size=size, seed=cfg.seed)
         if spec.use_prompts:
-            streams["prompts"] = PromptStream(coco, size=size, seed=cfg.seed)
+            streams["prompts"] = PromptStream(coco, size=size, seed=cfg.seed, policy=policy,
+                                             ratio_range=cfg.prompt_ratio_range)
     if spec.video_root is not None:
         streams["video"] = VideoClipStream(open_video(spec.video_root, vocab), size=size, seed=cfg.seed)
     if not streams:
@@ -155,7 +158,7 @@ def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: 
     if imgsz:
         if imgsz % 32:
             raise ValueError(f"--imgsz {imgsz} must be a multiple of 32.")
-        pipe.policy = InputPolicy(size=(imgsz, imgsz))  # the PyTorch model takes any multiple of 32
+        pipe.policy = dataclasses.replace(pipe.policy, size=(imgsz, imgsz))  # torch takes any multiple of 32
     if task == "video":
         return evaluate_video(pipe, open_video(data, pipe.vocabulary, split if split != "val2017" else "valid"),
                               limit, mode)
