@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for the two README commands; each creates the environment it needs.
-#   bash scripts/dev.sh main   -> the main job on the embedded default photos
+#   bash scripts/dev.sh main   -> the main job: export -> calibrate -> bench the embedded default
 #   bash scripts/dev.sh test   -> ruff + the whole test suite (what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +52,7 @@ bootstrap
 export NNCF_CI=1   # keep nncf telemetry out of ~/intel in tests
 case "$cmd" in
   main)
-    "$VENV/bin/rapsam-edge" predict --out runs/main "$@" ;;
+    "$VENV/bin/rapsam-edge" bench --out runs/main "$@" ;;
   test)
     "$VENV/bin/ruff" check rapsam_edge tests apps
     web_deps

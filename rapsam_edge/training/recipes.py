@@ -83,14 +83,16 @@ PRESETS = {
     "mini": Preset(
         "mini",
         "rapsam_r18_lite from scratch on coco_mini (80 val2017 images, one per category) + the DAVIS clips of "
-        "../shared/data; the other 48 images are held apart for evaluation. ~30-35 min on 2 CPU cores.",
+        "../shared/data; the other 48 images are held apart for evaluation. ~35 min on 2 CPU cores.",
         coco_subset="eval_val2017_one_per_category_from_COCO_Tiny",
         eval_subset="extra_val2017_from_COCO_MINI",
         # from scratch (no ImageNet weights can be fetched here): full backbone lr, short warm-up, prompts
-        # weighted up (interactive accuracy is what calibration and the apps measure most), 12,544 points
-        # scaled to the 256x256 input (3,136 = 56^2)
+        # weighted up (interactive accuracy is what calibration and the apps measure most), prompt LSJ
+        # 0.5-2.0 (the official 0.1 shrinks a 256 canvas to specks; 2.0 shows objects at the scale a
+        # 640 input has), 12,544 points scaled to the 256x256 input (3,136 = 56^2)
         train_config=dict(model="rapsam_r18_lite", imgsz=256, epochs=12, batch_size=2, lr=3e-4,
                           backbone_lr_mult=1.0, warmup_iters=50, grad_clip=1.0, num_points=3136,
-                          stream_weights={"coco": 80.0, "prompts": 120.0, "video": 25.0}),
+                          prompt_ratio_range=(0.5, 2.0),
+                          stream_weights={"coco": 80.0, "prompts": 160.0, "video": 25.0}),
     ),
 }
