@@ -127,6 +127,11 @@ class Step:
     seconds: float
 
 
+class NoQuantizedNodesLeft(RuntimeError):
+    """Raised by a ``requantize`` whose exclusions leave a graph with no Q/DQ at all: accuracy control stops
+    there (a budget only met in full float is an unmet budget, not an INT8 result)."""
+
+
 class AccuracyBudgetError(RuntimeError):
     """``--max-drop`` could not be met within the allowed steps; nothing was registered. ``steps`` keeps what
     every step measured, so a sweep (scripts/calibration_table.py) can still report how far it got."""
@@ -154,8 +159,12 @@ def control(requantize: Callable[[list[str]], dict[str, str]], evaluate: Callabl
         if i:
             k = min(2 ** (i - 1), len(queue))
             moved, queue = queue[:k], queue[k:]
+            try:
+                files = requantize(excluded + moved)
+            except NoQuantizedNodesLeft as e:
+                log(f"step {i}: stopped before moving {len(moved)} more layers: {e}")
+                break
             excluded += moved
-            files = requantize(excluded)
         metrics = evaluate(files)
         d = drops(base, metrics)
         ok = within_budget(d, budget)
