@@ -147,14 +147,14 @@ class YOSONeck(nn.Module):
         ys = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device)
         xs = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device)
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        coords = [gx, gy]
-        if self.sine_pairs:
+        coords = torch.stack((gx, gy))
+        if self.sine_pairs:  # no iteration over tensors: torch.fx (CoreML W8A8 export) must trace this
             cy = (torch.arange(h, dtype=x.dtype, device=x.device) + 0.5) / h
             cx = (torch.arange(w, dtype=x.dtype, device=x.device) + 0.5) / w
             sy = sine_encode_coords(cy, self.sine_pairs, self.pe_temperature, self.pe_scale)  # (h, 2p)
             sx = sine_encode_coords(cx, self.sine_pairs, self.pe_temperature, self.pe_scale)  # (w, 2p)
-            coords += list(sy.t()[:, :, None].expand(-1, h, w)) + list(sx.t()[:, None, :].expand(-1, h, w))
-        return torch.stack(coords).unsqueeze(0).expand(b, -1, h, w)
+            coords = torch.cat((coords, sy.t()[:, :, None].expand(-1, h, w), sx.t()[:, None, :].expand(-1, h, w)))
+        return coords.unsqueeze(0).expand(b, -1, h, w)
 
     def forward(self, feats: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
         x = self.deconv(feats)
