@@ -6,6 +6,9 @@ Each rule finds nodes by op type and structure and says why they are sensitive (
 ``first_conv``           the first Conv/MatMul fed by an image input (3 channels) through normalisation only:
                          raw-pixel statistics differ per channel and one layer carries all of it
 ``layernorm``            LayerNormalization: its statistics over a channel are destroyed by 8-bit inputs
+``batchnorm``            BatchNormalization left unfolded (after the DCN's MatMul, which no BN folds into): no
+                         int8 kernel exists, so quantizing it only adds int8 DequantizeLinear constants for its
+                         scale/bias (which broke the cpu flavour's uint8-activation promise on rapsam_r18)
 ``softmax``              Softmax: exponentials of 8-bit logits lose the small probabilities
 ``attention``            MatMuls of attention (query·keyᵀ into a Softmax, probabilities·values out of one)
 ``attention_kv``         linear projections whose result is an attention query/key/value in this graph
@@ -117,6 +120,10 @@ def first_conv(ix: GraphIndex, _: Context) -> list[str]:
 
 def layernorm(ix: GraphIndex, _: Context) -> list[str]:
     return [n.name for n in ix.nodes if n.op_type in ("LayerNormalization", "InstanceNormalization")]
+
+
+def batchnorm(ix: GraphIndex, _: Context) -> list[str]:
+    return [n.name for n in ix.nodes if n.op_type == "BatchNormalization"]
 
 
 def softmax(ix: GraphIndex, _: Context) -> list[str]:
@@ -235,6 +242,7 @@ Rule = Callable[[GraphIndex, Context], list[str]]
 RULES: dict[str, tuple[Rule, str]] = {
     "first_conv": (first_conv, "first layer on raw pixels"),
     "layernorm": (layernorm, "LayerNormalization"),
+    "batchnorm": (batchnorm, "unfolded BatchNormalization"),
     "softmax": (softmax, "Softmax"),
     "attention": (attention, "attention MatMuls (q·kᵀ, p·v)"),
     "attention_kv": (attention_kv, "projections into attention keys/values/queries"),
