@@ -148,7 +148,31 @@ def dataset_image_paths(dataset: Any, limit: int | None = None) -> list[Path]:
     return [dataset.images_dir / dataset.images[i]["file_name"] for i in ids]
 
 
-class ImageReader(CalibrationDataReader):
+class _IndexedReader(CalibrationDataReader):
+    """onnxruntime's reader protocol (``get_next``/``rewind``) and NNCF's (iteration) over ``feed(i)``."""
+
+    _next = 0
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def feed(self, i: int) -> Feed:
+        raise NotImplementedError
+
+    def get_next(self) -> Feed | None:
+        if self._next >= len(self):
+            return None
+        self._next += 1
+        return self.feed(self._next - 1)
+
+    def rewind(self) -> None:
+        self._next = 0
+
+    def __iter__(self) -> Iterator[Feed]:
+        return (self.feed(i) for i in range(len(self)))
+
+
+class ImageReader(_IndexedReader):
     """Feeds ``{input_name: (1, 3, H, W) float32}`` made by the inference ``preprocess``, one image per call.
 
     Iterable (for NNCF) and rewindable; :meth:`chunks` splits it so histogram calibrators, which hold every
@@ -168,24 +192,12 @@ class ImageReader(CalibrationDataReader):
         tensor, _ = preprocess(load_image(self.paths[i]), self.policy)
         return {self.input_name: tensor}
 
-    def get_next(self) -> Feed | None:
-        if self._next >= len(self.paths):
-            return None
-        self._next += 1
-        return self.feed(self._next - 1)
-
-    def rewind(self) -> None:
-        self._next = 0
-
-    def __iter__(self) -> Iterator[Feed]:
-        return (self.feed(i) for i in range(len(self.paths)))
-
     def chunks(self, size: int) -> Iterator[ImageReader]:
         for start in range(0, len(self.paths), size):
             yield ImageReader(self.paths[start:start + size], self.policy, self.input_name)
 
 
-class GraphInputReader(CalibrationDataReader):
+class GraphInputReader(_IndexedReader):
     """Feeds a downstream graph: each image goes through ``upstream`` (an onnxruntime session of the FP32
     encoder) and the outputs named in ``inputs`` become the feed (e.g. ``features`` for the object decoder)."""
 
@@ -202,18 +214,6 @@ class GraphInputReader(CalibrationDataReader):
     def feed(self, i: int) -> Feed:
         outs = dict(zip(self._names, self.upstream.run(None, self.images.feed(i)), strict=True))
         return {k: outs[k] for k in self.inputs}
-
-    def get_next(self) -> Feed | None:
-        if self._next >= len(self.images):
-            return None
-        self._next += 1
-        return self.feed(self._next - 1)
-
-    def rewind(self) -> None:
-        self._next = 0
-
-    def __iter__(self) -> Iterator[Feed]:
-        return (self.feed(i) for i in range(len(self.images)))
 
     def chunks(self, size: int) -> Iterator[GraphInputReader]:
         for part in self.images.chunks(size):
