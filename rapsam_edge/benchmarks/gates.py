@@ -10,10 +10,9 @@ A format that misses a gate gets the status ``failed validation`` and the gate i
 
 from __future__ import annotations
 
-import difflib
-import math
 from typing import Any
 
+from ..calibration.options import parse_metric_values
 from .formats import FAILED_VALIDATION, OK
 
 TASK_METRICS = {"pq": "panoptic", "sq": "panoptic", "rq": "panoptic", "pq_official": "panoptic",
@@ -28,25 +27,7 @@ DROP_METRICS = tuple(TASK_METRICS)
 def parse_thresholds(items: list[str] | tuple[str, ...] | None, flag: str,
                      allowed: tuple[str, ...]) -> dict[str, float]:
     """``["pq=20", "miou=40,ap=5"]`` -> ``{"pq": 20.0, "miou": 40.0, "ap": 5.0}``; one sentence on bad input."""
-    out: dict[str, float] = {}
-    for item in items or ():
-        for part in item.split(","):
-            if not part.strip():
-                continue
-            name, sep, value = part.partition("=")
-            name = name.strip().lower()
-            try:
-                number = float(value)
-            except ValueError:
-                number = math.nan
-            if not sep or not math.isfinite(number):
-                raise ValueError(f"{flag} takes METRIC=NUMBER (e.g. {allowed[0]}=20), not {part!r}.")
-            if name not in allowed:
-                close = difflib.get_close_matches(name, allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"{flag} metric {name!r} is not one of {', '.join(allowed)}{hint}.")
-            out[name] = number
-    return out
+    return parse_metric_values(items, flag, allowed, f"METRIC=NUMBER (e.g. {allowed[0]}=20)")
 
 
 def check_requested(floors: dict[str, float], max_drops: dict[str, float], tasks: tuple[str, ...],

@@ -173,8 +173,10 @@ def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{flag} {value!r} is not one of {', '.join(allowed)}{hint}.")
 
 
-def parse_max_drop(items: list[str] | tuple[str, ...] | None) -> dict[str, float]:
-    """``["pq=0.5", "miou=0.5"]`` (or one comma-separated item) -> ``{"pq": 0.5, "miou": 0.5}``."""
+def parse_metric_values(items: list[str] | tuple[str, ...] | None, flag: str, allowed: tuple[str, ...],
+                        usage: str) -> dict[str, float]:
+    """``["pq=0.5", "miou=0.5"]`` (or comma-separated items) -> ``{"pq": 0.5, "miou": 0.5}``; one sentence
+    naming ``usage`` (e.g. "METRIC=POINTS (e.g. pq=0.5)") or the closest allowed metric on bad input."""
     out: dict[str, float] = {}
     for item in items or ():
         for part in item.split(","):
@@ -186,8 +188,13 @@ def parse_max_drop(items: list[str] | tuple[str, ...] | None) -> dict[str, float
             except ValueError:
                 number = float("nan")
             if not sep or not math.isfinite(number):
-                raise ValueError(f"--max-drop takes METRIC=POINTS (e.g. pq=0.5 or miou=0.5), not {part!r}.")
+                raise ValueError(f"{flag} takes {usage}, not {part!r}.")
             name = name.strip().lower()
-            _choice("--max-drop metric", name, METRICS)
+            _choice(f"{flag} metric", name, allowed)
             out[name] = number
     return out
+
+
+def parse_max_drop(items: list[str] | tuple[str, ...] | None) -> dict[str, float]:
+    """``["pq=0.5", "miou=0.5"]`` (or one comma-separated item) -> ``{"pq": 0.5, "miou": 0.5}``."""
+    return parse_metric_values(items, "--max-drop", METRICS, "METRIC=POINTS (e.g. pq=0.5 or miou=0.5)")
