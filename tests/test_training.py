@@ -148,3 +148,15 @@ def test_two_process_gloo_ddp_via_torchrun(tmp_path, shared_data):
     assert log[0]["world"] == 2
     assert {"event": "ddp_check", "world": 2, "params_in_sync": True} in log
     assert (out / "final.pth").is_file() and (out / "model_fp16.pth").is_file()
+
+
+def test_preset_scale_jitter_reaches_every_stream(shared_data):
+    """The preset's scale-jitter ranges must reach the object streams (coco + video) and the prompt stream."""
+    from rapsam_edge.training.run import TrainRequest, build_streams, resolve_request
+
+    cfg, spec, _ = resolve_request(TrainRequest(out=shared_data / "unused", preset="mini"))
+    streams = build_streams(spec, cfg)
+    assert set(streams) == {"coco", "prompts", "video"}
+    assert streams["coco"].clip.jitter.ratio_range == tuple(cfg.object_ratio_range) == (0.8, 2.0)
+    assert streams["video"].clip.jitter.ratio_range == tuple(cfg.object_ratio_range)
+    assert streams["prompts"].jitter.ratio_range == tuple(cfg.prompt_ratio_range) == (0.5, 2.0)

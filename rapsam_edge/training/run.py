@@ -38,12 +38,14 @@ def build_streams(spec: DataSpec, cfg: TrainConfig) -> dict[str, Any]:
     if spec.coco_root is not None and (spec.use_coco or spec.use_prompts):
         coco = open_coco(spec.coco_root, vocab, spec.coco_split, spec.coco_subset)
         if spec.use_coco:
-            streams["coco"] = CocoPseudoVideoStream(coco, size=size, seed=cfg.seed)
+            streams["coco"] = CocoPseudoVideoStream(coco, size=size, seed=cfg.seed,
+                                                    ratio_range=cfg.object_ratio_range)
         if spec.use_prompts:
             streams["prompts"] = PromptStream(coco, size=size, seed=cfg.seed, policy=policy,
                                              ratio_range=cfg.prompt_ratio_range)
     if spec.video_root is not None:
-        streams["video"] = VideoClipStream(open_video(spec.video_root, vocab), size=size, seed=cfg.seed)
+        streams["video"] = VideoClipStream(open_video(spec.video_root, vocab), size=size, seed=cfg.seed,
+                                           ratio_range=cfg.object_ratio_range)
     if not streams:
         raise ValueError("no training data: give --coco-root and/or --video-root (or a --preset).")
     return streams

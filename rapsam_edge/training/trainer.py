@@ -52,6 +52,7 @@ class TrainConfig:
     num_points: int = 12544
     stream_weights: dict[str, float] = field(default_factory=dict)  # default: len(stream) * STREAM_REPEAT
     prompt_ratio_range: tuple[float, float] = (0.1, 2.0)  # LSJ of the prompt stream (official 0.1-2.0)
+    object_ratio_range: tuple[float, float] = (0.8, 2.0)  # LSJ of the coco + video streams (official 0.8-2.0)
     init_checkpoint: str | None = None
     save_every: int | None = None  # steps; default: every epoch
     log_every: int = 10
