@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import sys
@@ -62,7 +63,7 @@ from rapsam_edge.calibration import (  # noqa: E402
     calibration_context,
     parse_max_drop,
 )
-from rapsam_edge.calibration.accuracy import encoder_latencies  # noqa: E402
+from rapsam_edge.calibration.accuracy import agreement, candidate_pipeline, encoder_latencies  # noqa: E402
 from rapsam_edge.preprocess import InputPolicy  # noqa: E402
 
 VERSIONS = ("onnxruntime", "nncf", "onnx", "torch", "numpy")
@@ -115,6 +116,29 @@ def run_one(bundle: Path, args: argparse.Namespace, backend: str, method: str, f
             "seconds": round(time.perf_counter() - t0)}
 
 
+def object_agreement(bundle: Path, rows: list[dict[str, Any]], evalset: Any, threads: int, images: int) -> None:
+    """Add ``agreement_vs_fp32`` to every ok row: the FP32 ONNX pipeline against the row's registered encoder, end to
+    end on the first ``images`` evaluation images (panoptic map, clicks, and the object queries each decodes from
+    its own features: threshold-free, so it still measures the object path when the model's PQ is 0)."""
+    from rapsam_edge.runtime import load
+
+    b = load_bundle(bundle)
+    reference = load(bundle, precision="fp32", threads=threads)
+    for r in rows:
+        if r["status"] == "ok":
+            files = {"encoder": os.path.relpath(r["encoder"], bundle)}
+            cand = candidate_pipeline(b, files, FLAVORS[r["flavour"]].precision, threads)
+            r["agreement_vs_fp32"] = agreement(reference, cand, evalset.paths[:images])
+
+
+def _agreement(r: dict[str, Any]) -> str:
+    a = r.get("agreement_vs_fp32")
+    if not a or "object_class_agreement" not in a:
+        return "—"
+    return (f"{a['object_class_agreement']['mean']:.3f} / {a['object_mask_iou']['mean']:.3f} / "
+            f"{a['interactive_mask_iou']['mean']:.3f}")
+
+
 def _metric(step: dict[str, Any] | None, name: str) -> str:
     if not step or name not in step["metrics"]:
         return "—"
@@ -134,7 +158,8 @@ def table(rows: list[dict[str, Any]], timing: dict[str, dict[str, float]], metri
     cols = ["backend", "method", "flavour", "encoder ms", "speed-up vs fp32 ORT"]
     for m in metrics:
         cols += [f"{m} default excl. (Δ)", f"{m} after --max-drop (Δ)"]
-    cols += ["--max-drop moved to float", "features SQNR dB", "status"]
+    cols += ["--max-drop moved to float", "features SQNR dB",
+             "vs FP32 end to end: object class agr. / object mask IoU / click mask IoU", "status"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         t = timing.get(r["tag"])
@@ -144,13 +169,13 @@ def table(rows: list[dict[str, Any]], timing: dict[str, dict[str, float]], metri
         for m in metrics:
             cells += [_metric(first, m), _metric(last, m) if len(r["steps"]) > 1 else "= default" if first else "—"]
         sqnr = r.get("features_sqnr_db")
-        cells += [_moved(r["steps"]), f"{sqnr:.1f}" if sqnr is not None else "—", r["status"]]
+        cells += [_moved(r["steps"]), f"{sqnr:.1f}" if sqnr is not None else "—", _agreement(r), r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def provenance(bundle: Path, rows: list[dict[str, Any]], args: argparse.Namespace, fp32: dict[str, float],
-               timing: dict[str, Any]) -> list[str]:
+               timing: dict[str, Any], run: dict[str, str]) -> list[str]:
     b = load_bundle(bundle)
     model = b.manifest["model"]
     ok = next((r for r in rows if r["status"] == "ok"), {})
@@ -161,8 +186,9 @@ def provenance(bundle: Path, rows: list[dict[str, Any]], args: argparse.Namespac
         lines += ["**RANDOM WEIGHTS (no --checkpoint): this checks that the sweep runs; it is not an accuracy "
                   "result.**", ""]
     lines += [
-        f"- command: `{' '.join(shlex.quote(a) for a in sys.argv)}`",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: "
+        f"- command: `{run['command']}`" + (f"; agreement column recomputed by `{run['rejudged_by']}`"
+                                             if run.get("rejudged_by") else ""),
+        f"- date: {run['date']}; machine: "
         f"{' '.join(filter(None, (platform.machine(), platform.processor())))}, {os.cpu_count()} cores, onnxruntime "
         f"CPU, {args.threads} thread(s); {versions}",
         f"- model: {model['config']['name']} at {model['config']['input_size']}, checkpoint "
@@ -219,38 +245,67 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sensitivity-images", type=int, default=4)
     ap.add_argument("--work", type=Path, required=True, help="scratch folder (bundle, reports, INT8 encoders)")
     ap.add_argument("--out", type=Path, required=True, help="the Markdown table (JSON written next to it)")
+    ap.add_argument("--agreement-images", type=int, default=8,
+                    help="evaluation images of the end-to-end agreement column (FP32 vs each registered encoder)")
+    ap.add_argument("--rejudge", action="store_true",
+                    help="no calibration: recompute the agreement column for the rows of an earlier run (its --out "
+                         "JSON and the encoders in --work) and rewrite the table, keeping its command and timing")
     args = ap.parse_args(argv)
     args.max_drop = parse_max_drop(args.max_drop)
     return args
 
 
+def _this_command() -> str:
+    return " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def _earlier_run(out: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The JSON of an earlier run and its command/date (tables written before they were stored: from the .md)."""
+    data = json.loads(out.with_suffix(".json").read_text())
+    run = data.get("run") or {}
+    if not run:
+        md = out.read_text()
+        run = {"command": re.search(r"- command: `([^`]*)`", md).group(1),
+               "date": re.search(r"- date: ([^;]*);", md).group(1)}
+    return data, {**run, "rejudged_by": _this_command()}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    bundle = prepare_bundle(args)
-    evalset, _ = calibration_context(bundle, args.eval_data, args.eval_subset, args.eval_limit, verify_limit=0)
-    combos = [(b, m, f) for f in args.flavors.split(",") for b in args.backends.split(",")
-              for m in args.methods.split(",")]
-    rows = []
-    for i, (backend, method, flavor) in enumerate(combos, 1):
-        print(f"[{i}/{len(combos)}] {backend} {method} {flavor}", flush=True)
-        rows.append(run_one(bundle, args, backend, method, flavor, evalset))
-        print(f"  -> {rows[-1]['status']} ({rows[-1]['seconds']} s)", flush=True)
-    b = load_bundle(bundle)
-    size = InputPolicy.from_dict(b.manifest["input_policy"]).size
-    paths = {"fp32": b.path(b.require("encoder", "onnx", "fp32"))}
-    paths |= {r["tag"]: Path(r["encoder"]) for r in rows if r["status"] == "ok"}
-    print(f"timing {len(paths)} encoders, interleaved", flush=True)
-    timing = encoder_latencies(paths, size, args.threads, runs=args.runs)
-    fp32 = next((r["fp32"] for r in rows if r.get("fp32")), {})
+    if args.rejudge:
+        data, run = _earlier_run(args.out)
+        rows, timing, fp32 = data["rows"], data["timing"], data["fp32"]
+        bundle = next(p for p in (args.work / "bundle").iterdir() if (p / "manifest.json").is_file())
+        evalset, _ = calibration_context(bundle, args.eval_data, args.eval_subset, args.eval_limit, verify_limit=0)
+    else:
+        run = {"command": _this_command(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        bundle = prepare_bundle(args)
+        evalset, _ = calibration_context(bundle, args.eval_data, args.eval_subset, args.eval_limit, verify_limit=0)
+        combos = [(b, m, f) for f in args.flavors.split(",") for b in args.backends.split(",")
+                  for m in args.methods.split(",")]
+        rows = []
+        for i, (backend, method, flavor) in enumerate(combos, 1):
+            print(f"[{i}/{len(combos)}] {backend} {method} {flavor}", flush=True)
+            rows.append(run_one(bundle, args, backend, method, flavor, evalset))
+            print(f"  -> {rows[-1]['status']} ({rows[-1]['seconds']} s)", flush=True)
+        b = load_bundle(bundle)
+        size = InputPolicy.from_dict(b.manifest["input_policy"]).size
+        paths = {"fp32": b.path(b.require("encoder", "onnx", "fp32"))}
+        paths |= {r["tag"]: Path(r["encoder"]) for r in rows if r["status"] == "ok"}
+        print(f"timing {len(paths)} encoders, interleaved", flush=True)
+        timing = encoder_latencies(paths, size, args.threads, runs=args.runs)
+        fp32 = next((r["fp32"] for r in rows if r.get("fp32")), {})
+    print(f"end-to-end agreement with FP32 on {args.agreement_images} images", flush=True)
+    object_agreement(bundle, rows, evalset, args.threads, args.agreement_images)
     metrics = tuple(args.max_drop) or ("pq", "miou")
-    text = "\n".join([f"# INT8 calibration: {b.manifest['model']['config']['name']}, backend x method x flavour",
-                      "", *provenance(bundle, rows, args, fp32, timing), *table(rows, timing, metrics), ""])
+    name = load_bundle(bundle).manifest["model"]["config"]["name"]
+    text = "\n".join([f"# INT8 calibration: {name}, backend x method x flavour",
+                      "", *provenance(bundle, rows, args, fp32, timing, run), *table(rows, timing, metrics), ""])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for path, body in ((args.out, text), (args.out.with_suffix(".json"),
-                                          json.dumps({"rows": rows, "timing": timing, "fp32": fp32}, indent=1,
-                                                     default=float))):
+    body = json.dumps({"run": run, "rows": rows, "timing": timing, "fp32": fp32}, indent=1, default=float)
+    for path, content in ((args.out, text), (args.out.with_suffix(".json"), body)):
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(body)
+        tmp.write_text(content)
         tmp.replace(path)
     print(text)
 

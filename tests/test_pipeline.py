@@ -14,6 +14,18 @@ def test_panoptic_is_in_original_image_pixels(small_pipeline):
     assert ids == {s["id"] for s in result.segments_info}
 
 
+def test_raw_object_outputs_are_what_panoptic_merges(small_pipeline):
+    """decode_objects() returns the current image's un-thresholded queries (drift checks read them)."""
+    from rapsam_edge.postprocess import panoptic_merge
+
+    result = small_pipeline.panoptic(ASSET_IMAGES / "coffee.png")
+    cls, masks = small_pipeline.decode_objects()
+    assert cls.ndim == 2 and masks.ndim == 3 and cls.shape[0] == masks.shape[0]
+    assert cls.shape[1] == small_pipeline.vocabulary.num_classes + 1
+    again = panoptic_merge(cls, masks, small_pipeline._state.letterbox, small_pipeline.isthing)
+    assert np.array_equal(again.panoptic_seg, result.panoptic_seg)
+
+
 def test_k_clicks_are_one_call_and_equal_single_calls(small_pipeline):
     small_pipeline.set_image(ASSET_IMAGES / "rocket.jpg")
     pts = [[100, 50], [320, 200], [600, 400]]

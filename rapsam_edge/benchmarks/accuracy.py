@@ -204,6 +204,8 @@ def drift_summary(report: dict[str, Any]) -> dict[str, Any]:
         "mask_iou": mean(g, "prompt_decoder.mask_iou"), "object_mask_iou": mean(g, "object_decoder.mask_iou"),
         "class_agreement": mean(g, "object_decoder.class_agreement"),
         "panoptic_agreement": mean(p, "panoptic_agreement"), "interactive_mask_iou": mean(p, "interactive_mask_iou"),
+        # end to end: queries decoded from the format's own features (an INT8 encoder shows up here)
+        "e2e_object_mask_iou": mean(p, "object_mask_iou"), "e2e_class_agreement": mean(p, "object_class_agreement"),
         "encoder_cosine": g.get("encoder.features.cosine", {}).get("worst"),
     }
     outputs = sorted({k.rsplit(".", 1)[0] for k in g if k.endswith(".max_abs")})

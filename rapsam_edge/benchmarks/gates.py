@@ -19,7 +19,7 @@ TASK_METRICS = {"pq": "panoptic", "sq": "panoptic", "rq": "panoptic", "pq_offici
                 "sq_official": "panoptic", "rq_official": "panoptic", "miou": "interactive", "ap": "video",
                 "ap50": "video"}
 AGREEMENT_METRICS = ("mask_iou", "object_mask_iou", "class_agreement", "panoptic_agreement", "interactive_mask_iou",
-                     "encoder_cosine")
+                     "e2e_object_mask_iou", "e2e_class_agreement", "encoder_cosine")
 FLOOR_METRICS = (*TASK_METRICS, *AGREEMENT_METRICS)
 DROP_METRICS = tuple(TASK_METRICS)
 

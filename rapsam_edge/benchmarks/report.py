@@ -148,7 +148,9 @@ def _drift_md(rows: list[dict[str, Any]]) -> list[str]:
                 f"mask IoU agreement: prompts {_fmt(s['mask_iou'], 4)}, object queries "
                 f"{_fmt(s['object_mask_iou'], 4)}, "
                 f"end-to-end clicks {_fmt(s['interactive_mask_iou'], 4)}; class agreement: queries "
-                f"{_fmt(s['class_agreement'], 4)}, panoptic pixels {_fmt(s['panoptic_agreement'], 4)}"
+                f"{_fmt(s['class_agreement'], 4)}, panoptic pixels {_fmt(s['panoptic_agreement'], 4)}; end-to-end "
+                f"object queries (own features): mask IoU {_fmt(s.get('e2e_object_mask_iou'), 4)}, class agreement "
+                f"{_fmt(s.get('e2e_class_agreement'), 4)}"
                 + (f"; beyond tolerance: {'; '.join(r['drift']['failures'])}" if r["drift"]["failures"] else ""),
                 "", *_md_table(lines), ""]
     return ["## Drift against the PyTorch reference", "", *out] if out else []

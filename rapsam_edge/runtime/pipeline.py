@@ -77,6 +77,13 @@ class Pipeline:
         cls, masks, _ = self.backend.decode_objects(st.encoded["features"])
         return panoptic_merge(cls[0], masks[0], st.letterbox, self.isthing, score_thr, overlap_thr)
 
+    def decode_objects(self, image: ImageLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw object-decoder outputs of an image, (Q, C+1) class logits and (Q, h', w') mask logits at the
+        feature resolution, before any threshold: for drift checks and custom post-processing."""
+        st = self._current(image)
+        cls, masks, _ = self.backend.decode_objects(st.encoded["features"])
+        return cls[0], masks[0]
+
     def instances(self, image: ImageLike | None = None, max_per_image: int = 100) -> InstanceResult:
         """Thing instances (top-``max_per_image`` query/class pairs, mask-scored), as the official instance_on."""
         st = self._current(image)
