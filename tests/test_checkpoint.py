@@ -204,3 +204,20 @@ def test_own_format_round_trip_in_fp16_keeps_config_and_classes(tmp_path):
                                    msg=k)
     with pytest.raises(CheckpointError, match="saved from config 'rapsam_r18_lite', not 'rapsam_r18'"):
         load_model("rapsam_r18", path)
+
+
+def test_bare_imagenet_resnet_initialises_the_backbone_only(tmp_path):
+    """The official init is an ImageNet ResNet (torchvision layout: conv1/bn1/layer1..4/fc, no prefix):
+    `train --init-checkpoint` must load it into the backbone and leave the rest to the model's own init."""
+    from rapsam_edge.model.backbone import ResNet
+
+    torch.manual_seed(1)
+    imagenet = ResNet("resnet18").state_dict()
+    imagenet = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in imagenet.items()}
+    imagenet["fc.weight"], imagenet["fc.bias"] = torch.randn(1000, 512), torch.randn(1000)
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(imagenet, path)
+    model, report = load_model("rapsam_r18_lite", path, strict=False)
+    assert report.source == "ResNet backbone" and not report.unexpected and not report.mismatched
+    assert report.missing and all(not k.startswith("backbone.") for k in report.missing)
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, imagenet["layer4.1.conv2.weight"])

@@ -111,6 +111,9 @@ def extract_state_dict(obj: dict[str, Any], path: str | Path = "checkpoint") -> 
         raise CheckpointError(f"{path} contains no tensors; is it a model checkpoint?")
     if any(k.startswith("panoptic_head.") for k in tensors):
         return map_official_keys(tensors), "official RAP-SAM"
+    if "conv1.weight" in tensors and any(k.startswith("layer1.") for k in tensors):
+        # a bare ImageNet ResNet (torchvision / mmdet layout, the official init): our backbone, classifier dropped
+        return {f"backbone.{k}": v for k, v in tensors.items() if not k.startswith("fc.")}, "ResNet backbone"
     return tensors, "state_dict"
 
 
