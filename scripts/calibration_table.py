@@ -24,7 +24,10 @@ What it does, in order:
 3. re-times the FP32 encoder and every registered INT8 encoder in ONE interleaved onnxruntime session, so every
    speed-up comes from the same run (design.md §6) even on a shared machine;
 4. writes the table with its provenance (checkpoint sha256, data hashes, versions, machine) to ``--out``, the
-   same numbers as JSON next to it, and every full calibration report to ``--work/reports``.
+   same numbers as JSON next to it, and every full calibration report to ``--work/reports``. The agreement column
+   is what each calibration reported (FP32 vs INT8 end to end on the first evaluation images, incl. the object
+   queries each pipeline decodes from its own features); ``--rejudge`` fills it for rows of an earlier run that
+   lack it, from that run's JSON and the encoders kept in ``--work``, without recalibrating.
 
 Without ``--checkpoint`` the model is a seeded RANDOM init: the table then says so in its first line and is a
 check that the sweep runs, never an accuracy result. Quick check (about 3 min on one core):
@@ -40,7 +43,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shlex
 import shutil
 import sys
@@ -63,7 +65,12 @@ from rapsam_edge.calibration import (  # noqa: E402
     calibration_context,
     parse_max_drop,
 )
-from rapsam_edge.calibration.accuracy import agreement, candidate_pipeline, encoder_latencies  # noqa: E402
+from rapsam_edge.calibration.accuracy import (  # noqa: E402
+    AGREEMENT_IMAGES,
+    agreement,
+    candidate_pipeline,
+    encoder_latencies,
+)
 from rapsam_edge.preprocess import InputPolicy  # noqa: E402
 
 VERSIONS = ("onnxruntime", "nncf", "onnx", "torch", "numpy")
@@ -113,28 +120,35 @@ def run_one(bundle: Path, args: argparse.Namespace, backend: str, method: str, f
     return {**row, "status": "ok", "steps": report["accuracy_control"], "encoder": str(encoder),
             "fp32": report["accuracy"].get("fp32", {}), "derived_exclusions": len(report["exclusions"]["encoder"]),
             "features_sqnr_db": fidelity.get("sqnr_db"), "data": report["data"], "evaluation": report["evaluation"],
+            "agreement_vs_fp32": report["accuracy"].get("agreement_vs_fp32"),
             "seconds": round(time.perf_counter() - t0)}
 
 
-def object_agreement(bundle: Path, rows: list[dict[str, Any]], evalset: Any, threads: int, images: int) -> None:
-    """Add ``agreement_vs_fp32`` to every ok row: the FP32 ONNX pipeline against the row's registered encoder, end to
-    end on the first ``images`` evaluation images (panoptic map, clicks, and the object queries each decodes from
-    its own features: threshold-free, so it still measures the object path when the model's PQ is 0)."""
+def fill_agreement(bundle: Path, rows: list[dict[str, Any]], evalset: Any, threads: int) -> None:
+    """Give every ok row without one (tables written before calibrate reported it) the ``agreement_vs_fp32``
+    calibrate computes: the FP32 ONNX pipeline against the row's registered encoder, end to end on the same
+    first evaluation images (panoptic map, clicks, and the object queries each decodes from its own features)."""
+    todo = [r for r in rows if r["status"] == "ok" and not _has_agreement(r)]
+    if not todo:
+        return
     from rapsam_edge.runtime import load
 
     b = load_bundle(bundle)
     reference = load(bundle, precision="fp32", threads=threads)
-    for r in rows:
-        if r["status"] == "ok":
-            files = {"encoder": os.path.relpath(r["encoder"], bundle)}
-            cand = candidate_pipeline(b, files, FLAVORS[r["flavour"]].precision, threads)
-            r["agreement_vs_fp32"] = agreement(reference, cand, evalset.paths[:images])
+    for r in todo:
+        files = {"encoder": os.path.relpath(r["encoder"], bundle)}
+        cand = candidate_pipeline(b, files, FLAVORS[r["flavour"]].precision, threads)
+        r["agreement_vs_fp32"] = agreement(reference, cand, evalset.paths[:AGREEMENT_IMAGES])
+
+
+def _has_agreement(r: dict[str, Any]) -> bool:
+    return "object_class_agreement" in (r.get("agreement_vs_fp32") or {})
 
 
 def _agreement(r: dict[str, Any]) -> str:
-    a = r.get("agreement_vs_fp32")
-    if not a or "object_class_agreement" not in a:
+    if not _has_agreement(r):
         return "—"
+    a = r["agreement_vs_fp32"]
     return (f"{a['object_class_agreement']['mean']:.3f} / {a['object_mask_iou']['mean']:.3f} / "
             f"{a['interactive_mask_iou']['mean']:.3f}")
 
@@ -245,11 +259,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sensitivity-images", type=int, default=4)
     ap.add_argument("--work", type=Path, required=True, help="scratch folder (bundle, reports, INT8 encoders)")
     ap.add_argument("--out", type=Path, required=True, help="the Markdown table (JSON written next to it)")
-    ap.add_argument("--agreement-images", type=int, default=8,
-                    help="evaluation images of the end-to-end agreement column (FP32 vs each registered encoder)")
     ap.add_argument("--rejudge", action="store_true",
-                    help="no calibration: recompute the agreement column for the rows of an earlier run (its --out "
-                         "JSON and the encoders in --work) and rewrite the table, keeping its command and timing")
+                    help="no calibration: fill the agreement column for the rows of an earlier run that lack it (its "
+                         "--out JSON and the encoders in --work) and rewrite the table, keeping its command and timing")
     args = ap.parse_args(argv)
     args.max_drop = parse_max_drop(args.max_drop)
     return args
@@ -260,43 +272,41 @@ def _this_command() -> str:
 
 
 def _earlier_run(out: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """The JSON of an earlier run and its command/date (tables written before they were stored: from the .md)."""
+    """The JSON of an earlier run, and its command and date with this command added as the re-judging one."""
     data = json.loads(out.with_suffix(".json").read_text())
-    run = data.get("run") or {}
-    if not run:
-        md = out.read_text()
-        run = {"command": re.search(r"- command: `([^`]*)`", md).group(1),
-               "date": re.search(r"- date: ([^;]*);", md).group(1)}
-    return data, {**run, "rejudged_by": _this_command()}
+    return data, {**data["run"], "rejudged_by": _this_command()}
+
+
+def sweep(bundle: Path, args: argparse.Namespace, evalset: Any) -> tuple[list[dict[str, Any]], dict[str, Any],
+                                                                         dict[str, float]]:
+    """Calibrate every backend x method x flavour, then time FP32 and every INT8 encoder interleaved."""
+    combos = [(bk, m, f) for f in args.flavors.split(",") for bk in args.backends.split(",")
+              for m in args.methods.split(",")]
+    rows = []
+    for i, (backend, method, flavor) in enumerate(combos, 1):
+        print(f"[{i}/{len(combos)}] {backend} {method} {flavor}", flush=True)
+        rows.append(run_one(bundle, args, backend, method, flavor, evalset))
+        print(f"  -> {rows[-1]['status']} ({rows[-1]['seconds']} s)", flush=True)
+    b = load_bundle(bundle)
+    size = InputPolicy.from_dict(b.manifest["input_policy"]).size
+    paths = {"fp32": b.path(b.require("encoder", "onnx", "fp32"))}
+    paths |= {r["tag"]: Path(r["encoder"]) for r in rows if r["status"] == "ok"}
+    print(f"timing {len(paths)} encoders, interleaved", flush=True)
+    timing = encoder_latencies(paths, size, args.threads, runs=args.runs)
+    return rows, timing, next((r["fp32"] for r in rows if r.get("fp32")), {})
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.rejudge:
         data, run = _earlier_run(args.out)
-        rows, timing, fp32 = data["rows"], data["timing"], data["fp32"]
         bundle = next(p for p in (args.work / "bundle").iterdir() if (p / "manifest.json").is_file())
-        evalset, _ = calibration_context(bundle, args.eval_data, args.eval_subset, args.eval_limit, verify_limit=0)
     else:
         run = {"command": _this_command(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         bundle = prepare_bundle(args)
-        evalset, _ = calibration_context(bundle, args.eval_data, args.eval_subset, args.eval_limit, verify_limit=0)
-        combos = [(b, m, f) for f in args.flavors.split(",") for b in args.backends.split(",")
-                  for m in args.methods.split(",")]
-        rows = []
-        for i, (backend, method, flavor) in enumerate(combos, 1):
-            print(f"[{i}/{len(combos)}] {backend} {method} {flavor}", flush=True)
-            rows.append(run_one(bundle, args, backend, method, flavor, evalset))
-            print(f"  -> {rows[-1]['status']} ({rows[-1]['seconds']} s)", flush=True)
-        b = load_bundle(bundle)
-        size = InputPolicy.from_dict(b.manifest["input_policy"]).size
-        paths = {"fp32": b.path(b.require("encoder", "onnx", "fp32"))}
-        paths |= {r["tag"]: Path(r["encoder"]) for r in rows if r["status"] == "ok"}
-        print(f"timing {len(paths)} encoders, interleaved", flush=True)
-        timing = encoder_latencies(paths, size, args.threads, runs=args.runs)
-        fp32 = next((r["fp32"] for r in rows if r.get("fp32")), {})
-    print(f"end-to-end agreement with FP32 on {args.agreement_images} images", flush=True)
-    object_agreement(bundle, rows, evalset, args.threads, args.agreement_images)
+    evalset, _ = calibration_context(bundle, args.eval_data, args.eval_subset, args.eval_limit, verify_limit=0)
+    rows, timing, fp32 = (data["rows"], data["timing"], data["fp32"]) if args.rejudge else sweep(bundle, args, evalset)
+    fill_agreement(bundle, rows, evalset, args.threads)
     metrics = tuple(args.max_drop) or ("pq", "miou")
     name = load_bundle(bundle).manifest["model"]["config"]["name"]
     text = "\n".join([f"# INT8 calibration: {name}, backend x method x flavour",

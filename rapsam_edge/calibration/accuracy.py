@@ -20,6 +20,7 @@ import numpy as np
 
 from ..bundle import Artifact, Bundle
 
+AGREEMENT_IMAGES = 8  # evaluation images of the end-to-end INT8-vs-FP32 agreement (calibrate and its sweep)
 TASK_OF = {"pq": "panoptic", "sq": "panoptic", "rq": "panoptic", "miou": "interactive"}
 Log = Callable[[str], None]
 

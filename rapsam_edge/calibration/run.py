@@ -26,8 +26,8 @@ import onnx
 
 from ..bundle import Bundle, load_bundle
 from ..preprocess import InputPolicy
+from . import accuracy, qdq
 from . import exclusions as excl
-from . import qdq
 from .options import WARN_BELOW, CalibrationOptions
 from .readers import GraphInputReader, ImageReader, ImageSet, overlapping, select_images
 from .register import register
@@ -135,9 +135,7 @@ def _quantize_all(jobs: dict[str, GraphJob], opts: CalibrationOptions, work: Pat
         summary = qdq.summarise(onnx.load(str(out)))
         problems = qdq.check_flavor(summary, opts.flavour)
         if not summary["quantize_linear"]:
-            from .accuracy import NoQuantizedNodesLeft
-
-            raise NoQuantizedNodesLeft(f"the {graph} graph would have no quantized node left")
+            raise accuracy.NoQuantizedNodesLeft(f"the {graph} graph would have no quantized node left")
         if problems:
             raise RuntimeError(f"the {opts.backend} {opts.flavor} {graph} graph breaks its flavour: "
                                f"{'; '.join(problems)}. Nothing was written.")
@@ -244,7 +242,6 @@ def _accuracy(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], 
               evalset: Any, sens: dict[str, Any], work: Path, log: Log
               ) -> tuple[dict[str, str], list[Any], dict[str, Any]]:
     from ..runtime.loader import load
-    from . import accuracy
 
     wanted = tuple(opts.max_drop) or ("pq", "miou")
     fp32 = load(bundle.root, precision="fp32", threads=opts.threads)
@@ -280,7 +277,7 @@ def _accuracy(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], 
             f"{steps[-1].excluded - len(start)} layers back to float (last drop: {steps[-1].drop}); nothing was "
             "written.", steps)
     final = accuracy.candidate_pipeline(bundle, final_files, precision, opts.threads)
-    agree = accuracy.agreement(fp32, final, evalset.paths[: min(8, len(evalset.paths))])
+    agree = accuracy.agreement(fp32, final, evalset.paths[:accuracy.AGREEMENT_IMAGES])
     return final_files, steps, {"fp32": base, "int8": steps[-1].metrics, "drop": steps[-1].drop,
                                 "agreement_vs_fp32": agree, "evaluation_images": len(evalset.paths)}
 
@@ -317,7 +314,6 @@ def _verify(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> 
     from ..exporters.export import verify_onnx_bundle
     from ..exporters.verify import VerificationError
     from ..runtime.loader import reference_model
-    from .accuracy import candidate_view
 
     precision = opts.flavour.precision
     try:  # the bundle's checkpoint may be gone or no longer load into the current model code
@@ -326,7 +322,7 @@ def _verify(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> 
         if opts.strict_verify:
             raise VerificationError(f"--strict-verify needs the PyTorch reference, which cannot be built: {e}") from e
         return {"skipped": f"the PyTorch reference could not be built ({e})", "failures": [], "precision": precision}
-    report = verify_onnx_bundle(reference, candidate_view(bundle, files, precision), precision,
+    report = verify_onnx_bundle(reference, accuracy.candidate_view(bundle, files, precision), precision,
                                 list(opts.verify_images), threads=opts.threads)
     report["precision"] = precision
     if report["failures"] and opts.strict_verify:
@@ -336,11 +332,9 @@ def _verify(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> 
 
 
 def _latency(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> dict[str, Any]:
-    from .accuracy import encoder_latencies
-
     if "encoder" not in files:
         return {}
     h, w = InputPolicy.from_dict(bundle.manifest["input_policy"]).size
-    t = encoder_latencies({"fp32": bundle.path(bundle.require("encoder", "onnx", "fp32")),
-                           "int8": bundle.root / files["encoder"]}, (h, w), opts.threads)
+    t = accuracy.encoder_latencies({"fp32": bundle.path(bundle.require("encoder", "onnx", "fp32")),
+                                    "int8": bundle.root / files["encoder"]}, (h, w), opts.threads)
     return {**t, "speedup": round(t["fp32"]["median_ms"] / t["int8"]["median_ms"], 2)}

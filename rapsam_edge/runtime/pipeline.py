@@ -35,6 +35,7 @@ class _ImageState:
     image: np.ndarray
     letterbox: Letterbox
     encoded: dict[str, np.ndarray]
+    objects: tuple[np.ndarray, np.ndarray] | None = None  # (cls, masks) of the object decoder, once decoded
 
 
 @dataclass
@@ -74,21 +75,26 @@ class Pipeline:
                  overlap_thr: float = 0.8) -> PanopticResult:
         """Panoptic segmentation with the official merge (score > 0.8, overlap ratio 0.8)."""
         st = self._current(image)
-        cls, masks, _ = self.backend.decode_objects(st.encoded["features"])
-        return panoptic_merge(cls[0], masks[0], st.letterbox, self.isthing, score_thr, overlap_thr)
+        cls, masks = self._objects(st)
+        return panoptic_merge(cls, masks, st.letterbox, self.isthing, score_thr, overlap_thr)
 
     def decode_objects(self, image: ImageLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw object-decoder outputs of an image, (Q, C+1) class logits and (Q, h', w') mask logits at the
         feature resolution, before any threshold: for drift checks and custom post-processing."""
-        st = self._current(image)
-        cls, masks, _ = self.backend.decode_objects(st.encoded["features"])
-        return cls[0], masks[0]
+        return self._objects(self._current(image))
 
     def instances(self, image: ImageLike | None = None, max_per_image: int = 100) -> InstanceResult:
         """Thing instances (top-``max_per_image`` query/class pairs, mask-scored), as the official instance_on."""
         st = self._current(image)
-        cls, masks, _ = self.backend.decode_objects(st.encoded["features"])
-        return instance_postprocess(cls[0], masks[0], st.letterbox, self.isthing, max_per_image)
+        cls, masks = self._objects(st)
+        return instance_postprocess(cls, masks, st.letterbox, self.isthing, max_per_image)
+
+    def _objects(self, st: _ImageState) -> tuple[np.ndarray, np.ndarray]:
+        """The object decoder runs once per set image: panoptic, instances and decode_objects share it."""
+        if st.objects is None:
+            cls, masks, _ = self.backend.decode_objects(st.encoded["features"])
+            st.objects = (cls[0], masks[0])
+        return st.objects
 
     def segment(self, image: ImageLike | None = None, points: Any = None, boxes: Any = None) -> InteractiveResult:
         """One mask per prompt, all prompts in ONE decoder call.
