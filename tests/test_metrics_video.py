@@ -14,7 +14,7 @@ import pycocotools.mask as mask_utils
 import pytest
 from scipy import ndimage
 
-from rapsam_edge.metrics.video import VideoEvaluator, mean_area, to_rle, track_ious
+from rapsam_edge.metrics.video import SizeBuckets, VideoEvaluator, mean_area, to_rle, track_ious
 
 # pycocotools' own decode/annToMask trip a NumPy 2 deprecation inside the library; it is not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -44,8 +44,10 @@ def track(masks: list[np.ndarray | None], cat: int = 1, score: float | None = No
     return t
 
 
-def evaluate(*videos: tuple[list[dict], list[dict]], cats: list[dict] = CATS) -> dict:
-    ev = VideoEvaluator(cats)
+def evaluate(
+    *videos: tuple[list[dict], list[dict]], cats: list[dict] = CATS, buckets: SizeBuckets = SizeBuckets.YTVIS
+) -> dict:
+    ev = VideoEvaluator(cats, buckets)
     for i, (gt, pred) in enumerate(videos):
         ev.update(i + 1, gt, pred)
     return ev.compute()
@@ -61,16 +63,20 @@ def test_gt_as_prediction_is_100_on_ytvis_mini(shared_data: Path) -> None:
         gt = [a for a in data["annotations"] if a["video_id"] == video["id"]]
         ev.update(video["id"], gt, [dict(a, score=0.9) for a in gt])
     res = ev.compute()
-    for key in ("AP", "AP50", "AP75", "APl", "AR1", "AR10", "AR100", "ARl"):
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "AR1", "AR10", "AR100", "ARs", "ARm"):
         assert res[key] == pytest.approx(100.0), key
-    assert math.isnan(res["APs"]) and math.isnan(res["APm"])  # DAVIS objects are all large
+    # ytvoseval buckets on the mean GT area: libby's dog 12466 px < 128² is small, the swan (40490 px) and the
+    # car (25268 px) are medium (128² .. 256²), nothing is large (under COCO's 96² all three would be large)
+    assert math.isnan(res["APl"]) and math.isnan(res["ARl"])
 
     # one video without predictions: its category (each video has its own) gets AP 0
     ev = VideoEvaluator(data["categories"])
     for video in data["videos"]:
         gt = [a for a in data["annotations"] if a["video_id"] == video["id"]]
         ev.update(video["id"], gt, [] if video["id"] == data["videos"][0]["id"] else [dict(a, score=1.0) for a in gt])
-    assert ev.compute()["AP"] == pytest.approx(200.0 / 3)
+    res = ev.compute()
+    assert res["AP"] == pytest.approx(200.0 / 3)
+    assert res["APm"] == pytest.approx(50.0) and res["APs"] == pytest.approx(100.0)  # the swan (medium) missed
 
 
 # ---------------------------------------------------------------- hand-built cases
@@ -135,13 +141,59 @@ def test_categories_without_gt_are_excluded_and_categories_do_not_mix() -> None:
 
 def test_area_is_mean_of_nonempty_frames() -> None:
     assert mean_area([100, None, 0, 300]) == 200.0 and mean_area([None, 0]) == 0.0
-    big, small = box(0, 40, 0, 40, (60, 60)), box(0, 5, 0, 5, (60, 60))
+    shape = (320, 320)
+    big, small = box(0, 150, 0, 150, shape), box(0, 5, 0, 5, shape)
     res = evaluate(([track([big, None, big])], [track([big, None, big], score=1.0)]))
-    assert res["APm"] == pytest.approx(100.0) and math.isnan(res["APs"])  # 1600 px: medium
+    assert res["APm"] == pytest.approx(100.0) and math.isnan(res["APs"])  # 22500 px (None skipped): medium
     gt = track([small, small])
-    gt["areas"] = [2000, None]  # the GT's own areas field decides its range, as in ytvoseval
+    gt["areas"] = [20000, None]  # the GT's own areas field decides its range, as in ytvoseval
     res = evaluate(([gt], [track([small, small], score=1.0)]))
     assert res["APm"] == pytest.approx(100.0) and math.isnan(res["APs"])
+
+
+@pytest.mark.parametrize(
+    ("side", "expected"),
+    [(100, "small"), (150, "medium"), (300, "large"), (128, "small+medium"), (256, "medium+large")],
+)
+def test_ytvoseval_size_buckets(side: int, expected: str) -> None:
+    """A side x side track, perfectly predicted, scores 100 in its bucket(s) and is absent (NaN) from the others.
+
+    ytvoseval: small [0, 128²], medium [128², 256²], large [256², 1e5²], bounds inclusive, so 128² and 256²
+    each sit in two buckets.
+    """
+    m = box(0, side, 0, side, (320, 320))
+    res = evaluate(([track([m, m])], [track([m, m], score=0.9)]))
+    assert res["AP"] == pytest.approx(100.0) and res["AR100"] == pytest.approx(100.0)
+    for suffix, name in (("s", "small"), ("m", "medium"), ("l", "large")):
+        if name in expected.split("+"):
+            assert res[f"AP{suffix}"] == pytest.approx(100.0) and res[f"AR{suffix}"] == pytest.approx(100.0)
+        else:
+            assert math.isnan(res[f"AP{suffix}"]) and math.isnan(res[f"AR{suffix}"]), name
+
+
+def test_out_of_bucket_false_positive_is_ignored_in_that_bucket() -> None:
+    """A 150x150 GT (medium) found by the second prediction; the first, higher-scored one is a 300x300 FP.
+
+    All sizes: FP then TP -> precision 1/2 at recall 1 -> AP 50. Medium: the unmatched FP is large, so it is
+    ignored there (ytvoseval's dtIgnore) -> APm 100. Under COCO's buckets both tracks are large -> APl 50.
+    """
+    shape = (320, 320)
+    gt, fp = box(0, 150, 0, 150, shape), box(10, 310, 10, 310, shape)
+    videos = ([track([gt])], [track([fp], score=0.9), track([gt], score=0.8)])
+    res = evaluate(videos)
+    assert res["AP"] == pytest.approx(50.0) and res["APm"] == pytest.approx(100.0)
+    assert math.isnan(res["APs"]) and math.isnan(res["APl"])
+    coco = evaluate(videos, buckets=SizeBuckets.COCO)
+    assert coco["AP"] == pytest.approx(50.0) and coco["APl"] == pytest.approx(50.0) and math.isnan(coco["APm"])
+
+
+def test_size_bucket_ranges_are_ytvosevals() -> None:
+    assert SizeBuckets.YTVIS.ranges == {
+        "all": (0.0, 1e10),
+        "small": (0.0, 16384.0),
+        "medium": (16384.0, 65536.0),
+        "large": (65536.0, 1e10),
+    }
 
 
 def test_uncompressed_rle_and_bytes_counts() -> None:
@@ -240,7 +292,7 @@ def test_agrees_with_cocoeval_on_single_frame_videos(shared_data: Path) -> None:
         coco_eval.accumulate()
         coco_eval.summarize()
 
-    ev = VideoEvaluator(coco.dataset["categories"])
+    ev = VideoEvaluator(coco.dataset["categories"], SizeBuckets.COCO)  # COCOeval's 32² / 96² buckets
     for img_id in img_ids:
         gts = []
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):

@@ -1,4 +1,4 @@
-"""YouTube-VIS 2019 video instance segmentation AP / AR (the ytvoseval definitions, which are COCOeval's).
+"""YouTube-VIS 2019 video instance segmentation AP / AR (youtubevos/cocoapi ytvoseval's definitions).
 
 A video plays the role of a COCO image and a track (one mask or None per frame) that of an instance:
 
@@ -11,7 +11,10 @@ A video plays the role of a COCO image and a track (one mask or None per frame) 
   and the COCOeval rule lets image datasets be evaluated as one-frame videos.)
 * A track's area is the mean of its per-frame areas, skipping frames where the area is None **or 0** (the
   ytvoseval rule ``[a for a in areas if a]``); GT uses its ``areas`` field when given, as ytvoseval does,
-  otherwise the mask areas. Ranges: small [0, 32²], medium [32², 96²], large [96², 1e10], bounds inclusive.
+  otherwise the mask areas. Size buckets are ytvoseval's, not COCO's, since published YouTube-VIS APs/APm/APl
+  use them: small [0, 128²], medium [128², 256²], large [256², 1e5²], all [0, 1e5²]; both bounds
+  inclusive, as in ytvoseval (a track of mean area exactly 128² is small AND medium). ``SizeBuckets.COCO``
+  (32², 96²) exists for scoring image datasets as one-frame videos, where COCOeval's numbers are the reference.
 * Per video and category, predictions are sorted by score (stable), the top 100 kept, and matched greedily
   at each IoU threshold in 0.50:0.05:0.95; precision is interpolated at the 101 recall points 0:0.01:1;
   AR1 / AR10 keep the 1 / 10 best-scored predictions per video and category (COCOeval's reading of maxDets).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -31,12 +35,27 @@ import pycocotools.mask as mask_utils
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # same construction (and float values) as COCOeval's iouThrs
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 MAX_DETS = (1, 10, 100)
-AREA_RANGES: dict[str, tuple[float, float]] = {
-    "all": (0.0, 1e10),
-    "small": (0.0, 32.0**2),
-    "medium": (32.0**2, 96.0**2),
-    "large": (96.0**2, 1e10),
-}
+
+
+class SizeBuckets(Enum):
+    """Which (all, small, medium, large) area ranges APs/APm/APl and ARs/ARm/ARl use (bounds inclusive).
+
+    ``YTVIS`` is ytvoseval's ``areaRng`` on the track's mean area, what YouTube-VIS numbers mean; ``COCO`` is
+    COCOeval's, for image datasets evaluated as one-frame videos. AP, AP50, AP75 and AR1/10/100 use only "all",
+    identical in both.
+    """
+
+    YTVIS = "ytvis"
+    COCO = "coco"
+
+    @property
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """Label -> (low, high) in pixels, in summarize's order: all, small, medium, large."""
+        small, large = (128.0**2, 256.0**2) if self is SizeBuckets.YTVIS else (32.0**2, 96.0**2)
+        return {"all": (0.0, 1e5**2), "small": (0.0, small), "medium": (small, large), "large": (large, 1e5**2)}
+
+
+AREA_RANGES: dict[str, tuple[float, float]] = SizeBuckets.YTVIS.ranges
 
 Rle = dict[str, Any]
 
@@ -199,10 +218,12 @@ class VideoEvaluator:
     """Accumulates videos and reports YouTube-VIS AP / AR (percent) over ``categories`` (dicts with ``id``).
 
     Predictions of a category not in ``categories`` are dropped, as ytvoseval/COCOeval drop them; GT of an
-    unknown category is malformed input.
+    unknown category is malformed input. ``size_buckets`` picks the small/medium/large ranges (ytvoseval's by
+    default).
     """
 
-    def __init__(self, categories: Iterable[Mapping[str, Any]]) -> None:
+    def __init__(self, categories: Iterable[Mapping[str, Any]], size_buckets: SizeBuckets = SizeBuckets.YTVIS) -> None:
+        self.area_ranges = size_buckets.ranges
         categories = list(categories)
         if any("id" not in c for c in categories):
             raise ValueError("every category needs an 'id'.")
@@ -277,10 +298,10 @@ class VideoEvaluator:
     def compute(self) -> dict[str, float]:
         """AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl in percent (NaN when undefined)."""
         n_t, n_r, n_k = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(self.category_ids)
-        precision = -np.ones((n_t, n_r, n_k, len(AREA_RANGES), len(MAX_DETS)))
-        recall = -np.ones((n_t, n_k, len(AREA_RANGES), len(MAX_DETS)))
+        precision = -np.ones((n_t, n_r, n_k, len(self.area_ranges), len(MAX_DETS)))
+        recall = -np.ones((n_t, n_k, len(self.area_ranges), len(MAX_DETS)))
         for ki, k in enumerate(self.category_ids):
-            for ai, area in enumerate(AREA_RANGES.values()):
+            for ai, area in enumerate(self.area_ranges.values()):
                 cells = self._match_all(k, area)
                 for mi, max_det in enumerate(MAX_DETS):
                     res = accumulate(cells, max_det)
@@ -290,7 +311,8 @@ class VideoEvaluator:
 
 
 def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
-    """COCO's 12 summary numbers, in percent, from precision [T,R,K,A,M] and recall [T,K,A,M] (-1 = no GT)."""
+    """COCO's 12 summary numbers, in percent, from precision [T,R,K,A,M] and recall [T,K,A,M] (-1 = no GT);
+    the A axis is ordered all, small, medium, large (``SizeBuckets.ranges``)."""
 
     def mean(values: np.ndarray) -> float:
         valid = values[values > -1]
