@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 CLICK_BOX_SIZE = 6
 """Side (resized-image pixels) of the box a click becomes: [x-3, y-3, x+3, y+3] (official GeneratePoint)."""
 
-_RESIZE_MODES = ("longest",)
+_RESIZE_MODES = ("longest", "keep_ratio")
+CANVASES = ("fixed", "divisor")
+SIZE_DIVISOR = 32
+"""Canvas sides are multiples of this: the neck upsamples stride-32 features by x2/x4/x8."""
+OFFICIAL_SCALE = (1333, 800)
+"""Official test-time keep-ratio scale (long edge, short edge): mmdet ``Resize(scale=(1333, 800), keep_ratio=True)``."""
 PROMPT_FRAMES = ("resized", "padded")
 _CHANNEL_ORDERS = ("RGB", "BGR")
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
@@ -63,8 +68,13 @@ class InputPolicy:
         mean, std: per-channel normalisation applied INSIDE the graph (listed in `channel_order`).
         pad_value: value of padded pixels; defaults to `mean` so they normalise to exactly 0 like the
             official model, which pads with 0 after normalising.
-        resize: "longest" keeps the aspect ratio with scale = min(H/h0, W/w0) and new side
-            floor(side*scale + 0.5), at least 1 (mmcv's rounding rule).
+        resize: "longest" keeps the aspect ratio with scale = min(H/h0, W/w0) (fit inside `size`);
+            "keep_ratio" is mmcv's rule for `scale` = (long edge, short edge): min(long/max(h0, w0),
+            short/min(h0, w0)). Either way the new side is floor(side*scale + 0.5), at least 1 (mmcv's rounding).
+        scale: (long edge, short edge) of "keep_ratio", e.g. (1333, 800) (official test time); unused by "longest".
+        canvas: "fixed" pads every image to `size` (one graph shape: TensorRT/CoreML friendly, the deployment
+            choice); "divisor" pads each image only to the next multiple of 32 (official test time: the
+            neck's coordinate channels and the decoders' pooling span the canvas, so outputs depend on it).
         channel_order: channel order the graph's `image` input expects ("RGB" for RAP-SAM, whose
             preprocessor converts BGR to RGB); `preprocess` always receives RGB and flips for "BGR".
         interpolation: "bilinear" (Pillow, default), "bicubic", "nearest", or "cv2_bilinear" (NumPy
@@ -79,6 +89,8 @@ class InputPolicy:
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     pad_value: tuple[float, float, float] | None = field(default=None)
     resize: str = "longest"
+    scale: tuple[int, int] | None = None
+    canvas: str = "fixed"
     channel_order: str = "RGB"
     interpolation: str = "bilinear"
     prompt_frame: str = "resized"
@@ -98,10 +110,29 @@ class InputPolicy:
         object.__setattr__(self, "std", std)
         pad = self.mean if self.pad_value is None else _triple(self.pad_value, "pad_value")
         object.__setattr__(self, "pad_value", pad)
-        for name, allowed in (("resize", _RESIZE_MODES), ("channel_order", _CHANNEL_ORDERS),
+        if self.scale is not None:
+            try:
+                scale = tuple(int(v) for v in self.scale)
+            except (TypeError, ValueError):
+                raise ValueError(f"InputPolicy.scale must be (long, short) integers, got {self.scale!r}.") from None
+            if len(scale) != 2 or min(scale) <= 0:
+                raise ValueError(f"InputPolicy.scale must be two positive integers, got {self.scale!r}.")
+            object.__setattr__(self, "scale", scale)
+        elif self.resize == "keep_ratio":
+            raise ValueError("InputPolicy.resize='keep_ratio' needs scale=(long edge, short edge), e.g. (1333, 800).")
+        for name, allowed in (("resize", _RESIZE_MODES), ("canvas", CANVASES), ("channel_order", _CHANNEL_ORDERS),
                               ("interpolation", _INTERPOLATIONS), ("prompt_frame", PROMPT_FRAMES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"InputPolicy.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+
+    def replace(self, **changes: Any) -> InputPolicy:
+        return replace(self, **changes)
+
+    def official(self) -> InputPolicy:
+        """This policy under the official test-time protocol (spec §3): keep-ratio resize to (1333, 800) with
+        OpenCV-style bilinear (no antialias), each image padded only to a multiple of 32. Normalisation and
+        the prompt frame are the model's own and stay."""
+        return self.replace(resize="keep_ratio", scale=OFFICIAL_SCALE, canvas="divisor", interpolation="cv2_bilinear")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (tuples become lists) for the bundle manifest."""
@@ -114,6 +145,68 @@ class InputPolicy:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"Unknown InputPolicy keys {unknown}; allowed keys are {sorted(known)}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class CanvasSpec:
+    """Which padded canvases (H, W) a bundle's graphs accept; written to the manifest by the exporter.
+
+    Attributes:
+        kind: "fixed" = exactly `size` (TensorRT/CoreML engines built for one shape, or a fixed ONNX export);
+            "dynamic" = any (H, W) that are multiples of `divisor` within [`min_size`, `max_size`].
+        size: the fixed canvas, or for "dynamic" the preferred (optimisation) canvas: the deployment size.
+        min_size, max_size: bounds of a dynamic canvas (inclusive); equal to `size` for "fixed".
+    """
+
+    kind: str = "fixed"
+    size: tuple[int, int] = (640, 640)
+    min_size: tuple[int, int] | None = None
+    max_size: tuple[int, int] | None = None
+    divisor: int = SIZE_DIVISOR
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("fixed", "dynamic"):
+            raise ValueError(f"CanvasSpec.kind must be 'fixed' or 'dynamic', got {self.kind!r}.")
+        for name in ("size", "min_size", "max_size"):
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, self.size if self.kind == "fixed" else
+                                   ((self.divisor, self.divisor) if name == "min_size" else self.size))
+                continue
+            hw = tuple(int(v) for v in value)
+            if len(hw) != 2 or any(v <= 0 or v % self.divisor for v in hw):
+                raise ValueError(f"CanvasSpec.{name} must be (H, W) positive multiples of {self.divisor}, "
+                                 f"got {value!r}.")
+            object.__setattr__(self, name, hw)
+
+    def accepts(self, hw: tuple[int, int]) -> bool:
+        """True when a padded canvas of (H, W) can run on the graphs."""
+        h, w = int(hw[0]), int(hw[1])
+        if self.kind == "fixed":
+            return (h, w) == tuple(self.size)
+        lo, hi = self.min_size, self.max_size
+        assert lo is not None and hi is not None
+        return (h % self.divisor == 0 and w % self.divisor == 0
+                and lo[0] <= h <= hi[0] and lo[1] <= w <= hi[1])
+
+    def describe(self) -> str:
+        if self.kind == "fixed":
+            return f"a fixed {self.size[0]}x{self.size[1]} canvas"
+        lo, hi = self.min_size, self.max_size
+        assert lo is not None and hi is not None
+        return (f"canvases of multiples of {self.divisor} from {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]} "
+                f"(optimised for {self.size[0]}x{self.size[1]})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CanvasSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown canvas keys {unknown}; allowed keys are {sorted(known)}.")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -166,18 +259,35 @@ class Letterbox:
         return {k: list(v) for k, v in asdict(self).items()}
 
 
+def _round_half_up(x: float) -> int:
+    return max(1, int(math.floor(x + 0.5)))
+
+
 def compute_letterbox(orig_hw: tuple[int, int], policy: InputPolicy) -> Letterbox:
     """Letterbox of an (H0, W0) image under `policy` (no pixels touched).
 
     Why floor(x + 0.5): mmcv's `rescale_size` rounds half up; Python's round() would round half to even.
+    A "keep_ratio" resize can exceed a "fixed" canvas (e.g. scale (1333, 800) into 640x640): refused.
     """
     h0, w0 = int(orig_hw[0]), int(orig_hw[1])
     if h0 <= 0 or w0 <= 0:
         raise ValueError(f"Image size must be positive, got (H, W) = {orig_hw!r}.")
-    ph, pw = policy.size
-    scale = min(ph / h0, pw / w0)
-    rh = min(ph, max(1, int(math.floor(h0 * scale + 0.5))))
-    rw = min(pw, max(1, int(math.floor(w0 * scale + 0.5))))
+    if policy.resize == "keep_ratio":
+        assert policy.scale is not None
+        long_edge, short_edge = max(policy.scale), min(policy.scale)
+        factor = min(long_edge / max(h0, w0), short_edge / min(h0, w0))
+        rh, rw = _round_half_up(h0 * factor), _round_half_up(w0 * factor)
+    else:
+        ph, pw = policy.size
+        factor = min(ph / h0, pw / w0)
+        rh, rw = min(ph, _round_half_up(h0 * factor)), min(pw, _round_half_up(w0 * factor))
+    if policy.canvas == "divisor":
+        d = SIZE_DIVISOR
+        ph, pw = -(-rh // d) * d, -(-rw // d) * d
+    else:
+        ph, pw = policy.size
+        if rh > ph or rw > pw:
+            raise ValueError(f"A {w0}x{h0} (WxH) image resized to {rw}x{rh} does not fit the fixed {pw}x{ph} canvas.")
     prompt_hw = (ph, pw) if policy.prompt_frame == "padded" else (rh, rw)
     return Letterbox((h0, w0), (rh, rw), (ph, pw), (rw / w0, rh / h0), prompt_hw)
 
@@ -314,7 +424,7 @@ def preprocess(image: np.ndarray, policy: InputPolicy) -> tuple[np.ndarray, Lett
     resized = _resize_rgb(rgb, lb.resized_hw, policy.interpolation)
     if policy.channel_order == "BGR":
         resized = resized[:, :, ::-1]
-    out = np.empty((1, 3, *policy.size), dtype=np.float32)
+    out = np.empty((1, 3, *lb.padded_hw), dtype=np.float32)
     out[0] = np.asarray(policy.pad_value, dtype=np.float32)[:, None, None]
     rh, rw = lb.resized_hw
     out[0, :, :rh, :rw] = resized.transpose(2, 0, 1)

@@ -11,6 +11,7 @@ from pycocotools import mask as mask_utils
 from rapsam_edge.postprocess import (
     InteractiveResult,
     PanopticResult,
+    _sigmoid,
     decode_rle,
     encode_rle,
     instance_postprocess,
@@ -47,15 +48,37 @@ def test_resize_constant_and_shapes():
 
 
 def test_resize_ramp_geometry():
-    """Original pixel centre x+0.5 -> resized (x+0.5)*scale -> /4 feature -> -0.5 sample index."""
+    """Away from the clamped edges: original pixel centre x+0.5 -> resized (x+0.5)*scale -> /4 feature -> -0.5."""
     c = 40
     ramp = np.broadcast_to(np.arange(160, dtype=np.float32) - c, (1, 160, 160))
     out = resize_logits_to_image(ramp, LB_720P)[0]
-    x = np.arange(1280)
+    x = np.arange(16, 1264)
     expected = np.clip((x + 0.5) * 0.5 / 4 - 0.5, 0, 159) - c
-    np.testing.assert_allclose(out[100], expected, atol=1e-4)
+    np.testing.assert_allclose(out[100, 16:1264], expected, atol=1e-4)
     # zero crossing at original coordinate (c + 0.5) * 4 / scale = 324 (pixel edge)
     assert out[0, 323] < 0 < out[0, 324]
+
+
+@pytest.mark.parametrize("orig_hw", [(720, 1280), (427, 640), (333, 500), (64, 64)])
+@pytest.mark.parametrize("official", [False, True])
+def test_resize_is_the_official_two_step(orig_hw, official):
+    """Equal to mmdet's MaskFormerFusionHead resize done with torch: F.interpolate to the padded canvas,
+    crop the resized image, F.interpolate to the original size (both bilinear, align_corners=False)."""
+    import torch
+    import torch.nn.functional as F
+
+    policy = InputPolicy(size=(640, 640))
+    lb = compute_letterbox(orig_hw, policy.official() if official else policy)
+    h, w = lb.feature_hw
+    m = np.random.default_rng(1).normal(scale=5.0, size=(3, h, w)).astype(np.float32)
+    t = F.interpolate(torch.from_numpy(m)[None], size=lb.padded_hw, mode="bilinear", align_corners=False)
+    t = t[:, :, :lb.resized_hw[0], :lb.resized_hw[1]]
+    ref = F.interpolate(t, size=orig_hw, mode="bilinear", align_corners=False)[0].numpy()
+    out = resize_logits_to_image(m, lb)
+    # PyTorch computes source coordinates in float32 (up to ~1e-4 px off the exact ones used here), so
+    # values agree to ~1e-4 x the logit gradient, and only logits that close to 0 may change sign
+    np.testing.assert_allclose(out, ref, atol=2e-3)
+    assert ((out > 0) != (ref > 0)).mean() < 1e-4
 
 
 def test_resize_step_geometry():
@@ -223,3 +246,39 @@ def test_rle_round_trip():
     assert isinstance(rle["counts"], str) and rle["size"] == [37, 53]
     np.testing.assert_array_equal(decode_rle(rle), m)
     assert mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()}) == m.sum()
+
+
+def test_sigmoid_is_float32_exact_zero_below_underflow():
+    """torch.sigmoid in float32 is exactly 0 below about -88.72 (exp overflows); no clipping."""
+    import torch
+
+    x = np.array([-120.0, -89.0, -88.8, -88.0, -20.0, 0.0, 20.0, 120.0], np.float32)
+    ours = _sigmoid(x)
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours[:3], 0.0)
+    assert ours[3] > 0
+    np.testing.assert_allclose(ours, torch.sigmoid(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=0)
+
+
+def test_panoptic_underflowed_pixels_go_to_the_first_kept_query():
+    """Official merge: where every kept query's float32 sigmoid is 0, argmax picks the FIRST kept query.
+
+    q0 (person, lower score) covers A = feature rows 0-8, cols 0-8; q1 (car, higher score) covers B = rows
+    0-8, cols 2-8, so q1 wins 3/4 of A and q0 keeps only 1/4 of it by itself: below the 0.8 overlap ratio.
+    Everywhere else both logits are -100 (sigmoid exactly 0), those pixels go to q0, its won area passes
+    the ratio and it makes a segment (restricted to its own >= 0.5 pixels, A minus B). A clipped sigmoid
+    gave those pixels to the higher-scoring q1 and q0 vanished.
+    """
+    a = np.full((16, 16), -100.0, np.float32)
+    a[0:8, 0:8] = 10.0
+    b = np.full((16, 16), -100.0, np.float32)
+    b[0:8, 2:8] = 10.0
+    res = panoptic_merge(_cls((0, 5.0), (1, 10.0)), np.stack([a, b]), LB_64, ISTHING)
+    assert [s["query"] for s in res.segments_info] == [0, 1]
+    seg0 = res.panoptic_seg == res.segments_info[0]["id"]
+    cols = np.flatnonzero(seg0.any(0))
+    # A minus B: q1's logit at original column x samples feature x' = (x + 0.5) / 4 - 0.5 between col 1
+    # (-100) and col 2 (+10): x = 9 -> 1.875 -> -3.75 (q0 still wins), x = 10 -> 2.125 -> +10 (q1 wins)
+    assert cols.min() == 0 and cols.max() == 9
+    assert not seg0[32:].any()  # nothing of the underflowed region: it is below 0.5 for q0
+    assert (res.panoptic_seg[40:] == 0).all()  # void where no query is >= 0.5

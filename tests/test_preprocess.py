@@ -12,6 +12,7 @@ from PIL import Image
 
 from rapsam_edge.preprocess import (
     CLICK_BOX_SIZE,
+    CanvasSpec,
     ImageError,
     InputPolicy,
     boxes_to_model,
@@ -247,3 +248,49 @@ def test_padded_prompt_frame_normalises_by_the_graph_input():
                                [50 / 640, 100 / 640, 6 / 640, 6 / 640], rtol=1e-6)
     with pytest.raises(ValueError, match="prompt_frame"):
         InputPolicy(prompt_frame="valid")
+
+
+@pytest.mark.parametrize("orig_hw, resized_hw, padded_hw", [
+    ((427, 640), (800, 1199), (800, 1216)),  # COCO landscape: the short edge reaches 800
+    ((640, 427), (1199, 800), (1216, 800)),
+    ((480, 640), (800, 1067), (800, 1088)),
+    ((300, 1000), (400, 1333), (416, 1344)),  # very wide: the long edge caps at 1333
+    ((800, 1333), (800, 1333), (800, 1344)),
+])
+def test_official_policy_canvas(orig_hw, resized_hw, padded_hw):
+    """Official test time: keep-ratio to (1333, 800) (mmcv rescale_size) and a per-image pad to 32.
+    427x640: factor min(1333/640, 800/427) = 800/427 -> 800 x floor(640 * 800 / 427 + 0.5) = 800 x 1199."""
+    policy = InputPolicy(size=(640, 640)).official()
+    assert (policy.resize, policy.scale, policy.canvas, policy.interpolation) == \
+        ("keep_ratio", (1333, 800), "divisor", "cv2_bilinear")
+    lb = compute_letterbox(orig_hw, policy)
+    assert lb.resized_hw == resized_hw and lb.padded_hw == padded_hw
+    image = np.full((*orig_hw, 3), 7, np.uint8)
+    tensor, lb2 = preprocess(image, policy)
+    assert tensor.shape == (1, 3, *padded_hw) and lb2 == lb
+    assert (tensor[0, :, resized_hw[0]:, :] == np.array(policy.pad_value, np.float32)[:, None, None]).all()
+
+
+def test_divisor_canvas_with_longest_resize_and_fixed_refusal():
+    lb = compute_letterbox((427, 640), InputPolicy(size=(640, 640), canvas="divisor"))
+    assert lb.resized_hw == (427, 640) and lb.padded_hw == (448, 640)
+    with pytest.raises(ValueError, match="does not fit the fixed 640x640 canvas"):
+        compute_letterbox((427, 640), InputPolicy(size=(640, 640), resize="keep_ratio", scale=(1333, 800)))
+    with pytest.raises(ValueError, match="needs scale"):
+        InputPolicy(resize="keep_ratio")
+    with pytest.raises(ValueError, match="canvas"):
+        InputPolicy(canvas="square")
+    p = InputPolicy(size=(640, 640)).official()
+    assert InputPolicy.from_dict(p.to_dict()) == p
+
+
+def test_canvas_spec():
+    fixed = CanvasSpec("fixed", (640, 640))
+    assert fixed.accepts((640, 640)) and not fixed.accepts((640, 608))
+    dyn = CanvasSpec("dynamic", (640, 640), max_size=(1344, 1344))
+    assert dyn.min_size == (32, 32)
+    assert dyn.accepts((800, 1216)) and dyn.accepts((32, 1344))
+    assert not dyn.accepts((800, 1220)) and not dyn.accepts((1376, 640))
+    assert CanvasSpec.from_dict(dyn.to_dict()) == dyn
+    with pytest.raises(ValueError, match="multiples of 32"):
+        CanvasSpec("dynamic", (640, 640), max_size=(1000, 1000))
