@@ -140,6 +140,16 @@ class ModelConfig:
         canvas when the neck encodes sine coordinates of that canvas (clicks and features must agree)."""
         return "padded" if self.coord_encoding == "sine" else "resized"
 
+    @property
+    def default_protocol(self) -> str:
+        """The test-time protocol this model is evaluated with unless the user says otherwise.
+
+        "official" for the official architecture (linear CoordConv; trained officially on per-image
+        canvases). "deployment" for the configs trained here (sine coordinates of the padded canvas,
+        trained on the fixed `input_size` canvas), whose features depend on that canvas by design.
+        """
+        return "deployment" if self.coord_encoding == "sine" else "official"
+
     def input_policy(self) -> InputPolicy:
         """The host preprocessing this model expects at its `input_size`."""
         return InputPolicy(size=self.input_size, prompt_frame=self.prompt_frame)

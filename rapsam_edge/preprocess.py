@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,31 @@ class InputPolicy:
         if unknown:
             raise ValueError(f"Unknown InputPolicy keys {unknown}; allowed keys are {sorted(known)}.")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class Protocol(str, Enum):
+    """How images become graph inputs at test time (design.md §3).
+
+    OFFICIAL reproduces the official test time (:meth:`InputPolicy.official`): what the paper's numbers were
+    measured with, needing graphs that take any canvas of multiples of 32. DEPLOYMENT is the model's or
+    bundle's own policy, usually one fixed square canvas (fixed-shape engines, less compute): a deliberate
+    choice whose cost ``rapsam-edge bench`` measures against OFFICIAL on the same weights.
+    """
+
+    OFFICIAL = "official"
+    DEPLOYMENT = "deployment"
+
+    @classmethod
+    def parse(cls, value: Protocol | str) -> Protocol:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown protocol {value!r}; choose one of "
+                             f"{', '.join(p.value for p in cls)}.") from None
+
+    def policy(self, deployment: InputPolicy) -> InputPolicy:
+        """The input policy of this protocol, given the model's/bundle's deployment policy."""
+        return deployment.official() if self is Protocol.OFFICIAL else deployment
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from ..bundle import Bundle, BundleError, load_bundle
 from ..config import ModelConfig, Vocabulary
 from ..model.checkpoint import load_model
 from ..model.rapsam import RapSam
-from ..preprocess import InputPolicy
+from ..preprocess import CanvasSpec, InputPolicy, Protocol
 from .base import backend_factory
 from .pipeline import Pipeline
 from .torch_backend import TorchBackend
@@ -23,7 +23,8 @@ def is_bundle(path: Any) -> bool:
 
 def load(model: str | Path | ModelConfig | None = None, checkpoint: str | Path | None = None,
          backend: str | None = None, precision: str = "fp32", class_embeddings: str | Path | None = None,
-         device: str = "cpu", threads: int | None = None, seed: int | None = 0, strict: bool = True) -> Pipeline:
+         device: str = "cpu", threads: int | None = None, seed: int | None = 0, strict: bool = True,
+         protocol: Protocol | str | None = None) -> Pipeline:
     """Build a Pipeline.
 
     Arguments:
@@ -34,9 +35,13 @@ def load(model: str | Path | ModelConfig | None = None, checkpoint: str | Path |
         backend: ``torch`` (default for configs), ``onnxruntime`` (default for bundles), ``coreml``,
             ``tensorrt``. ``torch`` on a bundle rebuilds the PyTorch reference the bundle was exported from.
         precision: graph precision inside a bundle (fp32, fp16, int8-cpu, int8-trt ...).
+        protocol: ``official`` (official test time: keep-ratio 1333x800, per-image canvas padded to 32) or
+            ``deployment`` (the model's / bundle's fixed canvas). Default: the config's
+            ``default_protocol``, for a bundle only where its graphs accept every official canvas.
     """
+    chosen = None if protocol is None else Protocol.parse(protocol)
     if is_bundle(model):
-        return load_from_bundle(load_bundle(model), backend or "onnxruntime", precision, device, threads)
+        return load_from_bundle(load_bundle(model), backend or "onnxruntime", precision, device, threads, chosen)
     backend = backend or "torch"
     if backend != "torch":
         raise ValueError(f"the {backend} backend runs exported graphs: pass a bundle folder "
@@ -44,12 +49,13 @@ def load(model: str | Path | ModelConfig | None = None, checkpoint: str | Path |
     if checkpoint is None and seed is not None:
         torch.manual_seed(seed)
     net, report = load_model(model, checkpoint, class_embeddings, strict)  # type: ignore[arg-type]
+    chosen = chosen or Protocol(net.config.default_protocol)
     meta: dict[str, Any] = {
         "config": net.config.name, "checkpoint": str(checkpoint) if checkpoint else None,
         "random_init": checkpoint is None, "classifier": net.classifier.source,
-        "load_report": str(report) if report else None,
+        "load_report": str(report) if report else None, "protocol": chosen.value,
     }
-    return Pipeline(TorchBackend(net, device=device, threads=threads), net.config.input_policy(),
+    return Pipeline(TorchBackend(net, device=device, threads=threads), chosen.policy(net.config.input_policy()),
                     net.vocabulary, meta)
 
 
@@ -70,14 +76,40 @@ def reference_model(bundle: Bundle) -> RapSam:
     return model
 
 
-def load_from_bundle(bundle: Bundle, backend: str, precision: str, device: str, threads: int | None) -> Pipeline:
-    policy = InputPolicy.from_dict(bundle.manifest["input_policy"])
+def bundle_canvas_spec(bundle: Bundle, policy: InputPolicy) -> CanvasSpec:
+    """The canvases a bundle's graphs accept: its manifest's ``canvas`` section; bundles written before it
+    existed were exported at one fixed canvas, the size of their input policy."""
+    section = bundle.manifest.get("canvas")
+    return CanvasSpec.from_dict(section) if section else CanvasSpec("fixed", policy.size)
+
+
+def choose_protocol(bundle: Bundle, deployment: InputPolicy, canvas: CanvasSpec,
+                    requested: Protocol | None) -> Protocol:
+    """The protocol a bundle runs with: the requested one if its graphs can take it, else one sentence; with
+    nothing requested, the config's default when the graphs accept every official canvas (1333x800
+    keep-ratio pads to at most 1344 per side), otherwise the bundle's deployment canvas."""
+    cfg = ModelConfig.from_dict(bundle.manifest["model"]["config"])
+    official_ok = canvas.kind == "dynamic" and canvas.accepts((1344, 1344)) and canvas.accepts((32, 32))
+    if requested is Protocol.OFFICIAL and not official_ok:
+        raise BundleError(f"bundle {bundle.root} accepts only {canvas.describe()}, not the official per-image "
+                          "canvases (up to 1344x1344): re-export it with dynamic shapes or use --protocol deployment.")
+    if requested is not None:
+        return requested
+    return Protocol.OFFICIAL if official_ok and cfg.default_protocol == "official" else Protocol.DEPLOYMENT
+
+
+def load_from_bundle(bundle: Bundle, backend: str, precision: str, device: str, threads: int | None,
+                     protocol: Protocol | None = None) -> Pipeline:
+    deployment = InputPolicy.from_dict(bundle.manifest["input_policy"])
+    canvas = bundle_canvas_spec(bundle, deployment)
+    chosen = choose_protocol(bundle, deployment, canvas, protocol)
     vocab = Vocabulary.from_dict(bundle.manifest["classes"])
     meta: dict[str, Any] = {"bundle": str(bundle.root), "bundle_manifest_sha256": bundle.manifest_hash(),
                             "config": bundle.manifest["model"]["config"]["name"],
-                            "random_init": bundle.manifest["model"].get("random_init", False)}
+                            "random_init": bundle.manifest["model"].get("random_init", False),
+                            "protocol": chosen.value, "canvas": canvas.to_dict()}
     if backend == "torch":
         impl: Any = TorchBackend(reference_model(bundle), device=device, threads=threads)
     else:
         impl = backend_factory(backend)(bundle, precision=precision, device=device, threads=threads)
-    return Pipeline(impl, policy, vocab, meta)
+    return Pipeline(impl, chosen.policy(deployment), vocab, meta, canvas=None if backend == "torch" else canvas)

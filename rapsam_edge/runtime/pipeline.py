@@ -23,7 +23,15 @@ from ..postprocess import (
     interactive_postprocess,
     panoptic_merge,
 )
-from ..preprocess import InputPolicy, Letterbox, boxes_to_model, load_image, points_to_boxes, preprocess
+from ..preprocess import (
+    CanvasSpec,
+    InputPolicy,
+    Letterbox,
+    boxes_to_model,
+    load_image,
+    points_to_boxes,
+    preprocess,
+)
 from ..tracking import VideoResult, VideoTracker, split_video
 from .base import Backend
 
@@ -46,6 +54,7 @@ class Pipeline:
     policy: InputPolicy
     vocabulary: Vocabulary
     meta: dict[str, Any] = field(default_factory=dict)
+    canvas: CanvasSpec | None = None  # what the graphs accept (None: any multiple of 32, the torch model)
     _state: _ImageState | None = field(default=None, repr=False)
 
     @property
@@ -56,9 +65,18 @@ class Pipeline:
     def set_image(self, image: ImageLike) -> np.ndarray:
         """Load (path or HxWx3 array, any mode -> RGB), letterbox and encode once; returns the RGB image."""
         rgb = load_image(image)
-        tensor, lb = preprocess(rgb, self.policy)
+        tensor, lb = self._preprocess(rgb)
         self._state = _ImageState(rgb, lb, self.backend.encode(tensor))
         return rgb
+
+    def _preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """The shared host preprocessing, refusing (one sentence) a canvas the graphs cannot take."""
+        tensor, lb = preprocess(rgb, self.policy)
+        if self.canvas is not None and not self.canvas.accepts(lb.padded_hw):
+            h, w = lb.padded_hw
+            raise ValueError(f"this image needs a {h}x{w} canvas but the graphs accept only "
+                             f"{self.canvas.describe()}.")
+        return tensor, lb
 
     def reset_image(self) -> None:
         self._state = None
@@ -143,7 +161,7 @@ class Pipeline:
         for tube in tubes:
             feats = []
             for i in tube:
-                tensor, letterbox = preprocess(images[i], self.policy)
+                tensor, letterbox = self._preprocess(images[i])
                 feats.append(self.backend.encode(tensor)["features"])
             cls, masks, queries = self.backend.decode_objects(np.concatenate(feats, axis=2))
             tracker.update(cls[0], masks[0], queries[0], len(tube))

@@ -148,22 +148,36 @@ def evaluate_run(checkpoint: Path, spec: DataSpec, preset: Preset, out: Path) ->
 
 def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: str | None,
                         class_embeddings: Path | None, split: str, subset: str | None, limit: int | None,
-                        mode: str, imgsz: int | None = None) -> dict[str, Any]:
-    """The library function behind ``rapsam-edge eval``."""
+                        mode: str, imgsz: int | None = None, protocol: str | None = None) -> dict[str, Any]:
+    """The library function behind ``rapsam-edge eval``.
+
+    ``protocol`` None = the config's default (official for the official configs); ``imgsz`` asks for a
+    deployment canvas of that square size, so it implies ``deployment`` and contradicts ``official``.
+    """
     from ..evaluate import evaluate_interactive, evaluate_panoptic, evaluate_video
+    from ..preprocess import Protocol
     from ..runtime import load
 
     tasks = ("panoptic", "interactive", "video")
     if task not in tasks:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(tasks)}.")
-    pipe = load(config, checkpoint, class_embeddings=class_embeddings)
+    chosen = None if protocol is None else Protocol.parse(protocol)
     if imgsz:
-        if imgsz % 32:
-            raise ValueError(f"--imgsz {imgsz} must be a multiple of 32.")
+        if imgsz % 32 or imgsz <= 0:
+            raise ValueError(f"--imgsz {imgsz} must be a positive multiple of 32.")
+        if chosen is Protocol.OFFICIAL:
+            raise ValueError("--imgsz sets a fixed deployment canvas, which the official protocol does not use; "
+                             "drop --imgsz or pass --protocol deployment.")
+        chosen = Protocol.DEPLOYMENT
+    pipe = load(config, checkpoint, class_embeddings=class_embeddings, protocol=chosen)
+    if imgsz:
         pipe.policy = dataclasses.replace(pipe.policy, size=(imgsz, imgsz))  # torch takes any multiple of 32
     if task == "video":
-        return evaluate_video(pipe, open_video(data, pipe.vocabulary, split if split != "val2017" else "valid"),
-                              limit, mode)
-    dataset = open_coco(data, pipe.vocabulary, split, subset)
-    fn = evaluate_panoptic if task == "panoptic" else evaluate_interactive
-    return fn(pipe, dataset, limit)
+        result = evaluate_video(pipe, open_video(data, pipe.vocabulary, split if split != "val2017" else "valid"),
+                                limit, mode)
+    else:
+        dataset = open_coco(data, pipe.vocabulary, split, subset)
+        fn = evaluate_panoptic if task == "panoptic" else evaluate_interactive
+        result = fn(pipe, dataset, limit)
+    # which protocol produced the numbers travels with them (official numbers are only comparable to official)
+    return {**result, "protocol": pipe.meta.get("protocol"), "input_policy": pipe.policy.to_dict()}
