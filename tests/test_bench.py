@@ -23,7 +23,8 @@ from rapsam_edge.cli import app
 runner = CliRunner()
 HAVE_DATA = (SHARED_DATA / "coco_mini").is_dir()
 DATA = ["--data", "coco", "--limit", "2"] if HAVE_DATA else ["--data", "none"]
-FAST = ["--device", "cpu", "--threads", "1", "--runs", "2", "--warmup", "1", "--drift-images", "1"]
+FAST = ["--device", "cpu", "--threads", "1", "--runs", "2", "--warmup", "1", "--drift-images", "1",
+        "--protocol-images", "1"]
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +79,16 @@ def test_report_schema(bench_run, bench_bundle):
         assert r["size_mb"] > 0 and r["gates"]["passed"]
         if HAVE_DATA:
             assert {"pq", "miou", "noc@0.85", "pq_official"} <= set(r["metrics"])
+    proto = doc["protocol"]  # the 128x128 deployment canvas vs the official protocol, same weights
+    assert proto["images"] == 1 and proto["deployment_policy"]["size"] == [128, 128]
+    assert proto["official_policy"]["canvas"] == "divisor" and proto["official_policy"]["scale"] == [1333, 800]
+    for key in ("panoptic_agreement", "interactive_mask_iou", "object_class_agreement"):
+        assert 0 <= proto[key] <= 1
+    if HAVE_DATA:
+        assert set(proto["metrics"]) == {"deployment", "official", "official_minus_deployment"}
+        assert "miou" in proto["metrics"]["official_minus_deployment"]
+    assert "Input protocol: deployment canvas vs official" in (out / "report.md").read_text()
+    assert "input protocol: deployment canvas 128x128" in " ".join(res.output.split())
     assert rows["onnx-fp32"]["speedup_vs_onnx_fp32"]["encoder"] == 1.0
     assert rows["onnx-int8-cpu"]["graphs"] == {"encoder": "int8-cpu", "object_decoder": "fp32",
                                                "prompt_decoder": "fp32"}

@@ -158,3 +158,21 @@ def test_pipeline_refuses_a_canvas_the_graphs_cannot_take(official_pipe):
                                         canvas=CanvasSpec("fixed", (640, 640)))
     with pytest.raises(ValueError, match="needs a 800x1216 canvas but the graphs accept only a fixed 640x640"):
         pipe.set_image(ROCKET)
+
+
+def test_protocol_comparison_measures_the_canvas():
+    """Official twin of an official pipeline agrees with it exactly; a small fixed canvas does not."""
+    from rapsam_edge.benchmarks.accuracy import EvalData
+    from rapsam_edge.benchmarks.protocol import agreement, compare, official_twin, summary_line
+
+    torch.manual_seed(0)
+    deployment = rapsam_edge.load("rapsam_r18_lite")
+    deployment.policy = InputPolicy(size=(256, 256), prompt_frame="padded")
+    official = official_twin(deployment)
+    assert official.policy == deployment.policy.official() and official.backend is deployment.backend
+    assert agreement(official, official_twin(official), [ROCKET]) == (1.0, 1.0, 1.0)
+    data = EvalData(None, [ROCKET], 1, None, None, {}, [])
+    cmp = compare(deployment, data, ("panoptic", "interactive"), 1)
+    assert cmp.images == 1 and cmp.metrics == {}  # no ground truth: agreement only
+    assert cmp.interactive_mask_iou < 0.95 and cmp.object_class_agreement < 1.0
+    assert "deployment canvas 256x256 (fixed, bilinear)" in summary_line(cmp.to_dict())

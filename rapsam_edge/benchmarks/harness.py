@@ -24,6 +24,7 @@ from typing import Any
 
 from ..bundle import load_bundle
 from . import accuracy, devices, gates, latency, prepare, report
+from . import protocol as protocol_cost
 from .formats import (
     FAILED_EXPORT,
     FAILED_VALIDATION,
@@ -67,6 +68,7 @@ class BenchRequest:
     warmup: int = 3
     threads: int | None = None
     drift_images: int = 4
+    protocol_images: int = 8  # deployment canvas vs official protocol: images compared (0 = skip)
     floors: dict[str, float] = field(default_factory=dict)
     max_drops: dict[str, float] = field(default_factory=dict)
     out: Path = Path("runs/bench")
@@ -83,6 +85,8 @@ class BenchRequest:
             raise ValueError(f"--tasks {','.join(self.tasks)!r}: choose from {', '.join(accuracy.TASKS)}.")
         if self.runs < 1 or self.warmup < 0:
             raise ValueError(f"--runs must be >= 1 and --warmup >= 0 (got {self.runs} and {self.warmup}).")
+        if self.protocol_images < 0:
+            raise ValueError(f"--protocol-images must be >= 0 (0 skips the comparison), not {self.protocol_images}.")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1, not {self.limit}.")
         if self.video_mode not in ("clip", "stream"):
@@ -218,6 +222,28 @@ def _latency(rows: list[dict[str, Any]], pipes: dict[str, Any], data: accuracy.E
     return {"image": str(image), "tegrastats": devices.summarise_tegrastats(samples)}
 
 
+def _protocol(ref: Any, bundle: Any, data: accuracy.EvalData, req: BenchRequest, progress: Progress,
+              notes: list[str]) -> dict[str, Any] | None:
+    """The deployment canvas's cost vs the official protocol, on the PyTorch reference (same weights)."""
+    if req.protocol_images == 0 or not data.images:
+        return None
+    if ref is None or ref.backend.name != "torch":
+        notes.append("no PyTorch reference: the deployment-vs-official protocol comparison is not reported.")
+        return None
+    from ..preprocess import InputPolicy
+    from ..runtime.pipeline import Pipeline
+
+    deployment = Pipeline(ref.backend, InputPolicy.from_dict(bundle.manifest["input_policy"]), ref.vocabulary,
+                          {**ref.meta, "protocol": "deployment"})
+    progress.log(f"deployment canvas vs official protocol on {min(req.protocol_images, len(data.images))} images")
+    try:
+        return protocol_cost.compare(deployment, data, req.tasks, req.protocol_images,
+                                     lambda d, t: progress.items(d, t, "protocol: deployment vs official")).to_dict()
+    except Exception as e:  # reported, and the run goes on
+        notes.append(f"the deployment-vs-official protocol comparison failed: {e}")
+        return None
+
+
 def _finish_statuses(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row["status"] is None:
@@ -258,6 +284,7 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
     notes = list(data.notes)
     ref = _reference(pipes, bundle, profile, host, req, notes) if pipes else None
     _accuracy(rows, pipes, ref, {f.name: f for f in fmts}, data, req, progress)
+    protocol_section = _protocol(ref, bundle, data, req, progress, notes)
     del ref  # the drift-only reference is not timed
     lat_info = _latency(rows, pipes, data, req, profile, Path(root), progress) if pipes else {}
     _finish_statuses(rows)
@@ -283,7 +310,8 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
                      "formats": [f.name for f in fmts], **lat_info,
                      "peak_rss_method": "peak RSS (VmHWM on Linux, ru_maxrss on macOS) of a fresh process per format: "
                                         "imports + bundle load + first panoptic inference + first click"},
-        "data": data.provenance, "formats": rows, "targets": report.targets(rows), "gates": gate_section,
+        "data": data.provenance, "protocol": protocol_section, "formats": rows, "targets": report.targets(rows),
+        "gates": gate_section,
         "notes": notes, "plots": [],
     }
     req.out.mkdir(parents=True, exist_ok=True)

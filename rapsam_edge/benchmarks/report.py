@@ -156,6 +156,25 @@ def _drift_md(rows: list[dict[str, Any]]) -> list[str]:
     return ["## Drift against the PyTorch reference", "", *out] if out else []
 
 
+def _protocol_md(section: dict[str, Any] | None) -> list[str]:
+    """Deployment canvas vs the official protocol (same weights, torch): what the input policy costs."""
+    if not section:
+        return []
+    from .protocol import summary_line
+
+    out = ["## Input protocol: deployment canvas vs official", "", summary_line(section) + ".", ""]
+    m = section.get("metrics") or {}
+    if m:
+        keys = sorted(m["official"])
+        table = [["metric", "deployment", "official", "official - deployment"]]
+        table += [[k, _fmt(m["deployment"].get(k)), _fmt(m["official"][k]),
+                   _fmt(m["official_minus_deployment"].get(k))] for k in keys]
+        out += [*_md_table(table), ""]
+    out += [f"Deployment policy `{json.dumps(section['deployment_policy'])}`; official policy "
+            f"`{json.dumps(section['official_policy'])}`.", ""]
+    return out
+
+
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     rows, sysinfo = report["formats"], report["system"]
     b = report["bundle"]
@@ -179,7 +198,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         table += [[k, *[_fmt(r["metrics"].get(k)) for r in metrics]] for k in keys]
         lines += ["## Task metrics" + (" (random weights: not accuracy claims)" if b["random_init"] else ""), "",
                   f"Data: `{json.dumps(report['data'])}`", "", *_md_table(table), ""]
-    lines += _latency_md(rows) + _drift_md(rows)
+    lines += _latency_md(rows) + _drift_md(rows) + _protocol_md(report.get("protocol"))
     if report["targets"]:
         table = [["target", "format", "value", "threshold", "met", "missed by"]]
         table += [[t["target"], t["format"], f"{t['value']:.3f}", f"{t['comparison']} {t['threshold']:g}",
