@@ -1,9 +1,25 @@
-"""Write prediction files for one image (used by ``rapsam-edge predict``)."""
+"""Write prediction files for images (used by ``rapsam-edge predict``).
+
+Panoptic output is the standard COCO panoptic results layout, so ``rapsam-edge eval --predictions`` (or
+panopticapi) scores it as it is::
+
+    <out>/panoptic.json          {"annotations": [{image_id, file_name, segments_info}], "categories", "images"}
+    <out>/panoptic/<stem>.png    RGB-id PNGs (id = R + 256 G + 256² B), panopticapi's "JSON path minus .json"
+    <out>/<stem>.json            per image: the same segments_info + image path, size, model (as before)
+    <out>/<stem>.panoptic.png    the same PNG (a hard link where the file system allows), as before
+    <out>/<stem>.overlay.png
+
+``image_id`` is the file stem as an integer when it is all digits (COCO names images by zero-padded id:
+``000000142238.jpg`` -> 142238), else the stem itself; results then match a COCO ground truth by id.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +27,8 @@ import numpy as np
 from PIL import Image
 
 from .runtime.pipeline import Pipeline
+
+PANOPTIC_RESULTS = "panoptic.json"  # its PNG folder is the same name without .json (panopticapi convention)
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -25,27 +43,99 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def run_prediction(pipe: Pipeline, image_path: Path, task: str, points: list | None, boxes: list | None,
-                   out: Path, overlay: Callable[..., np.ndarray]) -> list[Path]:
-    """Panoptic: COCO panoptic PNG + JSON (``segments_info`` with COCO category ids) + overlay.
-    Interactive: JSON with one RLE mask and predicted IoU per prompt + overlay. Returns written paths."""
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes the same file as ``src`` (hard link, so the PNG is stored once; a copy where links are
+    not supported), replaced atomically."""
+    tmp = dst.with_name(dst.name + ".tmp.png")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+@dataclass(frozen=True)
+class ImageOutput:
+    """What predicting one image wrote, and (panoptic) its entries of the COCO panoptic results JSON."""
+
+    written: list[Path]
+    annotation: dict[str, Any] | None = None  # {image_id, file_name, segments_info}
+    image: dict[str, Any] | None = None  # {id, file_name, height, width}
+
+
+def image_id_for(path: Path) -> int | str:
+    """COCO-style id of an image file: its stem as an int when all digits, else the stem."""
+    return int(path.stem) if path.stem.isdigit() else path.stem
+
+
+def predict_image(pipe: Pipeline, image_path: Path, task: str, points: list | None, boxes: list | None,
+                  out: Path, overlay: Callable[..., np.ndarray]) -> ImageOutput:
+    """One image. Panoptic: PNG + per-image JSON (``segments_info`` with COCO category ids) + overlay, and
+    the image's COCO panoptic results annotation (returned, for the results JSON). Interactive: JSON with
+    one RLE mask and predicted IoU per prompt, masks in the order points..., boxes..., and the prompts
+    themselves (original-image pixels, as given) + overlay."""
     rgb = pipe.set_image(image_path)
     stem = image_path.stem
-    meta = {"image": str(image_path), "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
-            "model": pipe.describe()}
-    written = []
+    meta = {"image": str(image_path), "image_id": image_id_for(image_path), "height": int(rgb.shape[0]),
+            "width": int(rgb.shape[1]), "model": pipe.describe()}
+    written, annotation, image = [], None, None
     if task == "panoptic":
         result = pipe.panoptic()
         png, segments = result.to_coco(pipe.vocabulary.coco_categories())
-        _write_png(out / f"{stem}.panoptic.png", png)
+        folder = out / Path(PANOPTIC_RESULTS).stem
+        folder.mkdir(exist_ok=True)
+        _write_png(folder / f"{stem}.png", png)
+        _link_or_copy(folder / f"{stem}.png", out / f"{stem}.panoptic.png")
+        annotation = {"image_id": meta["image_id"], "file_name": f"{stem}.png", "segments_info": segments}
+        image = {"id": meta["image_id"], "file_name": image_path.name, "height": meta["height"],
+                 "width": meta["width"]}
         doc = {**meta, "task": "panoptic", "file_name": f"{stem}.panoptic.png", "segments_info": segments,
                "categories": pipe.vocabulary.coco_categories()}
-        written.append(out / f"{stem}.panoptic.png")
+        written += [folder / f"{stem}.png", out / f"{stem}.panoptic.png"]
         vis = overlay(rgb, result)
     else:
         result = pipe.segment(points=points, boxes=boxes)
-        doc = {**meta, "task": "interactive", "points": points, "boxes": boxes, **result.to_json()}
+        # the prompts go after the result's fields: its own "points" is None (segment() does not record them)
+        doc = {**meta, "task": "interactive", **result.to_json(), "points": points or [], "boxes": boxes or []}
         vis = overlay(rgb, result, points=np.asarray(points) if points else None)
     _write_json(out / f"{stem}.json", doc)
     _write_png(out / f"{stem}.overlay.png", vis)
-    return [*written, out / f"{stem}.json", out / f"{stem}.overlay.png"]
+    return ImageOutput([*written, out / f"{stem}.json", out / f"{stem}.overlay.png"], annotation, image)
+
+
+def run_prediction(pipe: Pipeline, image_path: Path, task: str, points: list | None, boxes: list | None,
+                   out: Path, overlay: Callable[..., np.ndarray]) -> list[Path]:
+    """One image's files (see `predict_image`); the paths written."""
+    return predict_image(pipe, image_path, task, points, boxes, out, overlay).written
+
+
+def run_predictions(pipe: Pipeline, image_paths: Sequence[Path], task: str, points: list | None,
+                    boxes: list | None, out: Path, overlay: Callable[..., np.ndarray],
+                    on_image: Callable[[Path, list[Path]], None] | None = None) -> list[Path]:
+    """Every image, then (panoptic) the COCO panoptic results JSON, written last and atomically: a stale one
+    is removed first, so an interrupted run never leaves a results file that lists the wrong PNGs."""
+    stems: dict[str, Path] = {}
+    for path in image_paths:
+        if path.stem in stems:
+            raise ValueError(f"{str(stems[path.stem])!r} and {str(path)!r} share the name {path.stem!r}, so their "
+                             "outputs would overwrite each other; rename one.")
+        stems[path.stem] = path
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / PANOPTIC_RESULTS
+    if task == "panoptic":
+        results.unlink(missing_ok=True)
+    written, annotations, images = [], [], []
+    for path in image_paths:
+        result = predict_image(pipe, path, task, points, boxes, out, overlay)
+        written += result.written
+        if result.annotation is not None and result.image is not None:
+            annotations.append(result.annotation)
+            images.append(result.image)
+        if on_image:
+            on_image(path, result.written)
+    if task == "panoptic":
+        _write_json(results, {"info": {"model": pipe.describe()}, "images": images, "annotations": annotations,
+                              "categories": pipe.vocabulary.coco_categories()})
+        written.append(results)
+    return written
