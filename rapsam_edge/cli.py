@@ -61,11 +61,12 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/predict"),
     seed: Annotated[int, typer.Option(help="Seed of the random initialisation when no checkpoint.")] = 0,
 ) -> None:
-    """Segment images; writes <name>.overlay.png and <name>.json (+ <name>.panoptic.png for panoptic)."""
+    """Segment images; writes <name>.overlay.png and <name>.json (+ <name>.panoptic.png for panoptic, and the
+    COCO panoptic results panoptic.json + panoptic/<name>.png that `eval --predictions` scores)."""
     import warnings
 
     from .postprocess import overlay
-    from .predict import run_prediction
+    from .predict import run_predictions
 
     if task not in TASKS:
         fail(f"unknown task {task!r}; choose one of {', '.join(TASKS)}.")
@@ -87,10 +88,10 @@ def predict(
         if pipe.meta["random_init"]:
             console.print(f"[yellow]note:[/] no checkpoint given: {pipe.meta['config']} is RANDOMLY initialised "
                           f"(seed {seed}); masks and labels are meaningless, the outputs are format-valid.")
-        out.mkdir(parents=True, exist_ok=True)
-        for path in paths:
-            written = run_prediction(pipe, path, task, pts, bxs, out, overlay)
-            console.print(f"[green]{path.name}[/]: " + ", ".join(str(p) for p in written))
+        written = run_predictions(pipe, paths, task, pts, bxs, out, overlay, on_image=lambda path, files: console.print(
+            f"[green]{path.name}[/]: " + ", ".join(str(p) for p in files)))
+        if task == "panoptic":
+            console.print(f"COCO panoptic results: {written[-1]}")
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         fail(str(e))
 
@@ -139,8 +140,13 @@ def train(
 
 @app.command("eval")
 def eval_cmd(
-    task: Annotated[str, typer.Option(help="panoptic | interactive | video")],
-    data: Annotated[Path, typer.Option(help="COCO / panoptic / YouTube-VIS layout folder.")],
+    task: Annotated[str | None, typer.Option(help="panoptic | interactive | video (with --predictions: optional, "
+                                                  "panoptic | instances | video, checked against the file)")] = None,
+    data: Annotated[Path, typer.Option(help="COCO / panoptic / YouTube-VIS layout folder.")] = ...,
+    predictions: Annotated[Path | None, typer.Option(help="Score this result file instead of running a model: COCO "
+                                                          "panoptic, COCO instance or YouTube-VIS results.")] = None,
+    prediction_pngs: Annotated[Path | None, typer.Option(help="PNG folder of COCO panoptic results (default: the "
+                                                              "JSON's path without .json).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint (rapsam-edge or official).")] = None,
     config: Annotated[str | None, typer.Option(help="Config (default: from the checkpoint).")] = None,
     class_embeddings: Annotated[Path | None, typer.Option(help="Official text-embedding file.")] = None,
@@ -148,21 +154,53 @@ def eval_cmd(
     subset: Annotated[str | None, typer.Option(help="Id list of splits.json (coco_mini).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N images / videos.")] = None,
     mode: Annotated[str, typer.Option(help="Video tracking: clip | stream.")] = "clip",
-    imgsz: Annotated[int | None, typer.Option(help="Evaluate at this input size instead of the model's.")] = None,
+    imgsz: Annotated[int | None, typer.Option(help="Evaluate on a fixed square deployment canvas of this size "
+                                                   "(implies --protocol deployment).")] = None,
+    protocol: Annotated[str | None, typer.Option(help="official (keep-ratio 1333x800, per-image canvas padded to "
+                                                      "32: the paper's test time) | deployment (the model's fixed "
+                                                      "canvas). Default: official for the official configs, "
+                                                      "deployment for the _lite configs trained here.")] = None,
+    clicks: Annotated[str | None, typer.Option(help="interactive: official (default; clicks placed as the paper's "
+                                                    "evaluation, crowd segments kept) | exact (exact-EDT click "
+                                                    "at the original resolution, non-crowd).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
 ) -> None:
-    """Evaluate a checkpoint: PQ (panoptic), mIoU@1/NoC (interactive) or YouTube-VIS AP (video)."""
-    from .training.run import evaluate_checkpoint
+    """Evaluate a checkpoint: PQ (panoptic), mIoU@1/NoC (interactive) or YouTube-VIS AP (video); or score a
+    prediction file from any runtime (--predictions): PQ, COCO mask AP or YouTube-VIS AP."""
+    if predictions is not None:
+        from .scoring import ScoreRequest, headline, score_predictions
 
-    try:
-        result = evaluate_checkpoint(task, data, checkpoint, config, class_embeddings, split, subset, limit, mode,
-                                     imgsz)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        fail(str(e))
-    print_metrics({task: result})
+        model_options = {"--checkpoint": checkpoint, "--config": config, "--class-embeddings": class_embeddings,
+                         "--imgsz": imgsz, "--protocol": protocol, "--clicks": clicks}
+        if any(v is not None for v in model_options.values()):
+            fail(f"--predictions scores a file, so {', '.join(k for k, v in model_options.items() if v is not None)} "
+                 "does not apply.")
+        try:
+            result = score_predictions(ScoreRequest(predictions, data, task, prediction_pngs, split, subset, limit))
+        except (ValueError, FileNotFoundError) as e:
+            fail(str(e))
+        table = Table(title="metrics")
+        for column in ("predictions", "metric", "value"):
+            table.add_column(column, justify="right" if column == "value" else "left")
+        for k, v in headline(result).items():
+            table.add_row(f"{predictions.name} ({result['format']})", k, f"{v:.2f}")
+        Console().print(table)
+    else:
+        from .training.run import evaluate_checkpoint  # imports torch; scoring a file above does not
+
+        if task is None:
+            fail("give --task (panoptic, interactive or video) to evaluate a checkpoint, or --predictions FILE.")
+        try:
+            result = evaluate_checkpoint(task, data, checkpoint, config, class_embeddings, split, subset, limit,
+                                         mode, imgsz, protocol, clicks=clicks)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            fail(str(e))
+        print_metrics({task: result})
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1, default=float))
+        tmp = out.with_name(out.name + ".tmp")  # atomic: a failed write never leaves half a metrics file
+        tmp.write_text(json.dumps(result, indent=1, default=float))
+        tmp.replace(out)
         console.print(f"wrote {out}")
 
 
@@ -409,6 +447,9 @@ def bench(
     max_drop: Annotated[list[str] | None, typer.Option(help="METRIC=POINTS vs the PyTorch row (else onnx-fp32); "
                                                             "repeatable. A larger drop fails the run.")] = None,
     drift_images: Annotated[int, typer.Option(help="Images compared with PyTorch per format.")] = 4,
+    protocol_images: Annotated[int, typer.Option(help="Images on which the bundle's deployment canvas is compared "
+                                                      "with the official protocol (same weights; agreement and task "
+                                                      "metrics); 0 skips it.")] = 8,
     out: Annotated[Path, typer.Option(help="Report folder (report.json, report.md, PNG plots).")] = Path("runs/bench"),
     cold_start: Annotated[bool, typer.Option("--cold-start/--no-cold-start", help="Measure load + first inference "
                                              "and peak RSS in a fresh process per format.")] = True,
@@ -441,7 +482,8 @@ def bench(
         req = BenchRequest(
             bundle=bundle, device=device, formats=formats, data=data, subset=subset, limit=limit,
             video_data=video_data, video_mode=video_mode, tasks=_names(tasks), runs=runs, warmup=warmup,
-            threads=threads or None, drift_images=drift_images, out=out, cold_start=cold_start,
+            threads=threads or None, drift_images=drift_images, protocol_images=protocol_images, out=out,
+            cold_start=cold_start,
             make_missing=make_missing, compute_units=compute_units,
             floors=parse_thresholds(floor, "--floor", FLOOR_METRICS),
             max_drops=parse_thresholds(max_drop, "--max-drop", DROP_METRICS),
@@ -481,6 +523,10 @@ def print_bench(doc: dict) -> None:
     for line in lines[1:]:
         table.add_row(line[0], f"[{colour.get(line[1], 'white')}]{line[1]}[/]", *line[2:])
     Console(width=None if sys.stdout.isatty() else 240).print(table)
+    if doc.get("protocol"):
+        from .benchmarks.protocol import summary_line
+
+        console.print(f"input protocol: {escape(summary_line(doc['protocol']))}")
     for r in doc["formats"]:
         if r["reasons"]:
             console.print(f"[bold]{escape(r['format'])}[/] ({r['status']}): {escape('; '.join(r['reasons']))}")
