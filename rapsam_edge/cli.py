@@ -60,6 +60,9 @@ def predict(
     class_embeddings: Annotated[Path | None, typer.Option(help="Official (C,P,768) text-embedding file.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/predict"),
     seed: Annotated[int, typer.Option(help="Seed of the random initialisation when no checkpoint.")] = 0,
+    protocol: Annotated[str | None, typer.Option(help="official | deployment input protocol (default: official for "
+                                                      "the official configs, deployment for the _lite ones; see "
+                                                      "README).")] = None,
 ) -> None:
     """Segment images; writes <name>.overlay.png and <name>.json (+ <name>.panoptic.png for panoptic, and the
     COCO panoptic results panoptic.json + panoptic/<name>.png that `eval --predictions` scores)."""
@@ -82,7 +85,7 @@ def predict(
             warnings.simplefilter("always")
             from .runtime import load
 
-            pipe = load(config, checkpoint, class_embeddings=class_embeddings, seed=seed)
+            pipe = load(config, checkpoint, class_embeddings=class_embeddings, seed=seed, protocol=protocol)
         for w in caught:
             console.print(f"[yellow]warning:[/] {w.message}")
         if pipe.meta["random_init"]:
