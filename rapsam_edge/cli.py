@@ -450,6 +450,8 @@ def bench(
     max_drop: Annotated[list[str] | None, typer.Option(help="METRIC=POINTS vs the PyTorch row (else onnx-fp32); "
                                                             "repeatable. A larger drop fails the run.")] = None,
     drift_images: Annotated[int, typer.Option(help="Images compared with PyTorch per format.")] = 4,
+    protocol: Annotated[str | None, typer.Option(help="Input protocol of every format: official | deployment "
+                                                      "(default: the bundle's, see README).")] = None,
     protocol_images: Annotated[int, typer.Option(help="Images on which the bundle's deployment canvas is compared "
                                                       "with the official protocol (same weights; agreement and task "
                                                       "metrics); 0 skips it.")] = 8,
@@ -485,7 +487,8 @@ def bench(
         req = BenchRequest(
             bundle=bundle, device=device, formats=formats, data=data, subset=subset, limit=limit,
             video_data=video_data, video_mode=video_mode, tasks=_names(tasks), runs=runs, warmup=warmup,
-            threads=threads or None, drift_images=drift_images, protocol_images=protocol_images, out=out,
+            threads=threads or None, drift_images=drift_images, protocol_images=protocol_images, protocol=protocol,
+            out=out,
             cold_start=cold_start,
             make_missing=make_missing, compute_units=compute_units,
             floors=parse_thresholds(floor, "--floor", FLOOR_METRICS),
@@ -516,7 +519,8 @@ def print_bench(doc: dict) -> None:
               "not available": "dim"}
     lines = main_table(doc["formats"])
     sysinfo = doc["system"]
-    table = Table(title=f"{doc['bundle']['name']} {doc['bundle']['input_size'][0]}px on {doc['device']['profile']} "
+    table = Table(title=f"{doc['bundle']['name']} {doc['bundle']['input_size'][0]}px, "
+                        f"{doc['settings'].get('protocol') or 'deployment'} protocol, on {doc['device']['profile']} "
                         f"({sysinfo['cpu_model']}, {sysinfo['cpu_cores_usable']} cores"
                         + (f", {sysinfo['gpu']['gpu_name']}" if sysinfo["gpu"].get("gpu_name") else "") + ")",
                   caption="ms: median (p90) over the timed runs; mask IoU: end-to-end clicks vs PyTorch")

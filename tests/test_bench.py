@@ -79,6 +79,7 @@ def test_report_schema(bench_run, bench_bundle):
         assert r["size_mb"] > 0 and r["gates"]["passed"]
         if HAVE_DATA:
             assert {"pq", "miou", "noc@0.85", "pq_official"} <= set(r["metrics"])
+    assert doc["settings"]["protocol"] == "deployment"  # a fixed-canvas bundle
     proto = doc["protocol"]  # the 128x128 deployment canvas vs the official protocol, same weights
     assert proto["images"] == 1 and proto["deployment_policy"]["size"] == [128, 128]
     assert proto["official_policy"]["canvas"] == "divisor" and proto["official_policy"]["scale"] == [1333, 800]
@@ -154,6 +155,13 @@ def test_floor_miss_exits_one_and_marks_the_format(bench_bundle, tmp_path):
     row = doc["formats"][0]
     assert row["status"] == "failed validation" and "floor 101" in row["reasons"][-1]
     assert doc["gates"]["passed"] is False and doc["exit_code"] == 1 and "gates failed" in res.output
+
+
+def test_official_protocol_on_a_fixed_canvas_bundle_is_one_sentence(bench_bundle, tmp_path):
+    res = runner.invoke(app, ["bench", "--bundle", str(bench_bundle), *FAST, "--data", "none", "--protocol",
+                              "official", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "accepts only a fixed 128x128 canvas" in " ".join(res.output.split())
+    assert not (tmp_path / "o" / "report.json").exists()
 
 
 def test_bad_gates_are_refused_before_work(bench_bundle, tmp_path):

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
     args = json.loads(argv[0])
     t0 = time.perf_counter()
     from rapsam_edge.bundle import load_bundle
-    from rapsam_edge.preprocess import load_image
+    from rapsam_edge.preprocess import Protocol, load_image
     from rapsam_edge.runtime.loader import load_from_bundle
 
     from .formats import FORMATS
@@ -51,7 +51,8 @@ def main(argv: list[str]) -> None:
     t1 = time.perf_counter()
     bundle = load_bundle(args["bundle"])  # sha256 of every artifact, as rapsam_edge.load does
     t2 = time.perf_counter()
-    pipe = load_from_bundle(bundle, fmt.backend, fmt.precision, args["device"], args["threads"])
+    pipe = load_from_bundle(bundle, fmt.backend, fmt.precision, args["device"], args["threads"],
+                            None if args.get("protocol") is None else Protocol(args["protocol"]))
     t3 = time.perf_counter()
     pipe.panoptic(rgb)
     t4 = time.perf_counter()

@@ -151,11 +151,14 @@ def missing_reason(fmt: Format, bundle: Bundle) -> str | None:
     return None
 
 
-def open_pipeline(bundle: Bundle, fmt: Format, device: str, threads: int | None) -> Any:
-    """The Pipeline of one format (``device``: the backend's device argument, see ``devices.backend_device``)."""
+def open_pipeline(bundle: Bundle, fmt: Format, device: str, threads: int | None, protocol: str | None = None) -> Any:
+    """The Pipeline of one format (``device``: the backend's device argument, see ``devices.backend_device``;
+    ``protocol``: official | deployment, None = the bundle's default, see ``runtime.loader.choose_protocol``)."""
+    from ..preprocess import Protocol
     from ..runtime.loader import load_from_bundle
 
-    return load_from_bundle(bundle, fmt.backend, fmt.precision, device, threads)
+    return load_from_bundle(bundle, fmt.backend, fmt.precision, device, threads,
+                            None if protocol is None else Protocol.parse(protocol))
 
 
 def bundle_bytes(fmt: Format, bundle: Bundle, precisions: dict[str, str]) -> int:

@@ -69,6 +69,7 @@ class BenchRequest:
     threads: int | None = None
     drift_images: int = 4
     protocol_images: int = 8  # deployment canvas vs official protocol: images compared (0 = skip)
+    protocol: str | None = None  # the formats' input protocol; None = the bundle's default (loader.choose_protocol)
     floors: dict[str, float] = field(default_factory=dict)
     max_drops: dict[str, float] = field(default_factory=dict)
     out: Path = Path("runs/bench")
@@ -85,6 +86,10 @@ class BenchRequest:
             raise ValueError(f"--tasks {','.join(self.tasks)!r}: choose from {', '.join(accuracy.TASKS)}.")
         if self.runs < 1 or self.warmup < 0:
             raise ValueError(f"--runs must be >= 1 and --warmup >= 0 (got {self.runs} and {self.warmup}).")
+        if self.protocol is not None:
+            from ..preprocess import Protocol
+
+            Protocol.parse(self.protocol)
         if self.protocol_images < 0:
             raise ValueError(f"--protocol-images must be >= 0 (0 skips the comparison), not {self.protocol_images}.")
         if self.limit is not None and self.limit < 1:
@@ -134,7 +139,7 @@ def _open_formats(rows: list[dict[str, Any]], fmts: list[Format], bundle: Any, p
         try:
             row["graphs"] = graph_precisions(fmt, bundle)
             row["size_mb"] = round(bundle_bytes(fmt, bundle, row["graphs"]) / 1e6, 2)
-            pipe = open_pipeline(bundle, fmt, device, req.threads)
+            pipe = open_pipeline(bundle, fmt, device, req.threads, req.protocol)
             row["describe"] = pipe.describe()
             pipes[fmt.name] = pipe
         except Exception as e:  # a package that does not load is a validation failure of that package
@@ -153,7 +158,7 @@ def _reference(pipes: dict[str, Any], bundle: Any, profile: devices.DeviceProfil
     device = "cpu" if devices.runtime_problem("torch", profile, host, profile.torch_device) else profile.torch_device
     if problem is None:
         try:
-            return open_pipeline(bundle, fmt, device, req.threads)
+            return open_pipeline(bundle, fmt, device, req.threads, req.protocol)
         except Exception as e:  # reported, and the run goes on without drift
             problem = str(e)
     notes.append(f"no PyTorch reference ({problem}): drift against PyTorch is not reported.")
@@ -214,7 +219,8 @@ def _latency(rows: list[dict[str, Any]], pipes: dict[str, Any], data: accuracy.E
         names = list(results)
         for i, name in enumerate(names):
             progress.items(i, len(names), f"cold start: {name}")
-            cold = latency.cold_start(bundle_root, name, by_name[name]["device"], req.threads, image)
+            cold = latency.cold_start(bundle_root, name, by_name[name]["device"], req.threads, image,
+                                      protocol=req.protocol)
             by_name[name]["cold_start"] = cold
             if "error" in cold:
                 _fail(by_name[name], FAILED_VALIDATION, f"cold start in a fresh process failed: {cold['error']}")
@@ -275,6 +281,12 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
     else:
         root = req.bundle
     bundle = load_bundle(root)  # sha256 of every artifact
+    if req.protocol is not None:  # a protocol the graphs cannot run is one sentence before any work
+        from ..preprocess import InputPolicy, Protocol
+        from ..runtime.loader import bundle_canvas_spec, choose_protocol
+
+        policy = InputPolicy.from_dict(bundle.manifest["input_policy"])
+        choose_protocol(bundle, policy, bundle_canvas_spec(bundle, policy), Protocol.parse(req.protocol))
     data = accuracy.resolve_data(req.data, _vocabulary(bundle), req.tasks, req.subset, req.limit, req.video_data)
     if req.floors or req.max_drops:
         gates.check_requested(req.floors, req.max_drops, req.tasks, data.dataset is not None)
@@ -305,7 +317,8 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
         "accuracy_claims": not model.get("random_init"),
         "device": {"requested": req.device, "profile": profile.name},
         "system": devices.system_info(host, profile, req.threads, req.compute_units),
-        "settings": {"runs": req.runs, "warmup": req.warmup, "threads": req.threads, "tasks": list(req.tasks),
+        "settings": {"protocol": next((p.meta.get("protocol") for p in pipes.values()), req.protocol),
+                     "runs": req.runs, "warmup": req.warmup, "threads": req.threads, "tasks": list(req.tasks),
                      "drift_images": len(data.images[: req.drift_images]), "cold_start": req.cold_start,
                      "formats": [f.name for f in fmts], **lat_info,
                      "peak_rss_method": "peak RSS (VmHWM on Linux, ru_maxrss on macOS) of a fresh process per format: "

@@ -139,9 +139,10 @@ def measure(workloads: dict[str, Workload], runs: int, warmup: int,
 
 
 def cold_start(bundle: Path, fmt: str, device: str, threads: int | None, image: Path,
-               timeout: float = 900.0) -> dict[str, Any]:
+               timeout: float = 900.0, protocol: str | None = None) -> dict[str, Any]:
     """Load + first inference in a fresh process (see the module doc); {"error": sentence} when it fails."""
-    args = {"bundle": str(bundle), "format": fmt, "device": device, "threads": threads, "image": str(image)}
+    args = {"bundle": str(bundle), "format": fmt, "device": device, "threads": threads, "image": str(image),
+            "protocol": protocol}
     cmd = [sys.executable, "-m", "rapsam_edge.benchmarks.coldstart", json.dumps(args)]
     env = dict(os.environ)
     if threads:

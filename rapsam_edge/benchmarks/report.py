@@ -185,7 +185,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines += ["```", report["command"], "```", "",
               f"Created {report['created']}; bundle manifest sha256 `{b['manifest_sha256']}`; "
               f"{report['settings']['runs']} timed runs after {report['settings']['warmup']} warm-up runs; threads "
-              f"{report['settings']['threads'] or 'runtime default'}.", "",
+              f"{report['settings']['threads'] or 'runtime default'}; input protocol of the formats: "
+              f"{report['settings'].get('protocol') or 'deployment'}.", "",
               "## Formats", "", *_md_table(main_table(rows)), ""]
     notes = [f"- **{r['format']}** ({r['status']}): {'; '.join(r['reasons'])}" for r in rows if r.get("reasons")]
     notes += [f"- {n}" for n in report.get("notes", [])]
