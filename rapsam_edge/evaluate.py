@@ -3,7 +3,8 @@ code, so accuracy differences between backends are differences between graphs).
 
 Protocols (spec §3): panoptic quality with the COCO definitions (things-only when the data has only
 instance annotations); interactive mIoU@1 click / NoC with the official COCO-SAM click (interior-most
-pixel of each ground-truth segment); YouTube-VIS 2019 AP with near-online clip tracking.
+pixel of each ground-truth segment, see :class:`~rapsam_edge.data.prompts.ClickProtocol`); YouTube-VIS
+2019 AP with near-online clip tracking.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from .data.coco import CocoInstances, CocoPanoptic, things_panoptic
-from .data.prompts import interior_click
+from .data.prompts import ClickProtocol, approx_interior_clicks, interior_click, rescale_masks_nearest
 from .data.video import YTVISDataset
 from .metrics.interactive import InteractiveEvaluator
 from .metrics.panoptic import PanopticEvaluator
 from .metrics.video import VideoEvaluator
+from .preprocess import Letterbox, compute_letterbox
 from .runtime.pipeline import Pipeline
 
 Progress = Callable[[int, int], None]
@@ -60,29 +62,109 @@ def evaluate_panoptic(pipe: Pipeline, dataset: CocoInstances | CocoPanoptic, lim
     return {"task": "panoptic", "things_only": things_only, "images": len(idx), **ev.compute()}
 
 
-def interactive_targets(record: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Non-crowd, non-empty GT segments of an image and their official evaluation clicks (x, y)."""
-    masks = [m for m, crowd in zip(record.masks, record.iscrowd, strict=True) if not crowd and m.any()]
-    if not masks:
-        return np.zeros((0,) + record.image.shape[:2], bool), np.zeros((0, 2))
-    clicks = np.array([interior_click(m) for m in masks], dtype=np.float64)
-    return np.stack(masks), clicks
+def _official_segments(record: Any) -> np.ndarray:
+    """Indices of the segments the official evaluation clicks: every segment, crowd included.
+
+    The official loader (mmdet ``CocoPanopticDataset.parse_data_info`` + RAP-SAM's
+    ``LoadPanopticAnnotationsAll``) keeps every segment whose annotation has area > 0 and a bbox at least
+    1 px wide and high, things and stuff; a crowd segment's ``ignore_flag`` is set on the detection
+    ``instance`` only, never on the segment, so ``LoadPanopticAnnotationsAll`` gives it flag 0 and
+    ``PackDetInputs`` keeps it as a click target. Panoptic bboxes are integers, so on panoptic data the
+    rule is area > 0; the mask must also have a pixel here (an instance polygon can rasterise to nothing).
+    """
+    masks = record.masks
+    keep = (np.asarray(record.areas) > 0) & masks.reshape(len(masks), -1).any(axis=1)
+    if record.segments_info is not None:
+        bbox = {int(s["id"]): s.get("bbox", (0, 0, 1, 1)) for s in record.segments_info}
+        wide = np.array([min(bbox[int(i)][2], bbox[int(i)][3]) >= 1 for i in record.instance_ids], bool)
+        keep &= wide.reshape(keep.shape)
+    return np.flatnonzero(keep)
+
+
+_CLICK_CACHE: dict[tuple, np.ndarray] = {}
+_CLICK_CACHE_SIZE = 4096
+
+
+def _cached_official_clicks(record: Any, idx: np.ndarray, resized: np.ndarray, resized_hw: tuple[int, int]
+                            ) -> np.ndarray:
+    """Official clicks (resized pixels) of one image, memoised: the kornia cascade costs about a second per
+    large segment on one CPU thread, and calibration / benchmark sweeps evaluate the same images under the
+    same input policy many times. Keyed by what determines the clicks (image, segments, areas, scale)."""
+    key = (record.file_name, int(record.image_id), np.asarray(record.instance_ids)[idx].tobytes(),
+           np.asarray(record.areas)[idx].tobytes(), tuple(int(v) for v in resized_hw))
+    clicks = _CLICK_CACHE.get(key)
+    if clicks is None:
+        clicks = approx_interior_clicks(resized)
+        if len(_CLICK_CACHE) >= _CLICK_CACHE_SIZE:
+            _CLICK_CACHE.pop(next(iter(_CLICK_CACHE)))
+        _CLICK_CACHE[key] = clicks
+    return clicks.copy()
+
+
+def interactive_targets(record: Any, clicks: ClickProtocol | str = ClickProtocol.OFFICIAL,
+                        letterbox: Letterbox | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The GT masks an image is scored against and one click per mask, (x, y) in ORIGINAL-image pixels.
+
+    Args:
+        record: a :class:`~rapsam_edge.data.coco.Record` (instance or panoptic data).
+        clicks: ``official`` (default) reproduces RAP-SAM's COCO-SAM evaluation: every segment with area > 0
+            is a target, crowd segments included (the official loader never flags them; see
+            ``_official_segments``), things and stuff on panoptic data (the official runs on COCO panoptic
+            val; instance data has things only). Each GT mask is rescaled to the resized test image
+            (``letterbox.resized_hw``, official ``img_shape``) by OpenCV-style nearest neighbour, the click
+            is the argmax of kornia's approximate distance transform of it, and the masks returned are those
+            RESCALED masks: the official evaluator receives them and resizes them (bilinear, non-zero) to the
+            prediction, which :class:`~rapsam_edge.metrics.interactive.InteractiveEvaluator` repeats.
+            ``exact``: non-crowd, non-empty segments at the original resolution, clicked at the exact-EDT
+            interior-most pixel (the protocol before the official one was reproduced; scale-independent).
+        letterbox: the Pipeline's geometry for this image (``compute_letterbox(record.hw, pipe.policy)``);
+            required by ``official``, whose clicks live in resized pixels and are mapped back with
+            ``Letterbox.to_original`` (``points_to_boxes`` maps them forward again, to float rounding).
+
+    Returns:
+        gt: (K, h, w) bool masks to score against; clicks: (K, 2) float64 (x, y).
+    """
+    protocol = ClickProtocol.parse(clicks)
+    if protocol is ClickProtocol.EXACT:
+        masks = [m for m, crowd in zip(record.masks, record.iscrowd, strict=True) if not crowd and m.any()]
+        if not masks:
+            return np.zeros((0,) + record.image.shape[:2], bool), np.zeros((0, 2))
+        points = np.array([interior_click(m) for m in masks], dtype=np.float64)
+        return np.stack(masks), points
+    if letterbox is None:
+        raise ValueError("the official click protocol needs the image's letterbox (its resized size); "
+                         "pass letterbox=compute_letterbox(record.hw, pipe.policy).")
+    if tuple(letterbox.orig_hw) != tuple(record.hw):
+        raise ValueError(f"the letterbox is for a {letterbox.orig_hw} image, the record is {record.hw}.")
+    idx = _official_segments(record)
+    resized = rescale_masks_nearest(record.masks[idx], letterbox.resized_hw)
+    if not len(idx):
+        return resized, np.zeros((0, 2))
+    points = _cached_official_clicks(record, idx, resized, letterbox.resized_hw)
+    return resized, letterbox.to_original(points.astype(np.float64))
 
 
 def evaluate_interactive(pipe: Pipeline, dataset: CocoInstances | CocoPanoptic, limit: int | None = None,
-                         progress: Progress | None = None) -> dict[str, Any]:
-    """mIoU@1 and NoC@{0.5,0.8,0.85,0.9}: one click per GT segment, all clicks of an image in one call."""
+                         progress: Progress | None = None,
+                         clicks: ClickProtocol | str = ClickProtocol.OFFICIAL) -> dict[str, Any]:
+    """mIoU@1 and NoC@{0.5,0.8,0.85,0.9}: one click per GT segment, all clicks of an image in one call.
+
+    ``clicks`` picks the targets and click placement (see :func:`interactive_targets`); ``official``
+    places them at the scale of ``pipe.policy``, so the official numbers need the official input policy.
+    """
+    protocol = ClickProtocol.parse(clicks)
     ev = InteractiveEvaluator()
     idx = _indices(len(dataset), limit)
     for n, i in enumerate(idx):
         record = dataset[i]
-        gt, clicks = interactive_targets(record)
+        lb = compute_letterbox(record.hw, pipe.policy) if protocol is ClickProtocol.OFFICIAL else None
+        gt, points = interactive_targets(record, protocol, lb)
         if len(gt):  # images without instances are skipped, as upstream
-            pred = pipe.segment(record.image, points=clicks)
+            pred = pipe.segment(record.image, points=points)
             ev.update(pred.masks, gt)
         if progress:
             progress(n + 1, len(idx))
-    return {"task": "interactive", "images": len(idx), **ev.compute()}
+    return {"task": "interactive", "clicks": protocol.value, "images": len(idx), **ev.compute()}
 
 
 def video_ground_truth(video: Any) -> list[dict[str, Any]]:

@@ -7,7 +7,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rapsam_edge.data.prompts import clicks_to_boxes, interior_click, sample_clicks
+from rapsam_edge.data.prompts import (
+    ClickProtocol,
+    approx_distance,
+    approx_interior_clicks,
+    clicks_to_boxes,
+    interior_click,
+    nearest_source_indices,
+    official_click,
+    official_clicks,
+    rescale_masks_nearest,
+    sample_clicks,
+)
 from rapsam_edge.preprocess import CLICK_BOX_SIZE, InputPolicy, compute_letterbox, points_to_boxes
 
 
@@ -120,3 +131,130 @@ def test_interior_click_errors():
         interior_click(np.zeros((4, 4), bool))
     with pytest.raises(ValueError, match="2-D"):
         interior_click(np.ones((2, 4, 4), bool))
+
+
+# ---- official COCO-SAM click: OpenCV nearest rescale + kornia's approximate distance transform ---------------------
+H = 0.35  # kornia's default h: the cascade's taps are exp(-dist / h)
+T1, T2 = np.exp(-1 / H), np.exp(-np.sqrt(2) / H)  # orthogonal and diagonal taps of the 3x3 kernel
+
+
+def test_click_protocol_parse():
+    assert ClickProtocol.parse("official") is ClickProtocol.OFFICIAL
+    assert ClickProtocol.parse(ClickProtocol.EXACT) is ClickProtocol.EXACT
+    with pytest.raises(ValueError, match="official, exact"):
+        ClickProtocol.parse("centre")
+
+
+def test_official_click_even_rectangle_takes_first_of_the_tied_centre_block():
+    """10 rows (5..14) x 12 cols (8..19). The cascade reaches a pixel at round k = (chessboard depth - 1) and adds
+    -h*log(sum of the taps of the neighbours reached before it). Centre pixels (depth 5) are reached from one side
+    only: 4 + (-h log(T1 + 2 T2)) = 4.8328. Pixel (x=12, y=9), also depth 5 but in the corner of two fronts, gets
+    2 T1 + 3 T2: 4.6251, lower -- the soft minimum. So the maxima are the 2x2 block {13, 14} x {9, 10}, exactly tied
+    (the shape is symmetric), and torch's argmax takes the first in row-major order: (13, 9). The exact EDT has a
+    plateau of 5 along cols 12..15 and takes (12, 9)."""
+    m = np.zeros((20, 30), bool)
+    m[5:15, 8:20] = True
+    d = approx_distance(m[None])[0]
+    centre = 4 - H * np.log(T1 + 2 * T2)
+    corner = 4 - H * np.log(2 * T1 + 3 * T2)
+    np.testing.assert_allclose(d[9:11, 13:15], centre, atol=1e-5)
+    np.testing.assert_allclose(d[9, 12], corner, atol=1e-5)
+    assert d.max() == d[9, 13] == d[9, 14] == d[10, 13] == d[10, 14]  # bit-exact tie
+    assert approx_interior_clicks(m[None]).tolist() == [[13, 9]]
+    assert official_click(m, (20, 30)) == (13, 9)
+    assert interior_click(m) == (12, 9)
+
+
+def test_official_click_odd_square_has_a_unique_centre():
+    m = np.zeros((9, 9), bool)
+    m[2:7, 2:7] = True  # 5x5: the centre (depth 3, round 2) has all 8 neighbours reached: 2 + (-h log(4 T1 + 4 T2))
+    d = approx_distance(m[None])[0]
+    np.testing.assert_allclose(d[4, 4], 2 - H * np.log(4 * T1 + 4 * T2), atol=1e-5)
+    assert official_click(m, (9, 9)) == (4, 4) == interior_click(m)
+
+
+def test_official_click_image_border_counts_as_outside():
+    """A band over rows 0..3 of a 10x30 image. With the frame of the official F.pad, rows 1 and 2 are both at depth 2
+    and tie along cols 2..27 (1 + (-h log(T1 + 2 T2)) from one side); without it row 0 would be the deepest.
+    (1, 1) is in the corner of two fronts, lower; so the first maximum is (2, 1). The exact EDT takes (1, 1)."""
+    m = np.zeros((10, 30), bool)
+    m[:4] = True
+    d = approx_distance(m[None])[0]
+    np.testing.assert_allclose(d[1:3, 2:28], 1 - H * np.log(T1 + 2 * T2), atol=1e-5)
+    assert d[1, 1] < d[1, 2]
+    assert official_click(m, (10, 30)) == (2, 1)
+    assert interior_click(m) == (1, 1)
+    corner = np.zeros((20, 20), bool)
+    corner[:9, :9] = True  # the corner square: its centre, not the image corner
+    assert official_click(corner, (20, 20)) == (4, 4)
+    assert official_click(np.ones((7, 7), bool), (7, 7)) == (3, 3)
+
+
+def test_nearest_source_indices_follow_opencv():
+    """OpenCV INTER_NEAREST reads source min(floor(x * (1 / (dst / src))), src - 1) in doubles."""
+    assert nearest_source_indices(3, 5).tolist() == [0, 1, 3]  # x * 5/3: 0, 1.67, 3.33
+    assert nearest_source_indices(7, 3).tolist() == [0, 0, 0, 1, 1, 2, 2]  # x * 3/7
+    assert nearest_source_indices(4, 4).tolist() == [0, 1, 2, 3]
+    # 1 / (98 / 2) rounds below 1/49, so x = 49 reads source 0, not the exact ratio's 1
+    idx = nearest_source_indices(98, 2)
+    assert idx[48:51].tolist() == [0, 0, 1] and (49 * (1.0 / (98 / 2))) < 1
+    with pytest.raises(ValueError, match="positive"):
+        nearest_source_indices(0, 3)
+
+
+def test_rescale_masks_nearest_tiny_mask():
+    m = np.array([[[1, 0, 0], [0, 1, 1]]], bool)
+    # rows 4 from 2: x * 0.5 -> [0, 0, 1, 1]; cols 5 from 3: x * 0.6 -> [0, 0, 1, 1, 2]
+    expected = np.array([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 1, 1], [0, 0, 1, 1, 1]], bool)
+    np.testing.assert_array_equal(rescale_masks_nearest(m, (4, 5))[0], expected)
+    # down: 4 -> 2 reads rows 0 and 2
+    np.testing.assert_array_equal(rescale_masks_nearest(expected[None], (2, 5))[0], expected[[0, 2]])
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        rescale_masks_nearest(m[0], (4, 5))
+
+
+def test_official_click_maps_back_to_the_official_box():
+    """A 10x16 image at scale 2 (resized 20x32): the 4x4 square rows/cols 2..5 becomes rows/cols 4..11, whose tied
+    centre block starts at (7, 7). The official box is [4, 4, 10, 10] over img_shape (w 32, h 20); the Pipeline gets
+    the click in original pixels and points_to_boxes rebuilds that box to float rounding."""
+    lb = compute_letterbox((10, 16), InputPolicy(size=(32, 32)))
+    assert lb.resized_hw == (20, 32)
+    m = np.zeros((10, 16), bool)
+    m[2:6, 2:6] = True
+    pts = official_clicks(m[None], lb.resized_hw)
+    assert pts.tolist() == [[7, 7]]
+    orig = lb.to_original(pts.astype(np.float64))
+    np.testing.assert_allclose(orig, [[3.5, 3.5]])
+    boxes = points_to_boxes(orig, lb)
+    np.testing.assert_allclose(boxes, [[7 / 32, 7 / 20, 6 / 32, 6 / 20]], rtol=1e-6)
+
+
+def test_official_click_errors_and_empty_masks():
+    with pytest.raises(ValueError, match="empty"):
+        official_click(np.zeros((4, 4), bool), (8, 8))
+    with pytest.raises(ValueError, match="2-D"):
+        official_click(np.ones((2, 4, 4), bool), (8, 8))
+    # upstream's argmax of an all-zero map is index 0: an empty mask in a batch clicks (0, 0)
+    assert approx_interior_clicks(np.zeros((1, 5, 5), bool)).tolist() == [[0, 0]]
+
+
+def test_official_clicks_on_crops_equal_the_whole_image_formula(shared_data):
+    """The crop shortcut against the literal official expression on real COCO masks (crowd RLE included), at the
+    scale of a 320 canvas so the whole-image cascade stays cheap."""
+    from rapsam_edge.config import coco_panoptic_vocabulary
+    from rapsam_edge.data.coco import CocoInstances
+
+    root = shared_data / "coco_mini"
+    ds = CocoInstances(root / "images", root / "annotations" / "instances_mini.json", coco_panoptic_vocabulary(),
+                       image_ids=[92660, 139])
+    n = 0
+    for rec in (ds[0], ds[1]):
+        masks = rec.masks[rec.masks.reshape(len(rec), -1).any(axis=1)]
+        small = rescale_masks_nearest(masks, compute_letterbox(rec.hw, InputPolicy(size=(320, 320))).resized_hw)
+        full = approx_distance(small)
+        expected = [divmod(int(np.argmax(d)), d.shape[1])[::-1] for d in full]
+        got = approx_interior_clicks(small)
+        assert got.tolist() == [list(e) for e in expected]
+        assert all(small[k, y, x] for k, (x, y) in enumerate(got))  # inside its own mask
+        n += len(got)
+    assert n >= 20

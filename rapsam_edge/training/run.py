@@ -148,11 +148,13 @@ def evaluate_run(checkpoint: Path, spec: DataSpec, preset: Preset, out: Path) ->
 
 def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: str | None,
                         class_embeddings: Path | None, split: str, subset: str | None, limit: int | None,
-                        mode: str, imgsz: int | None = None, protocol: str | None = None) -> dict[str, Any]:
+                        mode: str, imgsz: int | None = None, protocol: str | None = None,
+                        clicks: str | None = None) -> dict[str, Any]:
     """The library function behind ``rapsam-edge eval``.
 
     ``protocol`` None = the config's default (official for the official configs); ``imgsz`` asks for a
     deployment canvas of that square size, so it implies ``deployment`` and contradicts ``official``.
+    ``clicks`` (interactive only) None = ``official``; see :class:`~rapsam_edge.data.prompts.ClickProtocol`.
     """
     from ..evaluate import evaluate_interactive, evaluate_panoptic, evaluate_video
     from ..preprocess import Protocol
@@ -161,6 +163,8 @@ def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: 
     tasks = ("panoptic", "interactive", "video")
     if task not in tasks:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(tasks)}.")
+    if clicks is not None and task != "interactive":
+        raise ValueError(f"--clicks places interactive clicks; it does not apply to --task {task}.")
     chosen = None if protocol is None else Protocol.parse(protocol)
     if imgsz:
         if imgsz % 32 or imgsz <= 0:
@@ -177,7 +181,9 @@ def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: 
                                 limit, mode)
     else:
         dataset = open_coco(data, pipe.vocabulary, split, subset)
-        fn = evaluate_panoptic if task == "panoptic" else evaluate_interactive
-        result = fn(pipe, dataset, limit)
+        if task == "panoptic":
+            result = evaluate_panoptic(pipe, dataset, limit)
+        else:
+            result = evaluate_interactive(pipe, dataset, limit, clicks=clicks or "official")
     # which protocol produced the numbers travels with them (official numbers are only comparable to official)
     return {**result, "protocol": pipe.meta.get("protocol"), "input_policy": pipe.policy.to_dict()}
