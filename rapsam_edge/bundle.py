@@ -2,6 +2,10 @@
 
 A bundle is a folder with ``manifest.json`` plus artifact files. Each artifact is one graph in one
 format and precision (``encoder`` / onnx / fp32 ...), with its IO names, shapes, dtypes and sha256.
+Which padded canvases the graphs accept is a :class:`~rapsam_edge.preprocess.CanvasSpec`: the manifest's
+``canvas`` section for the ONNX graphs, each TensorRT/CoreML artifact's ``details["canvas"]`` for its own
+(:func:`bundle_canvas` reads either, and gives bundles written before canvases were recorded their one
+fixed canvas, the input policy's size).
 Writes are atomic: a new bundle is built in a temporary sibling folder and renamed into place, and
 ``manifest.json`` is replaced atomically when artifacts are added, so a failed export never leaves a
 bundle that looks complete. Loading checks the schema version and every artifact's sha256.
@@ -20,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .preprocess import CanvasSpec, InputPolicy
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -165,6 +171,27 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     if verify:
         bundle.verify()
     return bundle
+
+
+def bundle_canvas(bundle: Bundle, fmt: str | None = None) -> CanvasSpec:
+    """The padded canvases (H, W) a bundle's graphs accept, for runtime code choosing a protocol.
+
+    ``fmt`` None or ``"onnx"``: the manifest's ``canvas`` section, which describes the ONNX graphs (the INT8
+    graphs of ``calibrate`` are made from them and keep their shapes); a bundle holding no ONNX graphs
+    records there the canvas of the target that created it. ``"tensorrt"``, ``"tensorrt-onnx"`` or
+    ``"coreml"``: the canvas recorded on that format's encoder (an engine or package has its own shapes).
+    Bundles exported before canvases were recorded ran at one fixed canvas, the input policy's size.
+    """
+    fixed = CanvasSpec("fixed", InputPolicy.from_dict(bundle.manifest["input_policy"]).size)
+    if fmt in (None, "onnx"):
+        section = bundle.manifest.get("canvas")
+        return CanvasSpec.from_dict(section) if section else fixed
+    encoders = [a for a in bundle.artifacts if a.graph == "encoder" and a.format == fmt]
+    if not encoders:
+        have = sorted({a.format for a in bundle.artifacts}) or ["nothing"]
+        raise BundleError(f"bundle {bundle.root} has no {fmt} encoder, so no {fmt} canvas; it has {', '.join(have)}.")
+    recorded = [a.details["canvas"] for a in encoders if a.details.get("canvas")]
+    return CanvasSpec.from_dict(recorded[-1]) if recorded else fixed
 
 
 def host_contract() -> dict[str, Any]:

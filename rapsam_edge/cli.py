@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .exporters import CanvasMode  # export --canvas (a light module: the target table, no torch)
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="RAP-SAM from PyTorch to the edge: predict, export, calibrate, benchmark.")
 console = Console(stderr=True, soft_wrap=True)  # never hard-wrap messages users may grep
@@ -230,7 +232,8 @@ def export(
     class_embeddings: Annotated[Path | None, typer.Option(help="Official text-embedding file.")] = None,
     precision: Annotated[str | None, typer.Option(help="onnx: fp32|fp16; coreml: fp16|fp32; "
                                                         "tensorrt: fp16|int8.")] = None,
-    imgsz: Annotated[int | None, typer.Option(help="Square input size (multiple of 32).")] = None,
+    imgsz: Annotated[int | None, typer.Option(help="Square deployment canvas (multiple of 32): the fixed input "
+                                                   "size, or what dynamic graphs are optimised for.")] = None,
     out: Annotated[Path, typer.Option(help="Folder of bundles.")] = Path("bundles"),
     name: Annotated[str | None, typer.Option(help="Bundle name (default: the config name).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a bundle of another model.")] = False,
@@ -243,6 +246,14 @@ def export(
     workspace: Annotated[int | None, typer.Option(help="tensorrt: builder workspace in MB.")] = None,
     dla: Annotated[int | None, typer.Option(help="tensorrt: DLA core (Jetson).")] = None,
     prompt_slots: Annotated[int | None, typer.Option(help="coreml/tensorrt: fixed prompt slots (16).")] = None,
+    canvas: Annotated[CanvasMode | None, typer.Option(help="tensorrt: fixed (default: one engine shape, --imgsz) | "
+                                                           "dynamic (optimization profile 32x32..--max-canvas, "
+                                                           "for the official per-image canvases). ONNX is "
+                                                           "always dynamic.")] = None,
+    max_canvas: Annotated[str | None, typer.Option(help="onnx / tensorrt --canvas dynamic: largest canvas HxW "
+                                                        "(default 1344x1344, the official scale's largest).")] = None,
+    canvases: Annotated[str | None, typer.Option(help="coreml: enumerated canvases HxW,HxW (e.g. "
+                                                      "800x1216,1216x800; --imgsz is added as the default).")] = None,
     calib_images: Annotated[Path | None, typer.Option(help="coreml w8a8: calibration image folder.")] = None,
     verify_images: Annotated[Path | None, typer.Option(help="Folder of images to verify on (default: the "
                                                             "embedded photos + coco_mini when present).")] = None,
@@ -254,7 +265,8 @@ def export(
     calib = sorted(p for p in calib_images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
         if calib_images else None
     options = {"dcn": dcn, "simplify": False if no_simplify else None, "compress": compress, "device": device,
-               "workspace": workspace, "dla": dla, "prompt_slots": prompt_slots, "calib_images": calib}
+               "workspace": workspace, "dla": dla, "prompt_slots": prompt_slots, "calib_images": calib,
+               "canvas": canvas.value if canvas else None, "max_canvas": max_canvas, "canvases": canvases}
     images = sorted(p for p in verify_images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
         if verify_images else []
     if verify_images and not images:

@@ -180,9 +180,14 @@ class CanvasSpec:
 
     Attributes:
         kind: "fixed" = exactly `size` (TensorRT/CoreML engines built for one shape, or a fixed ONNX export);
-            "dynamic" = any (H, W) that are multiples of `divisor` within [`min_size`, `max_size`].
-        size: the fixed canvas, or for "dynamic" the preferred (optimisation) canvas: the deployment size.
-        min_size, max_size: bounds of a dynamic canvas (inclusive); equal to `size` for "fixed".
+            "dynamic" = any (H, W) that are multiples of `divisor` within [`min_size`, `max_size`];
+            "enumerated" = exactly one of `sizes` (CoreML ``EnumeratedShapes``: a short list, no ranges).
+        size: the fixed canvas, or for "dynamic"/"enumerated" the preferred (optimisation, default) canvas:
+            the deployment size.
+        min_size, max_size: bounds of a dynamic canvas (inclusive); equal to `size` for "fixed", the
+            per-axis bounds of `sizes` for "enumerated".
+        sizes: the canvases of an "enumerated" spec (`size` among them); None otherwise (and then left out of
+            `to_dict`, so manifests without enumerated canvases read the same as before the field existed).
     """
 
     kind: str = "fixed"
@@ -190,10 +195,23 @@ class CanvasSpec:
     min_size: tuple[int, int] | None = None
     max_size: tuple[int, int] | None = None
     divisor: int = SIZE_DIVISOR
+    sizes: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fixed", "dynamic"):
-            raise ValueError(f"CanvasSpec.kind must be 'fixed' or 'dynamic', got {self.kind!r}.")
+        if self.kind not in ("fixed", "dynamic", "enumerated"):
+            raise ValueError(f"CanvasSpec.kind must be 'fixed', 'dynamic' or 'enumerated', got {self.kind!r}.")
+        if (self.kind == "enumerated") != (self.sizes is not None):
+            raise ValueError("CanvasSpec.sizes lists the canvases of kind 'enumerated' and only of that kind.")
+        if self.sizes is not None:
+            sizes = tuple(dict.fromkeys(tuple(int(v) for v in hw) for hw in self.sizes))
+            if any(len(hw) != 2 or min(hw) <= 0 or hw[0] % self.divisor or hw[1] % self.divisor for hw in sizes):
+                raise ValueError(f"CanvasSpec.sizes must be (H, W) positive multiples of {self.divisor}, "
+                                 f"got {self.sizes!r}.")
+            if tuple(int(v) for v in self.size) not in sizes:
+                raise ValueError(f"CanvasSpec.size {tuple(self.size)} must be one of the enumerated sizes {sizes}.")
+            object.__setattr__(self, "sizes", sizes)
+            object.__setattr__(self, "min_size", (min(h for h, _ in sizes), min(w for _, w in sizes)))
+            object.__setattr__(self, "max_size", (max(h for h, _ in sizes), max(w for _, w in sizes)))
         for name in ("size", "min_size", "max_size"):
             value = getattr(self, name)
             if value is None:
@@ -211,6 +229,8 @@ class CanvasSpec:
         h, w = int(hw[0]), int(hw[1])
         if self.kind == "fixed":
             return (h, w) == tuple(self.size)
+        if self.sizes is not None:
+            return (h, w) in self.sizes
         lo, hi = self.min_size, self.max_size
         assert lo is not None and hi is not None
         return (h % self.divisor == 0 and w % self.divisor == 0
@@ -219,13 +239,19 @@ class CanvasSpec:
     def describe(self) -> str:
         if self.kind == "fixed":
             return f"a fixed {self.size[0]}x{self.size[1]} canvas"
+        if self.sizes is not None:
+            return f"the canvases {', '.join(f'{h}x{w}' for h, w in self.sizes)}"
         lo, hi = self.min_size, self.max_size
         assert lo is not None and hi is not None
         return (f"canvases of multiples of {self.divisor} from {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]} "
                 f"(optimised for {self.size[0]}x{self.size[1]})")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        out = {k: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v
+               for k, v in asdict(self).items()}
+        if self.sizes is None:
+            del out["sizes"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CanvasSpec:
@@ -233,6 +259,9 @@ class CanvasSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"Unknown canvas keys {unknown}; allowed keys are {sorted(known)}.")
+        data = dict(data)
+        if data.get("sizes") is not None:
+            data["sizes"] = tuple(tuple(hw) for hw in data["sizes"])
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 

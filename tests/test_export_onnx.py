@@ -1,4 +1,4 @@
-"""ONNX export into a bundle: schema, IO contract, dynamic K / clip height, verification, atomicity."""
+"""ONNX export into a bundle: schema, IO contract, dynamic K / clip height / canvas, verification, atomicity."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from conftest import ASSET_IMAGES
 from typer.testing import CliRunner
 
 import rapsam_edge
-from rapsam_edge.bundle import BundleError, load_bundle
+from rapsam_edge.bundle import BundleError, bundle_canvas, load_bundle
 from rapsam_edge.exporters import export as export_mod
+from rapsam_edge.exporters.canvas import MAX_CANVAS, dynamic_coord_features
 from rapsam_edge.exporters.export import ExportRequest, run_export, validate
-from rapsam_edge.exporters.verify import VerificationError
+from rapsam_edge.exporters.verify import TOLERANCES, VerificationError, check, compare, mask_iou
+from rapsam_edge.model.rapsam import build_model
+from rapsam_edge.preprocess import CanvasSpec
 from rapsam_edge.runtime.ort_backend import OrtBackend
 from rapsam_edge.runtime.torch_backend import TorchBackend
 
@@ -40,7 +43,7 @@ def test_manifest_records_the_contract(bundle_dir):
     keys = {a.key for a in bundle.artifacts}
     assert keys == {f"{g}/onnx/{p}" for g in ("encoder", "object_decoder", "prompt_decoder") for p in ("fp32", "fp16")}
     enc = bundle.require("encoder", "onnx", "fp32")
-    assert [t.name for t in enc.inputs] == ["image"] and enc.inputs[0].shape == [1, 3, 128, 128]
+    assert [t.name for t in enc.inputs] == ["image"] and enc.inputs[0].shape == [1, 3, "H", "W"]
     assert [t.name for t in enc.outputs] == ["features", "prompt_keys", "prompt_values"]
     prompt = bundle.require("prompt_decoder", "onnx", "fp16")
     assert prompt.inputs[-1].shape == [1, "num_prompts", 4] and prompt.inputs[-1].dtype == "float32"
@@ -120,6 +123,11 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
     (ExportRequest(target="onnx", precision="int8"), "INT8 comes from `rapsam-edge calibrate`"),
     (ExportRequest(target="onnx", imgsz=100), "multiple of 32"),
     (ExportRequest(target="onnx", options={"device": "jetson"}), "does not take --device"),
+    (ExportRequest(target="onnx", options={"canvas": "dynamic"}), "does not take --canvas"),
+    (ExportRequest(target="onnx", options={"max_canvas": "1344"}), "HEIGHTxWIDTH"),
+    (ExportRequest(target="onnx", options={"max_canvas": "1344x1000"}), "multiples of 32"),
+    (ExportRequest(target="onnx", imgsz=640, options={"max_canvas": "512x1344"}), "smaller than the deployment"),
+    (ExportRequest(target="tensorrt", options={"canvases": "800x1216"}), "does not take --canvases"),
 ])
 def test_bad_export_requests_are_refused(req, message):
     with pytest.raises(ValueError, match=message):
@@ -172,3 +180,114 @@ def test_dcn_as_onnx_deformconv_runs_and_matches_torch(tmp_path):
     with pytest.raises(ValueError, match="no deformable convolutions"):
         run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=64, out=tmp_path / "x",
                                  options={"dcn": "deformconv"}, verify_images=IMAGES[:1]))
+
+
+# ---- dynamic canvases (issue 12: graphs that can run the official canvas) -----------------------------------
+
+@pytest.mark.parametrize("config", ["rapsam_r18", "rapsam_r18_lite"])
+def test_export_twin_of_coord_features_is_bit_identical(config):
+    """The twin swapped into the neck while exporting a dynamic canvas equals the model's own CoordConv channels
+    bit for bit (torch.equal), for linear x/y (rapsam_r18) and x/y + sine (rapsam_r18_lite), odd sides too."""
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    assert bool(model.neck.sine_pairs) is (config == "rapsam_r18_lite")
+    sizes = [(h, w) for h in (1, 2, 3, 7, 8, 9, 31, 80, 127, 200, 336) for w in (1, 5, 8, 33, 160, 304, 335)]
+    want = {hw: model.neck.coord_features(torch.zeros(2, 1, *hw)) for hw in sizes}
+    with dynamic_coord_features(model, MAX_CANVAS) as twin:
+        assert model.neck.coord_features is twin
+        for hw in sizes:
+            got = model.neck.coord_features(torch.zeros(2, 1, *hw))
+            assert got.shape == want[hw].shape and torch.equal(got, want[hw]), hw
+        with pytest.raises(ValueError, match="raise --max-canvas"):
+            model.neck.coord_features(torch.zeros(1, 1, MAX_CANVAS[0] // 4 + 1, 8))
+    assert "coord_features" not in vars(model.neck)  # the model's own method is back
+    with pytest.raises(RuntimeError, match="boom"), dynamic_coord_features(model, (64, 64)):
+        raise RuntimeError("boom")
+    assert "coord_features" not in vars(model.neck)  # ... also after a failed export
+
+
+def test_manifest_says_which_canvases_the_graphs_take(bundle_dir, tmp_path):
+    import shutil
+
+    bundle = load_bundle(bundle_dir)
+    assert bundle.manifest["canvas"] == {"kind": "dynamic", "size": [128, 128], "min_size": [32, 32],
+                                         "max_size": [1344, 1344], "divisor": 32}
+    canvas = bundle_canvas(bundle)
+    assert canvas.accepts((800, 1216)) and canvas.accepts((32, 1344)) and not canvas.accepts((800, 1200))
+    assert not canvas.accepts((1376, 800))
+    assert all(a.details["canvas"] == bundle.manifest["canvas"] for a in bundle.artifacts)
+    with pytest.raises(BundleError, match="no coreml encoder"):
+        bundle_canvas(bundle, "coreml")
+    # a bundle written before the section existed ran at its input policy's one fixed canvas
+    copy = tmp_path / "old"
+    shutil.copytree(bundle_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["canvas"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert bundle_canvas(load_bundle(copy)) == CanvasSpec("fixed", (128, 128))
+
+
+@pytest.mark.parametrize("hw", [(96, 160), (160, 96), (32, 64)])
+def test_dynamic_canvas_graphs_match_torch(bundle_dir, hw):
+    """Canvases other than the traced 128x128 run in onnxruntime and agree with PyTorch to the fp32 tolerance."""
+    from rapsam_edge.runtime.loader import reference_model
+
+    bundle = load_bundle(bundle_dir)
+    ort_b, ref = OrtBackend(bundle, "fp32", threads=2), TorchBackend(reference_model(bundle))
+    tol = TOLERANCES["fp32"]
+    image = np.random.default_rng(sum(hw)).uniform(0, 255, (1, 3, *hw)).astype(np.float32)
+    boxes = np.array([[[0.3, 0.4, 0.05, 0.05], [0.7, 0.5, 0.1, 0.2], [0.5, 0.5, 0.6, 0.6]]], np.float32)
+    enc, enc_ref = ort_b.encode(image), ref.encode(image)
+    ref.decode_prompts(enc_ref, boxes[:, :1])  # the torch backend fills its prompt keys/values on first use
+    h, w = hw[0] // 4, hw[1] // 4
+    assert enc["features"].shape == (1, 256, h, w) and enc["prompt_keys"].shape == (1, h * w, 256)
+    for name in ("features", "prompt_keys", "prompt_values"):
+        assert compare(enc_ref[name], enc[name])["cosine"] > tol.cosine, name
+    feats = enc_ref["features"]
+    for clip in (feats, np.concatenate([feats, feats], axis=2)):
+        out, want = ort_b.decode_objects(clip), ref.decode_objects(clip)
+        assert out[1].shape == (1, 100, clip.shape[2], w)
+        assert all(compare(a, b)["cosine"] > tol.cosine for a, b in zip(want, out, strict=True))
+        assert mask_iou(want[1], out[1]) > tol.mask_iou
+    (pm, piou), (rm, riou) = ort_b.decode_prompts(dict(enc), boxes), ref.decode_prompts(dict(enc), boxes)
+    assert pm.shape == (1, 3, h, w) and compare(rm, pm)["cosine"] > tol.cosine and mask_iou(rm, pm) > tol.mask_iou
+    assert np.abs(piou - riou).max() < 1e-3
+
+
+def test_verification_covers_an_official_canvas(bundle_dir):
+    """Export verification also compares the graphs on one image under the official protocol (keep-ratio
+    1333x800, padded to 32: the 512x512 astronaut becomes an 800x800 canvas), and check() judges it."""
+    report = load_bundle(bundle_dir).manifest["verification"]["onnx/fp16"]
+    official = report["official_canvas"]
+    assert official["canvas"] == [800, 800] and official["image"].endswith("astronaut.png")
+    assert official["graphs"]["images"] == 1 and official["graphs"]["prompt_decoder.mask_iou"]["mean"] > 0.95
+    bad = {"official_canvas": {"canvas": [800, 1216],
+                               "graphs": {"encoder.features.cosine": {"worst": 0.5, "mean": 0.5}}}}
+    assert check(bad, "fp32") == ["official canvas 800x1216: encoder.features.cosine worst 0.500000 < 0.9999"]
+
+
+def test_export_cli_refuses_a_bad_canvas(tmp_path):
+    from rapsam_edge.cli import app
+
+    res = CliRunner().invoke(app, ["export", "--imgsz", "64", "--out", str(tmp_path), "--max-canvas", "100x100"])
+    assert res.exit_code == 2 and "HEIGHTxWIDTH in pixels, both positive multiples of 32" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_official_size_canvases_match_torch_at_a_640_deployment(tmp_path):
+    """A 640x640 deployment export run at 320x224, 640x640 and 800x1216 (a 427x640 COCO image's official
+    canvas) agrees with PyTorch to the fp32 export tolerance."""
+    from rapsam_edge.runtime.loader import reference_model
+
+    root, _ = run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=640, out=tmp_path,
+                                       verify_images=IMAGES[:1]))
+    bundle = load_bundle(root)
+    ort_b, ref = OrtBackend(bundle, "fp32", threads=2), TorchBackend(reference_model(bundle))
+    for hw in ((320, 224), (640, 640), (800, 1216)):
+        image = np.random.default_rng(0).uniform(0, 255, (1, 3, *hw)).astype(np.float32)
+        enc, enc_ref = ort_b.encode(image), ref.encode(image)
+        assert compare(enc_ref["features"], enc["features"])["cosine"] > TOLERANCES["fp32"].cosine, hw
+        feats = enc_ref["features"]
+        _, masks, _ = ort_b.decode_objects(feats)
+        assert mask_iou(ref.decode_objects(feats)[1], masks) > TOLERANCES["fp32"].mask_iou, hw

@@ -7,6 +7,23 @@ validates arguments against it and refuses, with one sentence, options a target 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
+
+
+class CanvasMode(str, Enum):
+    """``export --canvas``: one fixed canvas (the deployment ``--imgsz``), or any multiple of 32 from 32x32 to
+    ``--max-canvas`` (what the official per-image canvases need); see exporters/canvas.py."""
+
+    FIXED = "fixed"
+    DYNAMIC = "dynamic"
+
+    @classmethod
+    def parse(cls, value: CanvasMode | str) -> CanvasMode:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown canvas mode {value!r}; choose one of "
+                             f"{', '.join(m.value for m in cls)}.") from None
 
 
 @dataclass(frozen=True)
@@ -19,7 +36,7 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {
-    "onnx": Target("onnx", ("fp32", "fp16"), "fp32", ("dcn", "simplify", "opset"),
+    "onnx": Target("onnx", ("fp32", "fp16"), "fp32", ("dcn", "simplify", "opset", "max_canvas"),
                    "exported, run and verified in onnxruntime"),
     "coreml": Target("coreml", ("fp16", "fp32"), "fp16", ("compress", "calib_images", "prompt_slots"),
                      "converted and validated (spec, ops, sizes); prediction needs macOS"),

@@ -74,9 +74,11 @@ def with_deformconv_nodes(model: RapSam) -> RapSam:
 
 def export_with_deformconv(model: RapSam, root: Path, precision: str, req: Any) -> list[Artifact]:
     """Encoder with ``DeformConv`` nodes (opset 19); decoders as usual (they contain no DCN)."""
+    from .canvas import requested_canvas
     from .onnx import OnnxOptions, artifact_for, convert_fp16, export_fp32
 
-    opts = OnnxOptions(opset=DEFORMCONV_OPSET, simplify=req.options.get("simplify", True) is not False)
+    opts = OnnxOptions(opset=DEFORMCONV_OPSET, simplify=req.options.get("simplify", True) is not False,
+                       canvas=requested_canvas("onnx", req.options, model.config.input_size))
     table = {torch.ops.rapsam.modulated_deform_conv2d.default: deform_conv_onnx}
     arts = []
     for graph in ("encoder", "object_decoder", "prompt_decoder"):

@@ -20,11 +20,13 @@ from typing import Any
 
 import torch
 
-from ..bundle import Artifact, Bundle, BundleError, load_bundle, new_bundle
+from ..bundle import Artifact, Bundle, BundleError, bundle_canvas, load_bundle, new_bundle
 from ..model.checkpoint import load_model
 from ..model.rapsam import RapSam
+from ..preprocess import CanvasSpec
 from . import TARGETS
-from .verify import VerificationError, check, verify_graphs, verify_pipelines
+from .canvas import MIN_CANVAS, requested_canvas
+from .verify import VerificationError, check, verify_graphs, verify_official_canvas, verify_pipelines
 
 TOOLS = ("rapsam-edge", "torch", "onnx", "onnxruntime", "onnxscript", "onnxsim", "coremltools", "nncf", "numpy")
 
@@ -79,6 +81,9 @@ def validate(req: ExportRequest) -> str:
                          f"it takes {', '.join('--' + o for o in t.options) or 'no extra options'}.")
     if req.imgsz is not None and (req.imgsz <= 0 or req.imgsz % 32):
         raise ValueError(f"--imgsz {req.imgsz} must be a positive multiple of 32.")
+    # parse the canvas options now (one sentence, nothing built); without --imgsz the deployment size is the
+    # config's, known after the model is built, and the export checks --max-canvas against it again
+    requested_canvas(req.target, req.options, (req.imgsz, req.imgsz) if req.imgsz else MIN_CANVAS)
     return precision
 
 
@@ -150,12 +155,13 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = lambda s: None) 
             raise BundleError(f"{root} holds an export of another model/checkpoint/size; use --name or --force.")
     if existing is None:
         with new_bundle(root, base_manifest(model, name, section), overwrite=req.force) as bundle:
-            report = _export_into(bundle, bundle.root, model, precision, req, impl, log)
+            report = _export_into(bundle, bundle.root, model, precision, req, impl, log, record_canvas=True)
         return root, _post(impl, load_bundle(root), precision, req, report)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging."))
     try:
         staged = Bundle(staging, dict(existing.manifest, artifacts=[]))
-        report = _export_into(staged, staging, model, precision, req, impl, log)
+        report = _export_into(staged, staging, model, precision, req, impl, log,
+                              record_canvas=req.target == "onnx")
         for art in staged.artifacts:
             dest = root / art.path
             if dest.exists():
@@ -164,6 +170,8 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = lambda s: None) 
             (staging / art.path).rename(dest)
             existing.add(art)
         existing.manifest.setdefault("verification", {}).update(staged.manifest.get("verification", {}))
+        if req.target == "onnx":
+            existing.manifest["canvas"] = staged.manifest["canvas"]
         existing.update(tools=tool_versions())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -178,11 +186,18 @@ def _post(impl: TargetImpl, bundle: Bundle, precision: str, req: ExportRequest,
 
 
 def _export_into(bundle: Bundle, root: Path, model: RapSam, precision: str, req: ExportRequest,
-                 impl: TargetImpl, log: Callable[[str], None]) -> dict[str, Any]:
+                 impl: TargetImpl, log: Callable[[str], None], record_canvas: bool = False) -> dict[str, Any]:
+    """Export, register and verify into ``bundle``. ``record_canvas``: write the encoder's canvas as the
+    manifest's ``canvas`` section (:func:`rapsam_edge.bundle.bundle_canvas`): done by ONNX exports, whose
+    graphs the section describes, and by the export that creates a bundle."""
     arts = impl.export(model, root, precision, req)
     for art in arts:
         bundle.add(art)
         log(f"{art.key}: {art.path} ({art.bytes / 1e6:.1f} MB)")
+    canvas = next((a.details["canvas"] for a in arts if a.graph == "encoder" and a.details.get("canvas")), None)
+    if record_canvas and canvas is not None:
+        bundle.update(canvas=canvas)
+        log(f"canvas: {CanvasSpec.from_dict(canvas).describe()}")
     report: dict[str, Any] = {}
     if impl.verify is not None:
         report = impl.verify(model, bundle, precision, req)
@@ -220,6 +235,9 @@ def verify_onnx_bundle(model: RapSam, bundle: Bundle, precision: str, images: li
     policy = model.config.input_policy()
     ref, cand = TorchBackend(model, threads=threads), OrtBackend(bundle, precision, threads=threads)
     report: dict[str, Any] = {"graphs": verify_graphs(ref, cand, images, policy)}
+    canvas = bundle_canvas(bundle)
+    if canvas.kind == "dynamic":
+        report["official_canvas"] = verify_official_canvas(ref, cand, images, policy, canvas)
     report["pipeline"] = verify_pipelines(Pipeline(ref, policy, model.vocabulary),
                                           Pipeline(cand, policy, model.vocabulary), images)
     report["failures"] = check(report, precision)

@@ -1,13 +1,14 @@
 """ONNX export of the three graphs: torch.onnx dynamo exporter, opset 18, onnxsim, optional fp16.
 
 Why these choices (../shared/docs/toolchain.md): opset 18 because 23+ emits the ``Attention`` op that
-NNCF mis-quantizes and ORT's quant_pre_process rejects; ``dynamic_shapes`` for K prompts and for the clip
-height (exported from a 2-frame example: torch.export specialises a size-1 dimension to a constant);
-one self-contained file per graph (``external_data=False``).
+NNCF mis-quantizes and ORT's quant_pre_process rejects; ``dynamic_shapes`` for K prompts, for the clip
+height and, with a dynamic canvas (canvas.py), for the canvas H and W of all three graphs; one
+self-contained file per graph (``external_data=False``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -20,7 +21,9 @@ import torch
 
 from ..bundle import Artifact, TensorSpec
 from ..model.rapsam import RapSam
-from .graphs import GRAPH_IO, build_graph, example_inputs
+from ..preprocess import CanvasSpec
+from .canvas import dynamic_coord_features, dynamic_shapes, name_dims, requested_canvas
+from .graphs import GRAPH_IO, build_graph
 
 # ops kept in fp32 inside fp16 graphs: normalisations and softmax overflow or lose precision in fp16
 FP16_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceL2", "ReduceSumSquare", "ReduceMean", "Sqrt",
@@ -29,23 +32,16 @@ FP16_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceL2", "ReduceSumSquar
 
 @dataclass(frozen=True)
 class OnnxOptions:
+    """``canvas``: the canvases the graphs accept (None = fixed at the model's input size)."""
+
     opset: int = 18
     simplify: bool = True
     max_prompts: int = 256
     max_frames: int = 8
+    canvas: CanvasSpec | None = None
 
-
-def _dynamic_shapes(graph: str, model: RapSam, opts: OnnxOptions) -> tuple[dict[str, Any] | None, tuple]:
-    """Dynamic dims and the example inputs to trace with (2 frames for the object decoder, see module doc)."""
-    ex = example_inputs(graph, model)
-    if graph == "object_decoder":
-        h = model.config.input_size[0] // 4
-        frames = torch.export.Dim("frames", min=1, max=opts.max_frames)
-        return {"features": {2: h * frames}}, (torch.cat([ex[0], ex[0]], dim=2),)
-    if graph == "prompt_decoder":
-        k = torch.export.Dim("num_prompts", min=1, max=opts.max_prompts)
-        return {"features": None, "prompt_keys": None, "prompt_values": None, "boxes": {1: k}}, ex
-    return None, ex
+    def canvas_for(self, model: RapSam) -> CanvasSpec:
+        return self.canvas or CanvasSpec("fixed", model.config.input_size)
 
 
 def _tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
@@ -62,13 +58,21 @@ def export_fp32(model: RapSam, graph: str, path: Path, opts: OnnxOptions,
                 custom_translation_table: dict[Any, Any] | None = None) -> dict[str, Any]:
     """Export one graph to ``path``; returns details (export seconds, simplified, node count)."""
     io = GRAPH_IO[graph]
-    dyn, ex = _dynamic_shapes(graph, model, opts)
+    canvas = opts.canvas_for(model)
+    if canvas.kind not in ("fixed", "dynamic"):
+        raise ValueError(f"ONNX graphs take a fixed or a dynamic canvas, not {canvas.kind!r} (CoreML's enumerated "
+                         "shapes).")
+    if canvas.kind == "fixed" and tuple(canvas.size) != tuple(model.config.input_size):
+        raise ValueError(f"a fixed ONNX canvas is the model's input size {model.config.input_size}, not {canvas.size}.")
+    dyn, ex = dynamic_shapes(graph, model, canvas, opts.max_prompts, opts.max_frames)
+    coords = dynamic_coord_features(model, canvas.max_size or canvas.size) if canvas.kind == "dynamic" and \
+        graph == "encoder" else contextlib.nullcontext()
     t0 = time.perf_counter()
     # torch.onnx logs one "torchvision is not installed. Skipping ..." line per torchvision op; we never use them
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), coords:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(build_graph(graph, model), ex, dynamo=True, opset_version=opts.opset,
                                     input_names=list(io.inputs), output_names=list(io.outputs),
@@ -84,22 +88,26 @@ def export_fp32(model: RapSam, graph: str, path: Path, opts: OnnxOptions,
         if not ok:
             raise RuntimeError(f"onnxsim could not validate the simplified {graph} graph; retry with --no-simplify.")
         simplified = True
+    name_dims(proto, graph)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return {"export_seconds": round(time.perf_counter() - t0, 2), "simplified": simplified,
-            "opset": opts.opset, "nodes": len(proto.graph.node)}
+            "opset": opts.opset, "nodes": len(proto.graph.node), "canvas": canvas.to_dict()}
 
 
 def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
     """fp16 weights and compute, fp32 inputs/outputs, numerically fragile ops kept in fp32.
 
     The decoders' hard-mask SUM pooling adds up to h*w feature values and would overflow fp16
-    (max 65504), so the pooling and what consumes its sum up to the next LayerNorm stay in fp32.
+    (max 65504), so the pooling and what consumes its sum up to the next LayerNorm stay in fp32. So do the
+    nodes computed from shapes alone (a dynamic canvas's CoordConv channels: ``Range`` has no fp16 kernel in
+    onnxruntime, and sines of fp16 arguments up to 2*pi*16 would be ~0.06 off), rounded to fp16 once where
+    they join the features, as the constant coordinates of a fixed canvas are.
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    blocked_nodes = pooling_matmuls(model)
+    blocked_nodes = pooling_matmuls(model) + shape_only_nodes(model)
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_BLOCKED_OPS,
                                     node_block_list=blocked_nodes)
     removed = remove_cast_round_trips(fp16)
@@ -139,6 +147,19 @@ def remove_cast_round_trips(model: onnx.ModelProto) -> int:
     del model.graph.node[:]
     model.graph.node.extend(kept)
     return len(rename)
+
+
+def shape_only_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes whose value depends on the graph inputs only through their shapes (``Shape``/``Size``
+    outputs, constants, and everything computed from those alone), in a topologically sorted graph."""
+    data = {i.name for i in model.graph.input}
+    out = []
+    for node in model.graph.node:
+        if node.op_type not in ("Shape", "Size") and any(i in data for i in node.input):
+            data.update(node.output)
+        else:
+            out.append(node.name)
+    return out
 
 
 def pooling_matmuls(model: onnx.ModelProto) -> list[str]:
@@ -225,7 +246,8 @@ def export_target(model: RapSam, root: Path, precision: str, req: Any) -> list[A
         from .deformconv import export_with_deformconv
 
         return export_with_deformconv(model, root, precision, req)
-    opts = OnnxOptions(opset=req.options.get("opset") or 18, simplify=req.options.get("simplify", True) is not False)
+    opts = OnnxOptions(opset=req.options.get("opset") or 18, simplify=req.options.get("simplify", True) is not False,
+                       canvas=requested_canvas("onnx", req.options, model.config.input_size))
     return export_onnx(model, root, precision, opts)
 
 
