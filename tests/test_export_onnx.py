@@ -127,6 +127,8 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
     (ExportRequest(target="onnx", options={"max_canvas": "1344"}), "HEIGHTxWIDTH"),
     (ExportRequest(target="onnx", options={"max_canvas": "1344x1000"}), "multiples of 32"),
     (ExportRequest(target="onnx", imgsz=640, options={"max_canvas": "512x1344"}), "smaller than the deployment"),
+    (ExportRequest(target="tensorrt", options={"canvas": "ranged"}), "unknown canvas mode"),
+    (ExportRequest(target="tensorrt", options={"canvas": "fixed", "max_canvas": "1344x1344"}), "--canvas fixed"),
     (ExportRequest(target="tensorrt", options={"canvases": "800x1216"}), "does not take --canvases"),
 ])
 def test_bad_export_requests_are_refused(req, message):
@@ -271,6 +273,8 @@ def test_export_cli_refuses_a_bad_canvas(tmp_path):
 
     res = CliRunner().invoke(app, ["export", "--imgsz", "64", "--out", str(tmp_path), "--max-canvas", "100x100"])
     assert res.exit_code == 2 and "HEIGHTxWIDTH in pixels, both positive multiples of 32" in res.output
+    res = CliRunner().invoke(app, ["export", "--target", "tensorrt", "--canvas", "ranged", "--out", str(tmp_path)])
+    assert res.exit_code == 2
     assert list(tmp_path.iterdir()) == []
 
 

@@ -14,17 +14,20 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from rapsam_edge.bundle import BundleError, load_bundle
+from rapsam_edge.bundle import BundleError, bundle_canvas, load_bundle
 from rapsam_edge.exporters.export import ExportRequest, run_export
 from rapsam_edge.exporters.tensorrt import (
     INT8_NEEDS_CALIBRATION,
     EngineSpec,
+    ShapeProfile,
     TrtOptions,
     _check_qdq,
     engine_specs,
+    shape_profiles,
     trtexec_line,
 )
-from rapsam_edge.exporters.tensorrt_build import main
+from rapsam_edge.exporters.tensorrt_build import main, recorded_profiles
+from rapsam_edge.preprocess import CanvasSpec
 from rapsam_edge.runtime.base import backend_factory
 from rapsam_edge.runtime.trt_backend import (
     TrtBackend,
@@ -105,6 +108,9 @@ def test_build_script_and_manifest_record_trtexec_lines(exported):
     assert build.details["options"] == {"device": "jetson", "profile": "jetson", "workspace_mb": 1024, "dla": None,
                                         "prompt_slots": 16}
     assert build.details["prompt_profile"] == {"input": "boxes", "min": 1, "opt": 16, "max": 64}
+    fixed = {"kind": "fixed", "size": [128, 128], "min_size": [128, 128], "max_size": [128, 128], "divisor": 32}
+    assert build.details["canvas"] == fixed and bundle.manifest["canvas"] == fixed  # the default: one shape
+    assert bundle_canvas(bundle, "tensorrt-onnx") == CanvasSpec("fixed", (128, 128))
     assert "rapsam_edge.exporters.tensorrt_build register .. --precision fp16" in script
 
 
@@ -248,3 +254,74 @@ def test_trt_backend_without_tensorrt(exported):
     assert str(err.value).startswith("TensorRT is not installed here") and str(err.value).count(". ") == 0
     with pytest.raises(BundleError, match="no TensorRT encoder engine in fp16"):
         engine_precisions(load_bundle(root), "fp16")
+
+
+# ---- dynamic canvases: optimization profiles (issue 12) ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported_dynamic(tmp_path_factory):
+    """--canvas dynamic at a 64 px deployment size, max canvas 800x800 (the astronaut's official canvas)."""
+    out = tmp_path_factory.mktemp("trt_dynamic")
+    req = ExportRequest(target="tensorrt", config="rapsam_r18_lite", imgsz=64, out=out, verify_images=[ASTRONAUT],
+                        options={"device": "jetson", "canvas": "dynamic", "max_canvas": "800x800"})
+    with pytest.raises(RuntimeError, match="TensorRT is not installed here"):
+        run_export(req)
+    return load_bundle(out / "rapsam_r18_lite")
+
+
+def test_dynamic_canvas_writes_profiles_into_trtexec_lines_and_manifest(exported_dynamic):
+    bundle = exported_dynamic
+    dynamic = {"kind": "dynamic", "size": [64, 64], "min_size": [32, 32], "max_size": [800, 800], "divisor": 32}
+    build = bundle.require("build", "tensorrt-onnx", "fp16")
+    assert build.details["canvas"] == dynamic and bundle.manifest["canvas"] == dynamic
+    assert bundle_canvas(bundle, "tensorrt-onnx").accepts((800, 608))
+    enc, od, pd = build.details["trtexec"]
+    assert "--minShapes=image:1x3x32x32 --optShapes=image:1x3x64x64 --maxShapes=image:1x3x800x800" in enc
+    assert "--minShapes=features:1x256x8x8 --optShapes=features:1x256x16x16 --maxShapes=features:1x256x200x200" in od
+    assert ("--minShapes=features:1x256x8x8,prompt_keys:1x64x256,prompt_values:1x64x256,boxes:1x1x4 "
+            "--optShapes=features:1x256x16x16,prompt_keys:1x256x256,prompt_values:1x256x256,boxes:1x16x4 "
+            "--maxShapes=features:1x256x200x200,prompt_keys:1x40000x256,prompt_values:1x40000x256,boxes:1x64x4") in pd
+    script = (bundle.root / build.path).read_text()
+    assert all(line in script.splitlines() for line in (enc, od, pd))
+    assert "# Canvas: canvases of multiples of 32 from 32x32 to 800x800 (optimised for 64x64)" in script
+    profiles = recorded_profiles(bundle, "fp16", TrtOptions.from_record(build.details["options"], dynamic))
+    assert profiles["encoder"] == [ShapeProfile("image", (1, 3, 32, 32), (1, 3, 64, 64), (1, 3, 800, 800))]
+    assert [p.input for p in profiles["prompt_decoder"]] == ["features", "prompt_keys", "prompt_values", "boxes"]
+    for graph in ("encoder", "object_decoder", "prompt_decoder"):
+        art = bundle.require(graph, "tensorrt-onnx", "fp16")
+        assert art.details["canvas"] == dynamic and art.details["checked_canvases"] == [[64, 64], [32, 32]]
+        assert [ShapeProfile(p["input"], *(tuple(p[k]) for k in ("min", "opt", "max")))
+                for p in art.details["shape_profiles"]] == profiles[graph]
+    assert bundle.require("object_decoder", "tensorrt-onnx", "fp16").inputs[0].shape == [1, 256, "T*H/4", "W/4"]
+    assert bundle.require("encoder", "tensorrt-onnx", "fp16").inputs[0].shape == [1, 3, "H", "W"]
+    report = bundle.manifest["verification"]["tensorrt/fp16"]
+    assert report["failures"] == [] and report["official_canvas"]["canvas"] == [800, 800]
+
+
+def test_fixed_profiles_of_older_build_records_are_recomputed(exported):
+    """Build records written before profiles were recorded get the fixed canvas's K profile back."""
+    root, _ = exported
+    bundle = load_bundle(root)
+    build = bundle.require("build", "tensorrt-onnx", "fp16")
+    opts = TrtOptions.from_record(build.details["options"], build.details["canvas"])
+    recorded = recorded_profiles(bundle, "fp16", opts)
+    arts = bundle.manifest["artifacts"]
+    next(a for a in arts if a["graph"] == "build")["details"].pop("shape_profiles")
+    assert recorded_profiles(bundle, "fp16", opts) == recorded
+    assert recorded == {"encoder": [], "object_decoder": [],
+                        "prompt_decoder": [ShapeProfile("boxes", (1, 1, 4), (1, 16, 4), (1, 64, 4))]}
+
+
+def test_dynamic_profiles_follow_the_canvas_and_refuse_dla():
+    canvas = CanvasSpec("dynamic", (640, 640), min_size=(32, 32), max_size=(1344, 1344))
+    a100 = TrtOptions("a100", "a100", 4096, None, 16, canvas)
+    line = trtexec_line(EngineSpec("encoder", "fp16", None), a100)
+    assert "--minShapes=image:1x3x32x32 --optShapes=image:1x3x640x640 --maxShapes=image:1x3x1344x1344" in line
+    keys = shape_profiles("prompt_decoder", a100)[1]
+    assert keys == ShapeProfile("prompt_keys", (1, 64, 256), (1, 25600, 256), (1, 112896, 256))
+    assert shape_profiles("object_decoder", TrtOptions("a100", "a100", 4096, None, 16)) == []  # fixed: static
+    with pytest.raises(ValueError, match="needs static shapes"):
+        TrtOptions.from_request(ExportRequest(options={"device": "jetson", "dla": 0, "canvas": "dynamic"}),
+                                size=(640, 640))
+    opts = TrtOptions.from_request(ExportRequest(options={"device": "jetson"}), size=(640, 640))
+    assert opts.canvas == CanvasSpec("fixed", (640, 640)) and not opts.dynamic  # fixed is the default

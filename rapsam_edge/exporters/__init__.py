@@ -40,6 +40,7 @@ TARGETS: dict[str, Target] = {
                    "exported, run and verified in onnxruntime"),
     "coreml": Target("coreml", ("fp16", "fp32"), "fp16", ("compress", "calib_images", "prompt_slots"),
                      "converted and validated (spec, ops, sizes); prediction needs macOS"),
-    "tensorrt": Target("tensorrt", ("fp16", "int8"), "fp16", ("device", "workspace", "dla", "prompt_slots"),
+    "tensorrt": Target("tensorrt", ("fp16", "int8"), "fp16", ("device", "workspace", "dla", "prompt_slots", "canvas",
+                                                               "max_canvas"),
                        "ONNX inputs + trtexec line written; engines are built on the target GPU"),
 }

@@ -17,6 +17,14 @@ Choices, and why:
   64 boxes/clicks per call covers interactive use and a full grid of clicks; TensorRT sizes its tactics and
   activations for the max, so a bigger max costs memory on every call. More prompts run in chunks of 64.
 - Object decoder: single frame, static shape (video clips stacked along height stay on onnxruntime).
+- Canvas (``--canvas``): ``fixed`` by default, one engine shape at ``--imgsz``. TensorRT picks its tactics for
+  one shape (the profile's opt) and sizes activation memory for the profile's max, so a fixed engine is the
+  fastest and leanest at the deployment size, builds fastest, and is what DLA takes (DLA has no dynamic
+  shapes). ``--canvas dynamic`` writes optimization profiles for every canvas input, min 32x32, opt = the
+  deployment size, max = ``--max-canvas`` (1344x1344 by default, the official scale's largest canvas): what
+  the official protocol needs (a 427x640 COCO image runs on its own 800x1216 canvas), at the cost of memory
+  reserved for 1344x1344 and tactics tuned for opt only. The object decoder stays single-frame (its profile's
+  height is one frame's).
 - Workspace: ``jetson`` 1024 MB — the Jetson GPU shares DRAM with the OS and the builder itself, and the
   default limit (all device memory) lets tactic timing ask for multi-GB scratch and get OOM-killed on Orin
   Nano/NX; 1 GiB is far above this model's largest activation (256x160x160 fp16 ~ 13 MB at 640), and tactics
@@ -39,10 +47,12 @@ import numpy as np
 import onnx
 import torch
 
-from ..bundle import GRAPHS, Artifact, Bundle, BundleError, load_bundle, sha256_path
+from ..bundle import GRAPHS, Artifact, Bundle, BundleError, bundle_canvas, load_bundle, sha256_path
 from ..model.rapsam import RapSam
+from ..preprocess import CanvasSpec
 from ..runtime.base import Backend
 from ..runtime.trt_backend import DEVICES, device_fingerprint, resolve_device
+from .canvas import requested_canvas
 from .graphs import GRAPH_IO, build_graph, example_inputs
 from .onnx import OnnxOptions, artifact_for, convert_fp16, export_fp32
 
@@ -84,16 +94,34 @@ Tanh Tile TopK Transpose Unsqueeze Where""".split())
 
 @dataclass(frozen=True)
 class TrtOptions:
+    """Build options. ``canvas`` None = the fixed canvas the ONNX inputs were exported at (bundles before
+    canvases were recorded); it is kept out of :meth:`record` (``details["options"]``) and recorded as
+    ``details["canvas"]`` like every artifact's canvas."""
+
     device: str  # what was asked: auto | jetson | a100
     profile: str  # the device profile used
     workspace_mb: int
     dla: int | None
     prompt_slots: int
+    canvas: CanvasSpec | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.canvas is not None and self.canvas.kind == "dynamic"
+
+    def record(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "canvas"}
 
     @classmethod
-    def from_request(cls, req: Any, fp: dict[str, Any] | None = None) -> TrtOptions:
+    def from_record(cls, options: dict[str, Any], canvas: dict[str, Any] | None) -> TrtOptions:
+        return cls(**options, canvas=CanvasSpec.from_dict(canvas) if canvas else None)
+
+    @classmethod
+    def from_request(cls, req: Any, fp: dict[str, Any] | None = None,
+                     size: tuple[int, int] | None = None) -> TrtOptions:
         """Validated options. With ``fp`` (the build host) ``auto`` and the profile are resolved strictly;
-        without it (export) ``auto`` picks from this host and falls back to the Jetson-safe profile."""
+        without it (export) ``auto`` picks from this host and falls back to the Jetson-safe profile. With
+        ``size`` (the deployment canvas) the canvas options are resolved too."""
         o = req.options
         device = o.get("device") or "auto"
         if device not in DEVICES:
@@ -116,7 +144,44 @@ class TrtOptions:
                              "has none.")
         if not isinstance(slots, int) or not PROMPT_MIN <= slots <= PROMPT_MAX:
             raise ValueError(f"prompt_slots must be an integer in [{PROMPT_MIN}, {PROMPT_MAX}], not {slots!r}.")
-        return cls(device, profile, int(workspace), dla, slots)
+        canvas = requested_canvas("tensorrt", o, size) if size is not None else None
+        if dla is not None and canvas is not None and canvas.kind == "dynamic":
+            raise ValueError(f"--dla {dla} needs static shapes (DLA runs no dynamic dimensions); use --canvas fixed "
+                             "for a DLA encoder.")
+        return cls(device, profile, int(workspace), dla, slots, canvas)
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """One input's optimization-profile shapes (trtexec ``--minShapes/--optShapes/--maxShapes``)."""
+
+    input: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def flag(self, which: str) -> str:
+        return f"{self.input}:{'x'.join(str(v) for v in getattr(self, which))}"
+
+
+def shape_profiles(graph: str, opts: TrtOptions, hidden_dim: int = 256) -> list[ShapeProfile]:
+    """The profiles of a graph's dynamic inputs: K prompts always (1 / prompt slots / 64); with a dynamic canvas
+    also the canvas inputs at the min / deployment / max canvas (image (1,3,H,W); features (1,C,H/4,W/4),
+    single frame; prompt keys/values (1,H/4*W/4,C))."""
+    out = []
+    if opts.dynamic:
+        assert opts.canvas is not None and opts.canvas.min_size and opts.canvas.max_size
+        points = (opts.canvas.min_size, opts.canvas.size, opts.canvas.max_size)
+        if graph == "encoder":
+            out.append(ShapeProfile("image", *((1, 3, h, w) for h, w in points)))
+        else:
+            out.append(ShapeProfile("features", *((1, hidden_dim, h // 4, w // 4) for h, w in points)))
+        if graph == "prompt_decoder":
+            out += [ShapeProfile(name, *((1, (h // 4) * (w // 4), hidden_dim) for h, w in points))
+                    for name in ("prompt_keys", "prompt_values")]
+    if graph == "prompt_decoder":
+        out.append(ShapeProfile("boxes", (1, PROMPT_MIN, 4), (1, opts.prompt_slots, 4), (1, PROMPT_MAX, 4)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -150,13 +215,13 @@ def engine_specs(precision: str, opts: TrtOptions) -> list[EngineSpec]:
             for g in GRAPHS]
 
 
-def trtexec_line(spec: EngineSpec, opts: TrtOptions) -> str:
+def trtexec_line(spec: EngineSpec, opts: TrtOptions, hidden_dim: int = 256) -> str:
     args = ["trtexec", f"--onnx={spec.onnx}", f"--saveEngine={spec.plan}"]
     args += spec.weak_flags or ["--stronglyTyped"]
     args.append(f"--memPoolSize=workspace:{opts.workspace_mb}M")
-    if spec.graph == "prompt_decoder":
-        args += [f"--minShapes=boxes:1x{PROMPT_MIN}x4", f"--optShapes=boxes:1x{opts.prompt_slots}x4",
-                 f"--maxShapes=boxes:1x{PROMPT_MAX}x4"]
+    profiles = shape_profiles(spec.graph, opts, hidden_dim)
+    if profiles:
+        args += [f"--{which}Shapes={','.join(p.flag(which) for p in profiles)}" for which in ("min", "opt", "max")]
     if spec.dla is not None:
         args += [f"--useDLACore={spec.dla}", "--allowGPUFallback"]
     return " ".join(args + ["--skipInference"])
@@ -191,11 +256,12 @@ def _calibrated_encoder(bundle_root: Path, model: RapSam, req: Any) -> Path:
     return bundle.path(art)
 
 
-def _write_fp16(model: RapSam, graph: str, tmp: Path, dst: Path) -> dict[str, Any]:
-    """fp32 export (shared exporter), single-frame static object decoder, then the mixed fp16 graph."""
+def _write_fp16(model: RapSam, graph: str, tmp: Path, dst: Path, canvas: CanvasSpec | None = None) -> dict[str, Any]:
+    """fp32 export (shared exporter), single-frame static object decoder (fixed canvas; a dynamic canvas's
+    profile keeps it to one frame), then the mixed fp16 graph."""
     fp32 = tmp / f"{graph}.onnx"
-    details = export_fp32(model, graph, fp32, OnnxOptions(max_prompts=PROMPT_MAX))
-    if graph == "object_decoder":
+    details = export_fp32(model, graph, fp32, OnnxOptions(max_prompts=PROMPT_MAX, canvas=canvas))
+    if graph == "object_decoder" and (canvas is None or canvas.kind == "fixed"):
         import onnxsim
 
         h, w = (s // 4 for s in model.config.input_size)
@@ -231,32 +297,41 @@ def _check_qdq(proto: onnx.ModelProto) -> dict[str, Any]:
     return {"qdq_nodes": len(nodes), "symmetric_int8": True}
 
 
-def _ort_check(model: RapSam, graph: str, path: Path, slots: int) -> dict[str, Any]:
-    """Run in onnxruntime (CPU) on example inputs — K at the profile's min/opt/max for the prompt decoder —
-    and require finite outputs; cosine with PyTorch on the same inputs is recorded (verify_target gates)."""
+def _ort_check(model: RapSam, graph: str, path: Path, slots: int, canvas: CanvasSpec | None = None) -> dict[str, Any]:
+    """Run in onnxruntime (CPU) on example inputs — K at the profile's min/opt/max for the prompt decoder, and
+    for a dynamic canvas also the profile's min canvas (its max is only bounded: 1344x1344 would cost more
+    than the rest of the export) — and require finite outputs; cosine with PyTorch on the same inputs is
+    recorded (verify_target gates)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     io = GRAPH_IO[graph]
     ks = (PROMPT_MIN, slots, PROMPT_MAX) if graph == "prompt_decoder" else (4,)
+    sizes = [tuple(model.config.input_size)]
+    if canvas is not None and canvas.kind == "dynamic" and canvas.min_size not in sizes:
+        sizes.append(tuple(canvas.min_size))
     cosines = []
-    for k in ks:
-        ex = example_inputs(graph, model, num_prompts=k)
+    for k, size in [(k, size) for size in sizes for k in ks]:
+        ex = example_inputs(graph, model, num_prompts=k, size=size)
         outs = sess.run(None, {n: t.numpy() for n, t in zip(io.inputs, ex, strict=True)})
         bad = [n for n, o in zip(io.outputs, outs, strict=True) if not np.isfinite(o).all()]
         if bad:
             raise ValueError(f"{path.name} gives non-finite {', '.join(bad)} in onnxruntime on example inputs "
-                             f"(K={k}); it would not build a usable engine.")
+                             f"(K={k}, canvas {size[0]}x{size[1]}); it would not build a usable engine.")
         with torch.no_grad():
             ref = build_graph(graph, model)(*ex)
         for a, b in zip(ref, outs, strict=True):
             a64, b64 = a.double().numpy().ravel(), b.astype(np.float64).ravel()
             denom = np.linalg.norm(a64) * np.linalg.norm(b64)
             cosines.append(float(a64 @ b64 / denom) if denom > 0 else 1.0)
-    return {"onnxruntime": "finite", "checked_prompts": list(ks), "example_min_cosine_vs_torch": min(cosines)}
+    out = {"onnxruntime": "finite", "checked_prompts": list(ks), "example_min_cosine_vs_torch": min(cosines)}
+    if len(sizes) > 1:
+        out["checked_canvases"] = [list(s) for s in sizes]
+    return out
 
 
-def check_onnx(model: RapSam, graph: str, path: Path, precision: str, slots: int) -> dict[str, Any]:
+def check_onnx(model: RapSam, graph: str, path: Path, precision: str, slots: int,
+               canvas: CanvasSpec | None = None) -> dict[str, Any]:
     """onnx.checker, the TensorRT op allowlist and minimum version, Q/DQ form (int8), onnxruntime run."""
     onnx.checker.check_model(str(path))
     proto = onnx.load(str(path))
@@ -273,7 +348,7 @@ def check_onnx(model: RapSam, graph: str, path: Path, precision: str, slots: int
                                "tensorrt_min_reasons": {k: _version(v) for k, v in reasons.items()}}
     if precision == "int8":
         details.update(_check_qdq(proto))
-    details.update(_ort_check(model, graph, path, slots))
+    details.update(_ort_check(model, graph, path, slots, canvas))
     return details
 
 
@@ -288,6 +363,8 @@ def _script(name: str, precision: str, opts: TrtOptions, lines: list[str], trt_m
            if dla else "."),
         f"# --memPoolSize caps the builder workspace ({opts.workspace_mb} MB for {opts.profile}); raise it with "
         "--workspace if a build fails for memory-hungry tactics.",
+        f"# Canvas: {opts.canvas.describe() if opts.canvas else 'the fixed canvas of the ONNX inputs'}"
+        + (" (optimization profiles --minShapes/--optShapes/--maxShapes)." if opts.dynamic else "."),
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         'export PATH="$PATH:/usr/src/tensorrt/bin"  # where JetPack and NVIDIA containers put trtexec',
@@ -306,12 +383,14 @@ def _script(name: str, precision: str, opts: TrtOptions, lines: list[str], trt_m
 def export_target(model: RapSam, root: Path, precision: str, req: Any) -> list[Artifact]:
     """Write ``root/tensorrt/``: the engines' ONNX inputs (checked) and ``build_<precision>.sh``; returns
     unregistered artifacts of format ``tensorrt-onnx``."""
-    opts = TrtOptions.from_request(req)
+    opts = TrtOptions.from_request(req, size=model.config.input_size)
+    assert opts.canvas is not None
     name = req.name or model.config.name
     qdq = _calibrated_encoder(req.out / name, model, req) if precision == "int8" else None
     folder = root / "tensorrt"
     folder.mkdir(parents=True, exist_ok=True)
     specs = engine_specs(precision, opts)
+    hidden = model.config.hidden_dim
     arts = []
     with tempfile.TemporaryDirectory(prefix="rapsam-trt-") as tmp:
         for spec in specs:
@@ -320,21 +399,25 @@ def export_target(model: RapSam, root: Path, precision: str, req: Any) -> list[A
                 shutil.copyfile(qdq, dst)
                 details: dict[str, Any] = {"source": "/".join(INT8_SOURCE)}
             else:
-                details = _write_fp16(model, spec.graph, Path(tmp), dst)
-            details.update(check_onnx(model, spec.graph, dst, spec.precision, opts.prompt_slots))
+                details = _write_fp16(model, spec.graph, Path(tmp), dst, opts.canvas)
+            details.update(check_onnx(model, spec.graph, dst, spec.precision, opts.prompt_slots, opts.canvas))
+            details["canvas"] = opts.canvas.to_dict()
+            details["shape_profiles"] = [dataclasses.asdict(p) for p in shape_profiles(spec.graph, opts, hidden)]
             art = artifact_for(spec.graph, f"tensorrt/{spec.onnx}", spec.precision, details, root)
             arts.append(dataclasses.replace(art, format=FORMAT))
     reasons = {f"{a.graph}: {k}": v for a in arts for k, v in a.details["tensorrt_min_reasons"].items()}
     reasons["strongly typed build (--stronglyTyped)"] = _version(MIN_TRT_STRONGLY_TYPED)
     trt_min = max(reasons.values(), key=lambda v: tuple(int(x) for x in v.split(".")))
-    lines = [trtexec_line(s, opts) for s in specs]
+    lines = [trtexec_line(s, opts, hidden) for s in specs]
     script = folder / f"build_{precision}.sh"
     script.write_text(_script(name, precision, opts, lines, trt_min))
     script.chmod(0o755)
     arts.append(Artifact("build", FORMAT, precision, f"tensorrt/{script.name}", [], [], details={
-        "options": dataclasses.asdict(opts), "workspace_mb": opts.workspace_mb,
+        "options": opts.record(), "canvas": opts.canvas.to_dict(), "workspace_mb": opts.workspace_mb,
         "workspace_default": {p.name: {"mb": p.workspace_mb, "why": p.why} for p in DEVICE_PROFILES.values()},
         "prompt_profile": {"input": "boxes", "min": PROMPT_MIN, "opt": opts.prompt_slots, "max": PROMPT_MAX},
+        "shape_profiles": {s.graph: [dataclasses.asdict(p) for p in shape_profiles(s.graph, opts, hidden)]
+                           for s in specs},
         "tensorrt_min": trt_min, "tensorrt_min_reasons": reasons, "trtexec": lines,
         "engines": {s.graph: {"plan": f"tensorrt/{s.plan}", "precision": s.precision} for s in specs},
         "typing": "weak on DLA (TensorRT 10.x), strong otherwise" if opts.dla is not None else "strong"}))
@@ -377,11 +460,14 @@ class _InputsBackend(Backend):
 def verify_target(model: RapSam, bundle: Bundle, precision: str, req: Any) -> dict[str, Any]:
     from ..runtime.torch_backend import TorchBackend
     from .export import default_verify_images
-    from .verify import check, verify_graphs
+    from .verify import check, verify_graphs, verify_official_canvas
 
     images = req.verify_images or default_verify_images()
-    report: dict[str, Any] = {"graphs": verify_graphs(TorchBackend(model), _InputsBackend(bundle, precision), images,
-                                                      model.config.input_policy())}
+    ref, cand, policy = TorchBackend(model), _InputsBackend(bundle, precision), model.config.input_policy()
+    report: dict[str, Any] = {"graphs": verify_graphs(ref, cand, images, policy)}
+    canvas = bundle_canvas(bundle, FORMAT)
+    if canvas.kind == "dynamic":
+        report["official_canvas"] = verify_official_canvas(ref, cand, images, policy, canvas)
     report["failures"] = check(report, precision)
     report["images"] = [str(p) for p in images]
     report["note"] = ("the TensorRT ONNX inputs in onnxruntime (CPU) vs PyTorch; the engines' own numerics are "

@@ -14,10 +14,22 @@ from typing import Any
 
 from ..bundle import Artifact, Bundle, load_bundle, write_json_atomic
 from ..runtime.trt_backend import device_fingerprint, import_tensorrt
-from .tensorrt import FORMAT, PROMPT_MAX, PROMPT_MIN, EngineSpec, TrtOptions, engine_specs, trtexec_line
+from .tensorrt import FORMAT, EngineSpec, ShapeProfile, TrtOptions, engine_specs, shape_profiles
 
 
-def build_engine(trt: Any, folder: Path, spec: EngineSpec, opts: TrtOptions) -> dict[str, Any]:
+def recorded_profiles(bundle: Bundle, precision: str, opts: TrtOptions) -> dict[str, list[ShapeProfile]]:
+    """The optimization profiles export wrote for each engine (``details["shape_profiles"]`` of the build
+    record), so the Python-API build and the trtexec lines use the same shapes; build records written before
+    profiles were recorded had only the fixed canvas's K profile, which :func:`shape_profiles` gives again."""
+    build = bundle.require("build", FORMAT, precision).details
+    if "shape_profiles" not in build:
+        return {s.graph: shape_profiles(s.graph, opts) for s in engine_specs(precision, opts)}
+    return {g: [ShapeProfile(p["input"], tuple(p["min"]), tuple(p["opt"]), tuple(p["max"])) for p in profiles]
+            for g, profiles in build["shape_profiles"].items()}
+
+
+def build_engine(trt: Any, folder: Path, spec: EngineSpec, opts: TrtOptions,
+                 profiles: list[ShapeProfile]) -> dict[str, Any]:
     """The Python-API twin of :func:`trtexec_line`: parse, configure, build, write ``<graph>.<p>.plan``."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -36,9 +48,10 @@ def build_engine(trt: Any, folder: Path, spec: EngineSpec, opts: TrtOptions) -> 
         config.set_flag(trt.BuilderFlag.FP16)
         if spec.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ: no calibrator
-    if spec.graph == "prompt_decoder":
+    if profiles:  # one profile holding every dynamic input (K prompts; the canvas when dynamic)
         profile = builder.create_optimization_profile()
-        profile.set_shape("boxes", (1, PROMPT_MIN, 4), (1, opts.prompt_slots, 4), (1, PROMPT_MAX, 4))
+        for p in profiles:
+            profile.set_shape(p.input, p.min, p.opt, p.max)
         config.add_optimization_profile(profile)
     if spec.dla is not None:
         if spec.dla >= builder.num_DLA_cores:
@@ -61,6 +74,8 @@ def register_engines(bundle: Bundle, precision: str, opts: TrtOptions, built_by:
     """Write ``<graph>.<p>.json`` (device fingerprint + build record) beside each engine and register it."""
     fp = device_fingerprint()
     folder = bundle.root / "tensorrt"
+    build_record = bundle.require("build", FORMAT, precision).details
+    lines = dict(zip((s.graph for s in engine_specs(precision, opts)), build_record["trtexec"], strict=True))
     arts = []
     for spec in engine_specs(precision, opts):
         if not (folder / spec.plan).is_file():
@@ -69,7 +84,7 @@ def register_engines(bundle: Bundle, precision: str, opts: TrtOptions, built_by:
         src = bundle.require(spec.graph, FORMAT, spec.precision)
         record = {"device": fp, "build": {
             "by": built_by, "precision": spec.precision, "onnx": src.path, "onnx_sha256": src.sha256,
-            "trtexec_equivalent": trtexec_line(spec, opts), "options": dataclasses.asdict(opts),
+            "trtexec_equivalent": lines[spec.graph], "options": opts.record(),
             "bundle": bundle.name, "bundle_manifest_sha256": bundle.manifest_hash(),
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(builds or {}).get(spec.graph, {})}}
         write_json_atomic(folder / spec.fingerprint, record)
@@ -77,7 +92,9 @@ def register_engines(bundle: Bundle, precision: str, opts: TrtOptions, built_by:
         arts.append(bundle.add(Artifact(spec.graph, "tensorrt", spec.precision, f"tensorrt/{spec.plan}", src.inputs,
                                         src.outputs, details={"fingerprint": f"tensorrt/{spec.fingerprint}",
                                                               "device": {k: fp.get(k) for k in keys},
-                                                              "built_by": built_by})))
+                                                              "built_by": built_by,
+                                                              "canvas": src.details.get("canvas"),
+                                                              "shape_profiles": src.details.get("shape_profiles")})))
     return arts
 
 
@@ -89,13 +106,17 @@ def post_export(bundle: Bundle, precision: str, req: Any) -> dict[str, Any]:
         f"the target device (TensorRT from JetPack or NVIDIA's index) with `bash {folder / f'build_{precision}.sh'}` "
         "or rerun this command there."))
     fp = device_fingerprint()
-    opts = TrtOptions.from_request(req, fp=fp)
-    need = bundle.require("build", FORMAT, precision).details["tensorrt_min"]
+    record = bundle.require("build", FORMAT, precision).details
+    opts = dataclasses.replace(TrtOptions.from_request(req, fp=fp), canvas=TrtOptions.from_record(
+        record["options"], record.get("canvas")).canvas)  # the canvas the ONNX inputs were exported with
+    need = record["tensorrt_min"]
     have = tuple(int(x) for x in trt.__version__.split(".")[:2])
     if have < tuple(int(x) for x in need.split(".")):
         raise RuntimeError(f"TensorRT {trt.__version__} here is older than {need}, which these graphs need "
                            f"(see tensorrt_min_reasons in the manifest); upgrade TensorRT/JetPack.")
-    builds = {s.graph: build_engine(trt, folder, s, opts) for s in engine_specs(precision, opts)}
+    profiles = recorded_profiles(bundle, precision, opts)
+    builds = {s.graph: build_engine(trt, folder, s, opts, profiles.get(s.graph, []))
+              for s in engine_specs(precision, opts)}
     arts = register_engines(bundle, precision, opts, "python-api", builds)
     return {"engines": [a.path for a in arts], "device": {k: fp.get(k) for k in ("gpu_name", "tensorrt", "l4t")},
             "builds": builds}
@@ -110,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     reg.add_argument("--precision", default="fp16", choices=("fp16", "int8"))
     args = ap.parse_args(argv)
     bundle = load_bundle(args.bundle)
-    opts = TrtOptions(**bundle.require("build", FORMAT, args.precision).details["options"])
+    record = bundle.require("build", FORMAT, args.precision).details
+    opts = TrtOptions.from_record(record["options"], record.get("canvas"))
     for art in register_engines(bundle, args.precision, opts, "trtexec"):
         print(f"registered {art.key}: {art.path} ({art.bytes / 1e6:.1f} MB)")
 

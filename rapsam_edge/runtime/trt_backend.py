@@ -252,7 +252,10 @@ class TrtBackend(Backend):
     """TensorRT engines of one precision; torch CUDA tensors as buffers (NumPy in and out, like every backend).
 
     The prompt decoder's K is dynamic within the engine's optimisation profile (1..64 by default); larger K is
-    run in chunks of the profile maximum. The object decoder engine is single-frame (static shape).
+    run in chunks of the profile maximum. Engines of a fixed canvas take that one canvas; engines exported with
+    ``--canvas dynamic`` take any canvas within their profile (32x32..1344x1344 by default): every call sets
+    its input shapes (``set_input_shape``) and TensorRT refuses shapes outside the profile, which is reported
+    in one sentence. The object decoder engine is single-frame (its profile's height is one frame's).
     """
 
     name = "tensorrt"
@@ -308,7 +311,9 @@ class TrtBackend(Backend):
         with torch.cuda.stream(self.stream):
             for name in self._names(graph, self.trt.TensorIOMode.INPUT):
                 t = torch.from_numpy(np.ascontiguousarray(feeds[name])).to("cuda", self._dtype(graph, name))
-                ctx.set_input_shape(name, tuple(t.shape))
+                if not ctx.set_input_shape(name, tuple(t.shape)):
+                    raise ValueError(f"the TensorRT {graph} engine does not take {name} of shape {tuple(t.shape)} "
+                                     f"({self.accepted(graph, name)}).")
                 ctx.set_tensor_address(name, t.data_ptr())
                 keep.append(t)
             outs = {}
@@ -321,14 +326,30 @@ class TrtBackend(Backend):
         self.stream.synchronize()
         return {k: v.float().cpu().numpy() for k, v in outs.items()}
 
+    def accepted(self, graph: str, name: str) -> str:
+        """What an engine input takes, in words: its static shape, or its profile's min and max."""
+        engine = self.engines[graph]
+        shape = tuple(engine.get_tensor_shape(name))
+        if -1 not in shape:
+            return f"it is built for {shape} only"
+        lo, _, hi = (tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
+        return f"its optimization profile takes {lo} to {hi}"
+
     def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
         return self._run("encoder", {"image": image})
 
     def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        want = tuple(self.engines["object_decoder"].get_tensor_shape("features"))
-        if tuple(features.shape) != want:
-            raise ValueError(f"the TensorRT object decoder is built for single frames of shape {want}, got "
-                             f"{tuple(features.shape)}; decode video clips with the onnxruntime backend.")
+        engine = self.engines["object_decoder"]
+        want = tuple(engine.get_tensor_shape("features"))
+        if -1 in want:  # dynamic canvas: one frame of any canvas within the profile
+            lo, _, hi = (tuple(s) for s in engine.get_tensor_profile_shape("features", 0))
+            fits = all(a <= f <= b for a, f, b in zip(lo, features.shape, hi, strict=True))
+        else:
+            fits = tuple(features.shape) == want
+        if not fits:
+            takes = self.accepted("object_decoder", "features")
+            raise ValueError(f"the TensorRT object decoder takes single frames ({takes}), got {tuple(features.shape)}; "
+                             "decode video clips with the onnxruntime backend.")
         out = self._run("object_decoder", {"features": features})
         return out["cls_logits"], out["mask_logits"], out["queries"]
 
