@@ -14,10 +14,24 @@ const concat = (arrays) => {
 };
 
 const job = JSON.parse(readFileSync(0, 'utf8'));
-const answers = job.cases.map((c) => {
+const answer = (c) => {
+  if (c.kind === 'sigmoid') return { sigmoid: b64(Float32Array.from(f32(c.x), host.sigmoid32)) };
   const contract = host.readContract(c.manifest);
+  if (c.kind === 'contract') return { contract };
   const lb = host.computeLetterbox(c.h, c.w, contract);
   switch (c.kind) {
+    case 'letterbox':
+      return { lb };
+    case 'resize': { // postprocess.resize_logits_to_image, every map
+      const [k, h, w] = c.shape;
+      const logits = f32(c.logits);
+      const plan = host.resizePlan(lb, h, w);
+      const maps = Array.from({ length: k }, (_, i) => host.resizeLogits(logits, i, h, w, lb, plan));
+      return { resized: b64(concat(maps.map((m) => new Uint8Array(m.buffer)))), taps: [plan.ty.T, plan.tx.T] };
+    }
+    case 'canvas': // the encoder graph's fixed (H, W) against this image's canvas
+      host.checkCanvas(c.artifact, lb);
+      return { ok: true };
     case 'preprocess': {
       const { tensor } = host.preprocess(bytes(c.rgb), c.h, c.w, contract);
       return { tensor: b64(tensor), lb };
@@ -34,10 +48,16 @@ const answers = job.cases.map((c) => {
         contract.scoreThr, contract.overlapThr);
       return { ids: b64(ids), segments };
     }
-    case 'contract':
-      return { contract };
     default:
       throw new Error(`unknown case ${c.kind}`);
+  }
+};
+const answers = job.cases.map((c) => {
+  if (!c.expectError) return answer(c);
+  try { // a refusal the test expects: its class and sentence
+    return { answer: answer(c) };
+  } catch (e) {
+    return { error: e.message, errorClass: e.constructor.name };
   }
 });
 process.stdout.write(JSON.stringify(answers));

@@ -89,6 +89,33 @@ def test_unusable_bundles_are_refused_with_one_sentence(gen, coreml_bundle):
     m = copy.deepcopy(manifest)
     m["classes"]["names"] = m["classes"]["names"][:-1]
     refuse(m, "133 classes, the manifest names 132")
+    m = copy.deepcopy(manifest)
+    m["input_policy"]["pad_to_square"] = True  # a key Host.swift does not know would change the input unseen
+    refuse(m, r"keys the iOS host code does not implement \(pad_to_square\)")
+    m = copy.deepcopy(manifest)
+    m["input_policy"]["canvas"] = "divisor"  # per-image canvases: the CoreML packages take one fixed size
+    refuse(m, "CoreML packages take one fixed input size")
+    m = copy.deepcopy(manifest)
+    m["input_policy"].update(resize="keep_ratio", scale=None)
+    refuse(m, "needs scale")
+
+
+def test_keep_ratio_policy_on_the_fixed_canvas_is_generated(gen, coreml_bundle):
+    """resize "keep_ratio" (mmcv's (long, short) rule, the official one) on the packages' fixed canvas: Host.swift's
+    Letterbox reads resize/scaleLong/scaleShort (and refuses an image the canvas cannot hold, as compute_letterbox).
+    An older manifest without the keys reads as "longest"."""
+    manifest = json.loads((coreml_bundle / "manifest.json").read_text())
+    m = copy.deepcopy(manifest)
+    m["input_policy"].update(resize="keep_ratio", scale=[48, 64], canvas="fixed")
+    c = gen.constants(m, "0" * 64, "fp16")
+    assert (c["resize"], c["scaleLong"], c["scaleShort"]) == ("keep_ratio", 64, 48)
+    text = gen.render(c)
+    assert 'static let resize: String = "keep_ratio"' in text and "static let scaleLong: Int = 64" in text
+    m = copy.deepcopy(manifest)
+    for key in ("resize", "scale", "canvas"):
+        m["input_policy"].pop(key, None)
+    c = gen.constants(m, "0" * 64, "fp16")
+    assert (c["resize"], c["scaleLong"], c["scaleShort"]) == ("longest", 0, 0)
 
 
 def test_swift_string_literals_are_escaped(gen):

@@ -24,8 +24,10 @@ CONSTANTS = HERE / "Sources" / "RapsamKit" / "Generated" / "BundleConstants.swif
 RESOURCES = HERE / "Sources" / "RapsamDemoUI" / "Resources"
 GRAPHS = ("encoder", "object_decoder", "prompt_decoder")
 SWIFT_NAMES = {"encoder": "encoder", "object_decoder": "objectDecoder", "prompt_decoder": "promptDecoder"}
-RESIZES = ("longest",)
+RESIZES = ("longest", "keep_ratio")
 INTERPOLATIONS = ("bilinear", "bicubic")  # the Pillow resamplers Host.swift ports
+POLICY_KEYS = ("size", "mean", "std", "pad_value", "resize", "scale", "canvas", "channel_order", "interpolation",
+               "prompt_frame")  # the InputPolicy fields Host.swift knows; another key could change the input unseen
 
 
 class GeneratorError(ValueError):
@@ -86,9 +88,21 @@ def constants(manifest: dict[str, Any], manifest_sha256: str, precision: str) ->
     if host is None:
         raise GeneratorError('manifest.json has no "host" section (click box size, mask and panoptic thresholds): '
                              "the bundle predates it; re-export the bundle.")
-    if policy.get("resize", "longest") not in RESIZES or policy.get("interpolation", "bilinear") not in INTERPOLATIONS:
+    unknown = sorted(set(policy) - set(POLICY_KEYS))
+    if unknown:
+        raise GeneratorError(f"input_policy has keys the iOS host code does not implement ({', '.join(unknown)}); "
+                             "port them to Host.swift and this generator first.")
+    resize = policy.get("resize", "longest")
+    if resize not in RESIZES or policy.get("interpolation", "bilinear") not in INTERPOLATIONS:
         raise GeneratorError(f"the iOS host code resizes with {'/'.join(RESIZES)} + {' or '.join(INTERPOLATIONS)}, "
-                             f"the bundle asks for {policy.get('resize')} + {policy.get('interpolation')}.")
+                             f"the bundle asks for {resize} + {policy.get('interpolation')}.")
+    if policy.get("canvas", "fixed") != "fixed":
+        raise GeneratorError(f"input_policy canvas {policy.get('canvas')!r} pads each image to its own size, but the "
+                             "CoreML packages take one fixed input size; export with a fixed canvas.")
+    scale = policy.get("scale")
+    if resize == "keep_ratio" and not (isinstance(scale, list) and len(scale) == 2
+                                       and all(isinstance(v, int) and v > 0 for v in scale)):
+        raise GeneratorError(f"input_policy resize 'keep_ratio' needs scale (long edge, short edge), got {scale!r}.")
     arts = coreml_artifacts(manifest, precision)
     h, w = (int(v) for v in policy["size"])
     enc_in, enc_out = shapes(arts["encoder"], "inputs"), shapes(arts["encoder"], "outputs")
@@ -114,6 +128,8 @@ def constants(manifest: dict[str, Any], manifest_sha256: str, precision: str) ->
         "inputHeight": h, "inputWidth": w, "mean": [float(v) for v in policy["mean"]],
         "std": [float(v) for v in policy["std"]],
         "padValue": [float(v) for v in policy.get("pad_value") or policy["mean"]],
+        "resize": resize, "scaleLong": max(scale) if resize == "keep_ratio" else 0,
+        "scaleShort": min(scale) if resize == "keep_ratio" else 0,
         "channelOrder": policy.get("channel_order", "RGB"), "interpolation": policy.get("interpolation", "bilinear"),
         "promptFrame": policy.get("prompt_frame", "resized"),
         "clickBoxSize": float(host["click_box_size"]), "maskThreshold": float(host["mask_threshold"]),
@@ -138,6 +154,7 @@ def render(c: dict[str, Any]) -> str:
         "public enum BundleConstants {",
     ]
     typed = {"inputHeight": "Int", "inputWidth": "Int", "promptSlots": "Int", "numQueries": "Int",
+             "scaleLong": "Int", "scaleShort": "Int",
              "mean": "[Float]", "std": "[Float]", "padValue": "[Float]", "padBox": "[Float]",
              "clickBoxSize": "Double", "maskThreshold": "Float", "panopticScoreThreshold": "Float",
              "panopticOverlapThreshold": "Double", "classNames": "[String]", "isThing": "[Bool]"}

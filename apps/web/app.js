@@ -4,8 +4,8 @@
 // adapter exists), threads (WASM threads, default: onnxruntime-web's choice). State for tests: window.rapsam.
 import * as ort from '/ort/ort.min.mjs';
 import {
-  masksFromLogits, masksToIds, overlayIds, panopticMerge, pointsToBoxes, preprocess, readContract, rgbaToRgb,
-  runLengths, segmentColor, selectGraphs,
+  checkCanvas, masksFromLogits, masksToIds, overlayIds, panopticMerge, pointsToBoxes, preprocess, readContract,
+  rgbaToRgb, runLengths, segmentColor, selectGraphs,
 } from './host.js';
 
 const params = new URLSearchParams(location.search);
@@ -89,7 +89,8 @@ async function setImage(file) {
   setStatus('encoding', `encoding ${file.name}…`);
   const img = await decodeImage(file);
   const { tensor, lb } = preprocess(img.rgb, img.height, img.width, app.contract);
-  const [h, w] = app.contract.size;
+  checkCanvas(app.graphs.encoder, lb);
+  const [h, w] = lb.paddedHW; // the policy's fixed size, or this image's pad-to-32 canvas
   const t0 = performance.now();
   const out = await app.sessions.encoder.run({ [inputs('encoder')[0]]: new ort.Tensor('float32', tensor, [1, 3, h, w]) });
   const ms = performance.now() - t0;

@@ -33,6 +33,7 @@ try {
   result.encoderMs = await page.evaluate(() => window.rapsam.encoderMs);
   if (job.readInput) result.input = await page.evaluate(() => window.rapsam.exportInput());
   const [h0, w0] = await page.evaluate(() => window.rapsam.image.lb.origHW);
+  result.canvasHW = await page.evaluate(() => window.rapsam.image.lb.paddedHW); // the encoder input's H, W
   result.clicks = [];
   for (const c of job.clicks ?? []) {
     const box = await page.locator('#view').boundingBox();

@@ -1,8 +1,9 @@
 // The host half of the graph contract (design.md §3) for the browser: a port of
-// rapsam_edge/preprocess.py (letterbox, Pillow/OpenCV resize, mean-pixel pad, click -> box) and
-// rapsam_edge/postprocess.py (one bilinear resampling of the stride-4 logits to the original image,
-// mask = logit > threshold, the panoptic merge). Every number comes from the bundle manifest
-// (readContract); nothing here touches the DOM, so node runs this file in tests/test_app_web.py.
+// rapsam_edge/preprocess.py (letterbox: "longest" or keep-ratio resize, a fixed or pad-to-32 canvas;
+// Pillow/OpenCV resize, mean-pixel pad, click -> box) and rapsam_edge/postprocess.py (the official two-step
+// bilinear resize of the stride-4 logits to the original image, composed into one separable resampling;
+// mask = logit > threshold, the panoptic merge with a float32 sigmoid). Every number comes from the bundle
+// manifest (readContract); nothing here touches the DOM, so node runs this file in tests/test_app_web.py.
 
 export class ManifestError extends Error {}
 
@@ -21,12 +22,19 @@ export function readContract(manifest) {
   const host = need(manifest.host, '"host" section (click box size, mask threshold, panoptic thresholds: '
     + 'the bundle was exported before they were recorded)');
   const classes = need(manifest.classes, 'classes');
+  const unknown = Object.keys(p).filter((k) => !POLICY_KEYS.includes(k));
+  if (unknown.length) { // a key this port does not know would change the input silently: refuse it
+    throw new ManifestError(`input_policy has keys this page does not implement (${unknown.join(', ')}); `
+      + `it knows ${POLICY_KEYS.join(', ')}. Update apps/web/host.js to the rapsam-edge that wrote the bundle.`);
+  }
   const c = {
     size: need(p.size, 'input_policy.size').map(Number),
     mean: need(p.mean, 'input_policy.mean').map(Number),
     std: need(p.std, 'input_policy.std').map(Number),
     padValue: (p.pad_value ?? p.mean).map(Number),
     resize: p.resize ?? 'longest',
+    scale: p.scale == null ? null : [p.scale].flat().map(Number), // (long edge, short edge) of "keep_ratio"
+    canvas: p.canvas ?? 'fixed',
     channelOrder: p.channel_order ?? 'RGB',
     interpolation: p.interpolation ?? 'bilinear',
     promptFrame: p.prompt_frame ?? 'resized', // InputPolicy's default when the key is absent
@@ -37,16 +45,26 @@ export function readContract(manifest) {
     names: need(classes.names, 'classes.names'),
     isthing: need(classes.isthing, 'classes.isthing').map(Boolean),
   };
-  const allowed = { resize: ['longest'], channelOrder: ['RGB', 'BGR'], interpolation: Object.keys(RESIZERS),
-    promptFrame: ['resized', 'padded'] };
+  const allowed = { resize: ['longest', 'keep_ratio'], canvas: ['fixed', 'divisor'], channelOrder: ['RGB', 'BGR'],
+    interpolation: Object.keys(RESIZERS), promptFrame: ['resized', 'padded'] };
   for (const [key, values] of Object.entries(allowed)) {
     if (!values.includes(c[key])) {
       throw new ManifestError(`input policy ${key} ${JSON.stringify(c[key])} is not supported here `
         + `(supported: ${values.join(', ')}).`);
     }
   }
+  if (c.scale !== null && !(c.scale.length === 2 && c.scale.every((v) => Number.isInteger(v) && v > 0))) {
+    throw new ManifestError(`input_policy.scale must be two positive integers, got ${JSON.stringify(p.scale)}.`);
+  }
+  if (c.resize === 'keep_ratio' && c.scale === null) {
+    throw new ManifestError('input_policy.resize "keep_ratio" needs input_policy.scale (long edge, short edge).');
+  }
   return c;
 }
+
+/** InputPolicy's fields (rapsam_edge/preprocess.py): the keys an input_policy may carry. */
+const POLICY_KEYS = ['size', 'mean', 'std', 'pad_value', 'resize', 'scale', 'canvas', 'channel_order', 'interpolation',
+  'prompt_frame'];
 
 /** Per graph: the artifact in `format` at `precision`, else fp32 (as ort_backend.resolve_precisions). */
 export function selectGraphs(manifest, precision = 'fp32', format = 'onnx') {
@@ -66,14 +84,59 @@ export function selectGraphs(manifest, precision = 'fp32', format = 'onnx') {
 }
 
 // ------------------------------------------------------------------------------------------ letterbox
-/** preprocess.compute_letterbox: scale = min(H/h0, W/w0), sides floor(side*scale + 0.5) (mmcv). */
+/** Canvas sides are multiples of this (preprocess.SIZE_DIVISOR): the neck upsamples stride-32 maps x2/x4/x8. */
+export const SIZE_DIVISOR = 32;
+
+const roundHalfUp = (x) => Math.max(1, Math.floor(x + 0.5)); // mmcv's rescale_size rounding, at least 1
+
+/** preprocess.compute_letterbox. resize "longest": factor min(H/h0, W/w0), capped at the canvas; "keep_ratio":
+ *  mmcv's rule for scale (long, short), factor min(long/max(h0, w0), short/min(h0, w0)); sides
+ *  floor(side*factor + 0.5). canvas "fixed": the policy's size (an image that does not fit is refused);
+ *  "divisor": each side padded to the next multiple of 32, so the canvas varies per image. */
 export function computeLetterbox(h0, w0, c) {
-  const [ph, pw] = c.size;
-  const scale = Math.min(ph / h0, pw / w0);
-  const rh = Math.min(ph, Math.max(1, Math.floor(h0 * scale + 0.5)));
-  const rw = Math.min(pw, Math.max(1, Math.floor(w0 * scale + 0.5)));
+  if (!(Number.isInteger(h0) && Number.isInteger(w0) && h0 > 0 && w0 > 0)) {
+    throw new RangeError(`image size must be positive integers, got ${w0}x${h0} (WxH).`);
+  }
+  let rh;
+  let rw;
+  if (c.resize === 'keep_ratio') {
+    const longEdge = Math.max(...c.scale);
+    const shortEdge = Math.min(...c.scale);
+    const factor = Math.min(longEdge / Math.max(h0, w0), shortEdge / Math.min(h0, w0));
+    rh = roundHalfUp(h0 * factor);
+    rw = roundHalfUp(w0 * factor);
+  } else {
+    const [sh, sw] = c.size;
+    const factor = Math.min(sh / h0, sw / w0);
+    rh = Math.min(sh, roundHalfUp(h0 * factor));
+    rw = Math.min(sw, roundHalfUp(w0 * factor));
+  }
+  let ph;
+  let pw;
+  if (c.canvas === 'divisor') {
+    ph = Math.ceil(rh / SIZE_DIVISOR) * SIZE_DIVISOR;
+    pw = Math.ceil(rw / SIZE_DIVISOR) * SIZE_DIVISOR;
+  } else {
+    [ph, pw] = c.size;
+    if (rh > ph || rw > pw) {
+      throw new RangeError(`a ${w0}x${h0} (WxH) image resized to ${rw}x${rh} does not fit the fixed ${pw}x${ph} canvas.`);
+    }
+  }
   return { origHW: [h0, w0], resizedHW: [rh, rw], paddedHW: [ph, pw], scaleXY: [rw / w0, rh / h0],
-    promptHW: c.promptFrame === 'padded' ? [ph, pw] : [rh, rw], featureHW: [ph / 4, pw / 4] };
+    promptHW: c.promptFrame === 'padded' ? [ph, pw] : [rh, rw], featureHW: [ph / 4, pw / 4], canvas: c.canvas };
+}
+
+/** The encoder input's (H, W) must be the letterbox's canvas where the graph fixes them (a named, dynamic
+ *  dimension takes any): one sentence instead of onnxruntime's shape error. */
+export function checkCanvas(encoderArtifact, lb) {
+  const shape = encoderArtifact?.inputs?.[0]?.shape ?? [];
+  const [ph, pw] = lb.paddedHW;
+  const fixed = shape.slice(2).map((d) => (typeof d === 'number' ? d : null));
+  if ((fixed[0] !== null && fixed[0] !== ph) || (fixed[1] !== null && fixed[1] !== pw)) {
+    throw new ManifestError(`the encoder graph takes a ${shape.slice(2).join('x')} canvas, but this image's `
+      + `letterbox needs ${ph}x${pw} (input_policy canvas ${JSON.stringify(lb.canvas)}); re-export the bundle with `
+      + 'dynamic shapes or use a fixed-canvas input policy.');
+  }
 }
 
 // ---------------------------------------------------------------------------------------------- resize
@@ -288,11 +351,12 @@ export function rgbaToRgb(rgba) {
   return out;
 }
 
-/** preprocess.preprocess: RGB bytes (h0, w0) -> the encoder input (1,3,H,W) float32 0..255 + letterbox. */
+/** preprocess.preprocess: RGB bytes (h0, w0) -> the encoder input (1,3,H,W) float32 0..255 + letterbox;
+ *  (H, W) = lb.paddedHW. */
 export function preprocess(rgb, h0, w0, c) {
   const lb = computeLetterbox(h0, w0, c);
   const [rh, rw] = lb.resizedHW;
-  const [ph, pw] = c.size;
+  const [ph, pw] = lb.paddedHW; // the policy's size, or this image's pad-to-32 canvas
   const resized = resizeRGB(rgb, h0, w0, rh, rw, c.interpolation);
   const plane = ph * pw;
   const tensor = new Float32Array(3 * plane);
@@ -328,15 +392,48 @@ export function pointsToBoxes(points, lb, clickBoxSize) {
 }
 
 // ---------------------------------------------------------------------------------------- postprocess
-/** Resize plan of postprocess._resize_plan: original pixel centre -> resized -> /4 feature coordinate. */
+/** One axis of postprocess._resize_plan: the official two-step resize (bilinear from `inSize` stride-4 samples
+ *  to the `padded` canvas, keep the first `resized` samples, bilinear to `outSize` original pixels) composed
+ *  into one matrix R2 (outSize, resized) @ R1[:resized] (resized, inSize), stored as T taps per output sample.
+ *  Products of float32 weights are exact in double and each entry sums at most two of them, so the float32
+ *  weights equal NumPy's float64 matmul cast to float32 bit for bit. */
+export function composedTaps(outSize, resized, padded, inSize) {
+  const r2 = bilinearTaps(outSize, resized);
+  const r1 = bilinearTaps(padded, inSize);
+  const rows = [];
+  let T = 1;
+  for (let i = 0; i < outSize; i++) {
+    const acc = new Map();
+    for (const [j, a] of [[r2.i0[i], r2.w0[i]], [r2.i1[i], r2.w1[i]]]) {
+      for (const [k, b] of [[r1.i0[j], r1.w0[j]], [r1.i1[j], r1.w1[j]]]) acc.set(k, (acc.get(k) ?? 0) + a * b);
+    }
+    const taps = [...acc].filter(([, v]) => v !== 0).sort((p, q) => p[0] - q[0]);
+    rows.push(taps);
+    T = Math.max(T, taps.length);
+  }
+  const idx = new Int32Array(outSize * T);
+  const wt = new Float32Array(outSize * T); // unused slots: weight 0 on the first tap's index
+  rows.forEach((taps, i) => {
+    for (let t = 0; t < T; t++) {
+      const [k, v] = taps[t] ?? [taps[0]?.[0] ?? 0, 0];
+      idx[i * T + t] = k;
+      wt[i * T + t] = v;
+    }
+  });
+  return { T, idx, wt };
+}
+
+/** Resize plan of postprocess._resize_plan for (h, w) stride-4 logits of the padded canvas. */
 export function resizePlan(lb, h, w) {
   if (h !== lb.featureHW[0] || w !== lb.featureHW[1]) {
     throw new RangeError(`mask logits are ${h}x${w} but the padded input gives ${lb.featureHW.join('x')}.`);
   }
-  return { ty: bilinearTaps(lb.origHW[0], h, lb.scaleXY[1] / 4), tx: bilinearTaps(lb.origHW[1], w, lb.scaleXY[0] / 4) };
+  return { ty: composedTaps(lb.origHW[0], lb.resizedHW[0], lb.paddedHW[0], h),
+    tx: composedTaps(lb.origHW[1], lb.resizedHW[1], lb.paddedHW[1], w) };
 }
 
-/** postprocess.resize_logits_to_image for map `k` of (N, h, w) logits -> (H0*W0) float32. */
+/** postprocess.resize_logits_to_image for map `k` of (N, h, w) logits -> (H0*W0) float32: the composed taps
+ *  along x on every feature row, then along y. */
 export function resizeLogits(logits, k, h, w, lb, plan = resizePlan(lb, h, w)) {
   const [h0, w0] = lb.origHW;
   const { ty, tx } = plan;
@@ -344,15 +441,23 @@ export function resizeLogits(logits, k, h, w, lb, plan = resizePlan(lb, h, w)) {
   const rows = new Float32Array(h * w0); // horizontal pass on every feature row
   for (let fy = 0; fy < h; fy++) {
     const r = base + fy * w;
-    for (let x = 0; x < w0; x++) rows[fy * w0 + x] = tx.w0[x] * logits[r + tx.i0[x]] + tx.w1[x] * logits[r + tx.i1[x]];
+    for (let x = 0; x < w0; x++) {
+      let v = 0;
+      for (let t = x * tx.T, end = t + tx.T; t < end; t++) v += tx.wt[t] * logits[r + tx.idx[t]];
+      rows[fy * w0 + x] = v;
+    }
   }
   const out = new Float32Array(h0 * w0);
+  const acc = new Float64Array(w0); // one output row, summed in double and rounded once
   for (let y = 0; y < h0; y++) {
-    const a = ty.i0[y] * w0;
-    const b = ty.i1[y] * w0;
-    const wa = ty.w0[y];
-    const wb = ty.w1[y];
-    for (let x = 0; x < w0; x++) out[y * w0 + x] = wa * rows[a + x] + wb * rows[b + x];
+    acc.fill(0);
+    for (let t = y * ty.T, end = t + ty.T; t < end; t++) {
+      const wy = ty.wt[t];
+      if (wy === 0) continue;
+      const a = ty.idx[t] * w0;
+      for (let x = 0; x < w0; x++) acc[x] += wy * rows[a + x];
+    }
+    out.set(acc, y * w0);
   }
   return out;
 }
@@ -370,9 +475,12 @@ export function masksFromLogits(logits, K, h, w, lb, threshold) {
   return masks;
 }
 
-function sigmoid32(x) {
-  const v = Math.fround(Math.min(88, Math.max(-88, x)));
-  return Math.fround(1.0 / Math.fround(1.0 + Math.fround(Math.exp(-v))));
+/** postprocess._sigmoid: float32 1 / (1 + exp(-x)) as torch computes it, NOT clipped: below about -88.72
+ *  exp(-x) overflows float32 to Infinity and the sigmoid is exactly 0. Where every kept query's sigmoid is
+ *  0 the panoptic argmax returns the FIRST kept query (the official merge; issue 12). */
+export function sigmoid32(x) {
+  const e = Math.fround(Math.exp(-Math.fround(x))); // > FLT_MAX rounds to Infinity, like float32 exp
+  return Math.fround(1.0 / Math.fround(1.0 + e));
 }
 
 /** postprocess.panoptic_merge (mmdet MaskFormerFusionHead.panoptic_postprocess) on (Q, C+1) class logits and

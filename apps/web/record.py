@@ -84,10 +84,11 @@ def record(bundle: Path, image: Path, out: Path, threads: int | None, clicks: in
         "providers": result["providers"], "wasm_threads": threads or "onnxruntime-web default",
         "cross_origin_isolated": result["threads"]["crossOriginIsolated"],
         "bundle": {"name": m["name"], "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
-                   "input_size": m["input_policy"]["size"], "random_init": m["model"].get("random_init"),
+                   "input_size": m["input_policy"]["size"], "canvas": m["input_policy"].get("canvas", "fixed"),
+                   "random_init": m["model"].get("random_init"),
                    "checkpoint": (m["model"].get("checkpoint") or {}).get("path")},
         "image": {"path": str(image.resolve().relative_to(REPO) if image.resolve().is_relative_to(REPO) else image),
-                  "size_hw": [h0, w0]},
+                  "size_hw": [h0, w0], "canvas_hw": result["canvasHW"]},
         "encoder_ms": {"first": round(result["encoderMs"][0], 1), "warm": summary(result["encoderMs"][1:])
                        if len(result["encoderMs"]) > 1 else None},
         "click_ms": {"first": round(single[0]["clickMs"], 1), "warm_k1": summary([c["clickMs"] for c in single[1:]]),

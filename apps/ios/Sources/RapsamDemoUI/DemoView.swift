@@ -32,15 +32,16 @@ public final class DemoModel: ObservableObject {
         guard let models, let decoded = rgbBytes(image) else { return }
         let (pixels, h, w) = decoded
         let t0 = Date()
-        let (tensor, lb) = preprocess(rgb: pixels, height: h, width: w)
+        let prepared: (tensor: [Float], letterbox: Letterbox)
         do {
-            encoded = try models.encode(tensor)
+            prepared = try preprocess(rgb: pixels, height: h, width: w)  // throws when the image does not fit
+            encoded = try models.encode(prepared.tensor)
         } catch {
             status = "\(error)"
             return
         }
         rgb = pixels
-        letterbox = lb
+        letterbox = prepared.letterbox
         points = []
         render(ids: [Int32](repeating: 0, count: h * w))
         status = String(format: "%dx%d · encoder %.0f ms · tap an object", w, h, Date().timeIntervalSince(t0) * 1000)

@@ -1,5 +1,7 @@
 // The host half of the graph contract (design.md §3) in Swift: a port of rapsam_edge/preprocess.py and
-// postprocess.py, the same as apps/web/host.js (whose exactness tests/test_app_web.py checks). Every number
+// postprocess.py (letterbox with "longest" or keep-ratio resize on the packages' fixed canvas, the official two-step
+// mask resize composed into one resampling, the panoptic merge with an unclipped float32 sigmoid), the same as
+// apps/web/host.js (whose exactness tests/test_app_web.py checks). Every number
 // comes from BundleConstants, generated from the bundle manifest by apps/ios/generate_constants.py.
 import Foundation
 
@@ -8,6 +10,11 @@ public struct GraphSpec {
     public let resource: String
     public let inputs: [String]
     public let outputs: [String]
+}
+
+/// An image the fixed canvas cannot hold (a keep-ratio resize larger than the graph input), as compute_letterbox refuses.
+public struct LetterboxError: Error, CustomStringConvertible {
+    public let description: String
 }
 
 /// preprocess.Letterbox: original image -> resized (aspect kept) -> padded bottom/right to the graph input.
@@ -20,21 +27,42 @@ public struct Letterbox {
     public var featureH: Int { paddedH / 4 }
     public var featureW: Int { paddedW / 4 }
 
-    /// compute_letterbox: scale = min(H/h0, W/w0), sides floor(side * scale + 0.5) (mmcv's rounding).
-    public init(origH: Int, origW: Int) {
+    /// compute_letterbox on the fixed canvas (inputHeight x inputWidth) of the CoreML packages. resize "longest":
+    /// factor min(H/h0, W/w0), sides capped at the canvas; "keep_ratio": mmcv's rule for scale (long, short),
+    /// factor min(long/max(h0, w0), short/min(h0, w0)). Sides floor(side * factor + 0.5), at least 1 (mmcv's
+    /// rounding). A keep-ratio image larger than the canvas is refused. (The generator refuses the "divisor"
+    /// canvas: fixed-shape packages take one size.)
+    public init(origH: Int, origW: Int) throws {
+        precondition(origH > 0 && origW > 0, "image size must be positive")
         let ph = BundleConstants.inputHeight, pw = BundleConstants.inputWidth
-        let scale = min(Double(ph) / Double(origH), Double(pw) / Double(origW))
+        func roundHalfUp(_ x: Double) -> Int { max(1, Int((x + 0.5).rounded(.down))) }
+        let rh: Int, rw: Int
+        if BundleConstants.resize == "keep_ratio" {
+            let longEdge = Double(max(BundleConstants.scaleLong, BundleConstants.scaleShort))
+            let shortEdge = Double(min(BundleConstants.scaleLong, BundleConstants.scaleShort))
+            let factor = min(longEdge / Double(max(origH, origW)), shortEdge / Double(min(origH, origW)))
+            rh = roundHalfUp(Double(origH) * factor)
+            rw = roundHalfUp(Double(origW) * factor)
+        } else {
+            let factor = min(Double(ph) / Double(origH), Double(pw) / Double(origW))
+            rh = min(ph, roundHalfUp(Double(origH) * factor))
+            rw = min(pw, roundHalfUp(Double(origW) * factor))
+        }
+        if rh > ph || rw > pw {
+            throw LetterboxError(description: "a \(origW)x\(origH) (WxH) image resized to \(rw)x\(rh) does not fit "
+                                 + "the fixed \(pw)x\(ph) canvas.")
+        }
         self.origH = origH
         self.origW = origW
-        resizedH = min(ph, max(1, Int((Double(origH) * scale + 0.5).rounded(.down))))
-        resizedW = min(pw, max(1, Int((Double(origW) * scale + 0.5).rounded(.down))))
+        resizedH = rh
+        resizedW = rw
         paddedH = ph
         paddedW = pw
-        scaleX = Double(resizedW) / Double(origW)
-        scaleY = Double(resizedH) / Double(origH)
+        scaleX = Double(rw) / Double(origW)
+        scaleY = Double(rh) / Double(origH)
         let padded = BundleConstants.promptFrame == "padded"
-        promptH = padded ? ph : resizedH
-        promptW = padded ? pw : resizedW
+        promptH = padded ? ph : rh
+        promptW = padded ? pw : rw
     }
 }
 
@@ -142,8 +170,9 @@ public func resizeRGB(_ src: [UInt8], h: Int, w: Int, nh: Int, nw: Int) -> [UInt
 }
 
 /// preprocess.preprocess: RGB bytes -> the encoder input (1, 3, H, W) float32 0..255, mean-pixel padded.
-public func preprocess(rgb: [UInt8], height h0: Int, width w0: Int) -> (tensor: [Float], letterbox: Letterbox) {
-    let lb = Letterbox(origH: h0, origW: w0)
+/// Throws LetterboxError when a keep-ratio resize does not fit the fixed canvas.
+public func preprocess(rgb: [UInt8], height h0: Int, width w0: Int) throws -> (tensor: [Float], letterbox: Letterbox) {
+    let lb = try Letterbox(origH: h0, origW: w0)
     let resized = resizeRGB(rgb, h: h0, w: w0, nh: lb.resizedH, nw: lb.resizedW)
     let plane = lb.paddedH * lb.paddedW
     var tensor = [Float](repeating: 0, count: 3 * plane)
@@ -195,31 +224,88 @@ struct Taps {
     }
 }
 
-/// postprocess.resize_logits_to_image for map k of (N, h, w) logits: ONE bilinear resampling from the stride-4
-/// map of the padded input to the original image (pad cropped) -> H0 * W0 floats.
-public func resizeLogits(_ logits: [Float], map k: Int, _ lb: Letterbox) -> [Float] {
-    let h = lb.featureH, w = lb.featureW
-    let ty = Taps(outSize: lb.origH, inSize: h, scale: lb.scaleY / 4)
-    let tx = Taps(outSize: lb.origW, inSize: w, scale: lb.scaleX / 4)
-    let base = k * h * w
-    var rows = [Float](repeating: 0, count: h * lb.origW)
-    for fy in 0..<h {
-        for x in 0..<lb.origW {
-            rows[fy * lb.origW + x] = tx.w0[x] * logits[base + fy * w + tx.i0[x]] + tx.w1[x] * logits[base + fy * w + tx.i1[x]]
+/// One axis of postprocess._resize_plan: the official two-step resize (bilinear from `inSize` stride-4 samples to
+/// the `padded` canvas, keep the first `resized` samples, bilinear to `outSize` original pixels) composed into one
+/// matrix R2 (outSize, resized) @ R1[:resized] (resized, inSize), kept as `count` taps per output sample (at most
+/// 4). Products of float32 weights are exact in Double and each entry sums at most two, so the Float weights equal
+/// NumPy's float64 product cast to float32.
+struct ComposedTaps {
+    let count: Int
+    var index: [Int] = [], weight: [Float] = []
+
+    init(outSize: Int, resized: Int, padded: Int, inSize: Int) {
+        let r2 = Taps(outSize: outSize, inSize: resized, scale: Double(resized) / Double(outSize))
+        let r1 = Taps(outSize: padded, inSize: inSize, scale: Double(inSize) / Double(padded))
+        var rows: [[(Int, Double)]] = []
+        for i in 0..<outSize {
+            var acc: [Int: Double] = [:]
+            for (j, a) in [(r2.i0[i], Double(r2.w0[i])), (r2.i1[i], Double(r2.w1[i]))] {
+                for (k, b) in [(r1.i0[j], Double(r1.w0[j])), (r1.i1[j], Double(r1.w1[j]))] {
+                    acc[k, default: 0] += a * b
+                }
+            }
+            rows.append(acc.filter { $0.value != 0 }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+        }
+        count = max(1, rows.map { $0.count }.max() ?? 1)
+        for taps in rows {
+            for t in 0..<count {  // unused slots: weight 0 on the first tap's index
+                index.append(t < taps.count ? taps[t].0 : (taps.first?.0 ?? 0))
+                weight.append(t < taps.count ? Float(taps[t].1) : 0)
+            }
         }
     }
-    var out = [Float](repeating: 0, count: lb.origH * lb.origW)
-    for y in 0..<lb.origH {
-        for x in 0..<lb.origW {
-            out[y * lb.origW + x] = ty.w0[y] * rows[ty.i0[y] * lb.origW + x] + ty.w1[y] * rows[ty.i1[y] * lb.origW + x]
+}
+
+/// postprocess._resize_plan for the stride-4 logits of a letterbox's padded canvas (both axes); build it once per
+/// image and reuse it for every map.
+public struct ResizePlan {
+    public let letterbox: Letterbox
+    let ty: ComposedTaps, tx: ComposedTaps
+
+    public init(_ lb: Letterbox) {
+        letterbox = lb
+        ty = ComposedTaps(outSize: lb.origH, resized: lb.resizedH, padded: lb.paddedH, inSize: lb.featureH)
+        tx = ComposedTaps(outSize: lb.origW, resized: lb.resizedW, padded: lb.paddedW, inSize: lb.featureW)
+    }
+}
+
+/// postprocess.resize_logits_to_image for map k of (N, h, w) logits: the official two-step bilinear resize (x4 to
+/// the padded canvas, crop the resized image, resize to the original), applied as the composed taps along x on
+/// every feature row, then along y -> H0 * W0 floats.
+public func resizeLogits(_ logits: [Float], map k: Int, plan: ResizePlan) -> [Float] {
+    let lb = plan.letterbox, ty = plan.ty, tx = plan.tx
+    let h = lb.featureH, w = lb.featureW, h0 = lb.origH, w0 = lb.origW
+    let base = k * h * w
+    var rows = [Float](repeating: 0, count: h * w0)
+    for fy in 0..<h {
+        let r = base + fy * w
+        for x in 0..<w0 {
+            var v = 0.0
+            for t in (x * tx.count)..<((x + 1) * tx.count) { v += Double(tx.weight[t]) * Double(logits[r + tx.index[t]]) }
+            rows[fy * w0 + x] = Float(v)
         }
+    }
+    var out = [Float](repeating: 0, count: h0 * w0)
+    var acc = [Double](repeating: 0, count: w0)  // one output row, summed in Double and rounded once
+    for y in 0..<h0 {
+        for x in 0..<w0 { acc[x] = 0 }
+        for t in (y * ty.count)..<((y + 1) * ty.count) where ty.weight[t] != 0 {
+            let wy = Double(ty.weight[t]), a = ty.index[t] * w0
+            for x in 0..<w0 { acc[x] += wy * Double(rows[a + x]) }
+        }
+        for x in 0..<w0 { out[y * w0 + x] = Float(acc[x]) }
     }
     return out
 }
 
+public func resizeLogits(_ logits: [Float], map k: Int, _ lb: Letterbox) -> [Float] {
+    resizeLogits(logits, map: k, plan: ResizePlan(lb))
+}
+
 /// postprocess.interactive_postprocess: K logit maps -> K masks (true = logit > threshold).
 public func masksFromLogits(_ logits: [Float], count: Int, _ lb: Letterbox) -> [[Bool]] {
-    (0..<count).map { k in resizeLogits(logits, map: k, lb).map { $0 > BundleConstants.maskThreshold } }
+    let plan = ResizePlan(lb)
+    return (0..<count).map { k in resizeLogits(logits, map: k, plan: plan).map { $0 > BundleConstants.maskThreshold } }
 }
 
 public struct Segment {
@@ -245,11 +331,14 @@ public func panopticMerge(cls: [Float], masks: [Float], _ lb: Letterbox) -> (ids
     var ids = [Int32](repeating: 0, count: n)
     if keep.isEmpty { return (ids, []) }
     var fg = [[Bool]](), best = [Float](repeating: -.infinity, count: n), winner = [Int](repeating: 0, count: n)
+    let plan = ResizePlan(lb)
     for (k, qi) in keep.enumerated() {
-        let r = resizeLogits(masks, map: qi, lb)
+        let r = resizeLogits(masks, map: qi, plan: plan)
         var f = [Bool](repeating: false, count: n)
         for i in 0..<n {
-            let s = 1 / (1 + Foundation.exp(-min(88, max(-88, r[i]))))
+            // postprocess._sigmoid: float32, NOT clipped; below about -88.72 exp overflows to +inf and the sigmoid is
+            // exactly 0, so where every kept query is 0 the first kept query wins (the official merge, issue 12)
+            let s: Float = 1 / (1 + Foundation.exp(-r[i]))
             f[i] = s >= 0.5
             let p = scores[qi] * s
             if p > best[i] { best[i] = p; winner[i] = k }  // strict: an earlier query wins ties
