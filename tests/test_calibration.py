@@ -382,3 +382,27 @@ def test_unfolded_batchnorm_stays_float_by_default():
                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, c, 8])], inits)
     derived = excl.derive(helper.make_model(graph))
     assert derived["batchnorm"] == ["bn"] and "batchnorm" in excl.DEFAULT_RULES
+
+
+def test_dynamic_canvas_bundle_calibrates_at_its_deployment_size(bundle, calib_dir):
+    """Bundles' ONNX graphs take any canvas of multiples of 32 (issue 12); calibration reads images at the
+    deployment canvas of the input policy, and the INT8 encoder keeps the dynamic H/W."""
+    import onnxruntime as ort
+
+    from rapsam_edge.bundle import bundle_canvas
+    from rapsam_edge.exporters.verify import compare
+
+    before = load_bundle(bundle)
+    assert bundle_canvas(before).kind == "dynamic"
+    policy = InputPolicy.from_dict(before.manifest["input_policy"])
+    reader = ImageReader(sorted(p for p in calib_dir.iterdir())[:2], policy)
+    assert [reader.feed(i)["image"].shape for i in range(len(reader))] == [(1, 3, 128, 128)] * 2
+    calibrate(bundle, _opts(calib_dir, flavor="cpu", num=2))
+    b = load_bundle(bundle)
+    art = b.require("encoder", "onnx", "int8-cpu")
+    assert art.inputs[0].shape == [1, 3, "H", "W"] and bundle_canvas(b) == bundle_canvas(before)
+    image = np.random.default_rng(0).uniform(0, 255, (1, 3, 96, 160)).astype(np.float32)
+    outs = [ort.InferenceSession(str(b.path(b.require("encoder", "onnx", p))),
+                                 providers=["CPUExecutionProvider"]).run(None, {"image": image})[0]
+            for p in ("fp32", "int8-cpu")]
+    assert outs[1].shape == (1, 256, 24, 40) and compare(outs[0], outs[1])["cosine"] > 0.98

@@ -19,6 +19,7 @@ from rapsam_edge.bundle import load_bundle  # noqa: E402
 from rapsam_edge.exporters import coreml_compress as cc  # noqa: E402
 from rapsam_edge.exporters.coreml import _judge, artifact_precision, check_package, package_path  # noqa: E402
 from rapsam_edge.exporters.export import ExportRequest, run_export, validate  # noqa: E402
+from rapsam_edge.preprocess import CanvasSpec  # noqa: E402
 
 IMGSZ = 128
 H4 = IMGSZ // 4
@@ -229,3 +230,65 @@ def test_non_finite_simulated_outputs_fail():
         report = {"failures": [], "warnings": []}
         _judge(report, graphs, "fp16" if compress == "none" else "int8", compress, "simulated")
         assert len(report["failures"]) == hard and "not finite" in report["failures"][0]
+
+
+# ---- enumerated canvases (issue 12) -------------------------------------------------------------------------
+
+def test_enumerated_canvas_spec():
+    spec = CanvasSpec("enumerated", (640, 640), sizes=[(640, 640), (800, 1216), [1216, 800], (800, 1216)])
+    assert spec.sizes == ((640, 640), (800, 1216), (1216, 800))  # deduplicated, order kept
+    assert (spec.min_size, spec.max_size) == ((640, 640), (1216, 1216))
+    assert spec.accepts((800, 1216)) and not spec.accepts((800, 800)) and not spec.accepts((1216, 1216))
+    assert spec.describe() == "the canvases 640x640, 800x1216, 1216x800"
+    assert spec.to_dict()["sizes"] == [[640, 640], [800, 1216], [1216, 800]]
+    assert CanvasSpec.from_dict(spec.to_dict()) == spec
+    fixed = CanvasSpec("fixed", (640, 640))
+    assert "sizes" not in fixed.to_dict() and CanvasSpec.from_dict(fixed.to_dict()) == fixed  # old manifests read
+    with pytest.raises(ValueError, match="must be one of the enumerated sizes"):
+        CanvasSpec("enumerated", (640, 640), sizes=[(800, 1216)])
+    with pytest.raises(ValueError, match="only of that kind"):
+        CanvasSpec("dynamic", (640, 640), sizes=[(640, 640)])
+    with pytest.raises(ValueError, match="positive multiples of 32"):
+        CanvasSpec("enumerated", (640, 640), sizes=[(640, 640), (800, 1200)])
+
+
+def test_enumerated_canvases_convert_and_are_recorded(tmp_path):
+    """--canvases: every graph takes the listed canvases (ct.EnumeratedShapes, the --imgsz one the default), the
+    prompt decoder targets iOS18 (coremltools' rule for several enumerated inputs), the manifest lists them and
+    the package check reads them back from the saved specs. Predictions at each canvas need macOS."""
+    import coremltools as ct
+
+    from rapsam_edge.bundle import bundle_canvas
+    from rapsam_edge.exporters.export import default_verify_images
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root, report = run_export(ExportRequest(target="coreml", config="rapsam_r18_lite", imgsz=64, out=tmp_path,
+                                                options={"canvases": "96x64,64x128"},
+                                                verify_images=default_verify_images(limit=1)[:1]))
+    assert report["failures"] == []
+    bundle = load_bundle(root)
+    want = CanvasSpec("enumerated", (64, 64), sizes=((64, 64), (96, 64), (64, 128)))
+    assert bundle_canvas(bundle, "coreml") == want and CanvasSpec.from_dict(bundle.manifest["canvas"]) == want
+    images = {"image": [[1, 3, 64, 64], [1, 3, 96, 64], [1, 3, 64, 128]]}
+    features = [[1, 256, 16, 16], [1, 256, 24, 16], [1, 256, 16, 32]]
+    keys = [[1, 256, 256], [1, 384, 256], [1, 512, 256]]
+    expect = {"encoder": images, "object_decoder": {"features": features},
+              "prompt_decoder": {"features": features, "prompt_keys": keys, "prompt_values": keys}}
+    for graph in GRAPHS:
+        art = bundle.require(graph, "coreml", "fp16")
+        assert art.details["enumerated_shapes"] == expect[graph] and art.details["fixed_shapes"] is False
+        assert art.details["deployment_target"] == ("iOS18" if graph == "prompt_decoder" else "iOS16")
+        spec = ct.models.MLModel(str(bundle.path(art)), skip_model_load=True).get_spec()
+        saved = {f.name: [list(s.shape) for s in f.type.multiArrayType.enumeratedShapes.shapes]
+                 for f in spec.description.input if f.type.multiArrayType.WhichOneof("ShapeFlexibility")}
+        assert saved == expect[graph]
+        assert art.inputs[0].shape == expect[graph][art.inputs[0].name][0]  # the default is the --imgsz canvas
+    art = bundle.require("object_decoder", "coreml", "fp16")
+    art.details["enumerated_shapes"] = {"features": features[:1]}
+    rep = check_package(bundle.path(art), art, {"features": features[0], "cls_logits": [1, 100, 134],
+                                                "mask_logits": [], "queries": [1, 100, 256]}, "none")
+    assert any("enumerated input shapes" in f for f in rep["failures"])  # the check can fail
+    with pytest.raises(ValueError, match="--canvases takes --compress none, int8 or palette4"):
+        run_export(ExportRequest(target="coreml", config="rapsam_r18_lite", imgsz=64, out=tmp_path / "w",
+                                 options={"canvases": "96x64", "compress": "w8a8"}))

@@ -130,6 +130,7 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
     (ExportRequest(target="tensorrt", options={"canvas": "ranged"}), "unknown canvas mode"),
     (ExportRequest(target="tensorrt", options={"canvas": "fixed", "max_canvas": "1344x1344"}), "--canvas fixed"),
     (ExportRequest(target="tensorrt", options={"canvases": "800x1216"}), "does not take --canvases"),
+    (ExportRequest(target="coreml", options={"canvases": "800x1200"}), "multiples of 32"),
 ])
 def test_bad_export_requests_are_refused(req, message):
     with pytest.raises(ValueError, match=message):

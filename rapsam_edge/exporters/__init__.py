@@ -38,7 +38,7 @@ class Target:
 TARGETS: dict[str, Target] = {
     "onnx": Target("onnx", ("fp32", "fp16"), "fp32", ("dcn", "simplify", "opset", "max_canvas"),
                    "exported, run and verified in onnxruntime"),
-    "coreml": Target("coreml", ("fp16", "fp32"), "fp16", ("compress", "calib_images", "prompt_slots"),
+    "coreml": Target("coreml", ("fp16", "fp32"), "fp16", ("compress", "calib_images", "prompt_slots", "canvases"),
                      "converted and validated (spec, ops, sizes); prediction needs macOS"),
     "tensorrt": Target("tensorrt", ("fp16", "int8"), "fp16", ("device", "workspace", "dla", "prompt_slots", "canvas",
                                                                "max_canvas"),

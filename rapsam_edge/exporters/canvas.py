@@ -10,9 +10,9 @@ such canvas. This module holds what every target shares for that:
   optimised for the deployment size.
 * :func:`dynamic_coord_features`: the export-time twin of ``YOSONeck.coord_features``. The model builds its
   CoordConv channels with ``torch.linspace(-1, 1, h)``, and ``torch.export`` specialises linspace's step
-  count, so an encoder exported through it only runs at the traced size. The twin slices the same values
-  out of a table of ``torch.linspace(-1, 1, n)`` for every n up to the largest feature side, computed by
-  torch itself when the export starts, so it stays symbolic AND is bit-identical to the model (an
+  count, so an encoder exported through it only runs at the traced size. The twin reads the same values
+  from a table whose row n-1 is ``torch.linspace(-1, 1, n)``, for every n up to the largest feature side,
+  computed by torch itself when the export starts, so it stays symbolic AND is bit-identical to the model (an
   arange-based formula is not portable: torch's CPU linspace rounds ``start + i*step`` once (FMA) in its
   AVX2/AVX512 kernels and twice in its default kernel, so no single formula matches every machine). The
   model is not edited (it is verified against the official code); the twin replaces the method on the
@@ -86,8 +86,15 @@ def canvas_spec(mode: CanvasMode | str, size: tuple[int, int],
 # ---- the export-time twin of YOSONeck.coord_features -----------------------------------------------------
 
 def linspace_table(n_max: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``torch.linspace(-1, 1, n)`` for n = 1..n_max, concatenated: n's values start at n*(n-1)/2."""
-    return torch.cat([torch.linspace(-1.0, 1.0, n, dtype=dtype) for n in range(1, n_max + 1)])
+    """(n_max, n_max): row n-1 holds ``torch.linspace(-1, 1, n)`` in its first n entries (zeros after).
+
+    Square rather than packed (n*(n-1)/2 offsets, half the size) because the packed offset needs an integer
+    division of the symbolic side, which coremltools converts to float and then refuses as a slice bound;
+    a row index and a slice length are plain symbolic ints everywhere (336x336 floats, 0.45 MB at 1344)."""
+    table = torch.zeros(n_max, n_max, dtype=dtype)
+    for n in range(1, n_max + 1):
+        table[n - 1, :n] = torch.linspace(-1.0, 1.0, n, dtype=dtype)
+    return table
 
 
 class CoordFeaturesTwin:
@@ -105,8 +112,7 @@ class CoordFeaturesTwin:
             raise ValueError(f"a feature side of {n} is outside this export's canvas (feature sides 1..{self.n_max}, "
                              f"canvas sides up to {4 * self.n_max}); raise --max-canvas.")
         table = self.table if like.dtype == self.table.dtype else linspace_table(self.n_max, like.dtype)
-        start = n * (n - 1) // 2
-        return table[start:start + n].to(like.device)
+        return table[n - 1, :n].to(like.device)
 
     def __call__(self, x: Tensor) -> Tensor:
         neck = self.neck

@@ -12,6 +12,14 @@ Choices (../shared/docs/toolchain.md, design.md §3):
 * FIXED shapes, no ranges: encoder image (1,3,H,W); object decoder features (1,256,H/4,W/4), one frame
   (T=1); prompt decoder with a fixed number of prompt slots (boxes (1,16,4)): CoreML re-specialises a model
   for every new input shape (~10x slower first run), so the host pads boxes to the slots (CoreMLBackend).
+* ``--canvases 800x1216,1216x800``: enumerated canvases (``ct.EnumeratedShapes``, the deployment ``--imgsz``
+  added as the default) instead of one, so the official per-image canvases of the listed sizes run; CoreML
+  plans each listed shape ahead, unlike ranges. The encoder is exported through the dynamic-canvas twin of
+  the CoordConv channels (canvas.py). coremltools allows enumerated shapes on more than one input only
+  from iOS 18, so the prompt decoder (features, prompt keys and values) then targets iOS18 (+macOS 15);
+  with ``w8a8`` (a calibrated fx graph of the encoder) enumerated canvases are refused. What runs where
+  here: conversion and the saved specs' enumerated shapes are checked on Linux; the packages' predictions
+  at each canvas need macOS.
 * fp16 compute keeps in fp32 what fp16 cannot hold: the decoders' hard-mask SUM pooling and what consumes
   the sum up to the next LayerNorm (a sum over up to h*w pixels overflows fp16's 65504), and the tiny box
   sine encoding (box centres in fp16 are only ~0.3 px exact at 640). The Neural Engine computes in fp16
@@ -30,6 +38,7 @@ in the core opset of the deployment target, compression ops present, sizes) and 
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 import warnings
@@ -42,12 +51,14 @@ import torch
 
 from ..bundle import Artifact, Bundle, TensorSpec, size_path
 from ..model.rapsam import RapSam
+from ..preprocess import CanvasSpec
 from ..runtime.base import Backend
+from .canvas import dynamic_coord_features, requested_canvas
 from .coreml_compress import COMPRESSIONS, compress_weights, simulated_model
 from .graphs import GRAPH_IO, build_graph, example_inputs
 
 PROMPT_SLOTS = 16
-TARGETS = {"iOS16": "iOS 16+ / macOS 13+", "iOS17": "iOS 17+ / macOS 14+"}
+TARGETS = {"iOS16": "iOS 16+ / macOS 13+", "iOS17": "iOS 17+ / macOS 14+", "iOS18": "iOS 18+ / macOS 15+"}
 # ops that must show up per compression (coremltools 9 emits the affine form for iOS16/17 targets and
 # the blockwise form from iOS18 on)
 COMPRESSION_OPS = {"int8": {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"},
@@ -136,28 +147,67 @@ class _Fp16Selector:
 
 
 # ---- conversion ----------------------------------------------------------------------------------------
+def enumerated_shapes(graph: str, canvas: CanvasSpec, hidden_dim: int = 256) -> dict[str, list[tuple[int, ...]]]:
+    """Input name -> its shape at every enumerated canvas (the default, the deployment size, first); the boxes
+    keep their fixed prompt slots and the object decoder one frame."""
+    assert canvas.sizes is not None
+    sizes = [tuple(canvas.size)] + [s for s in canvas.sizes if s != tuple(canvas.size)]
+    if graph == "encoder":
+        return {"image": [(1, 3, h, w) for h, w in sizes]}
+    out = {"features": [(1, hidden_dim, h // 4, w // 4) for h, w in sizes]}
+    if graph == "prompt_decoder":
+        keys = [(1, (h // 4) * (w // 4), hidden_dim) for h, w in sizes]
+        out.update(prompt_keys=keys, prompt_values=list(keys))
+    return out
+
+
+def _export_dims(graph: str, canvas: CanvasSpec) -> dict[str, Any]:
+    """torch.export dims spanning the enumerated canvases (the shapes themselves are CoreML's list)."""
+    Dim = torch.export.Dim
+    lo, hi = canvas.min_size, canvas.max_size
+    assert lo is not None and hi is not None
+    if graph == "encoder":
+        return {"image": {2: 32 * Dim("a", min=lo[0] // 32, max=hi[0] // 32),
+                          3: 32 * Dim("b", min=lo[1] // 32, max=hi[1] // 32)}}
+    hw = {2: Dim("h4", min=lo[0] // 4, max=hi[0] // 4), 3: Dim("w4", min=lo[1] // 4, max=hi[1] // 4)}
+    if graph == "object_decoder":
+        return {"features": hw}
+    return {"features": hw, "prompt_keys": {1: Dim.AUTO}, "prompt_values": {1: Dim.AUTO}, "boxes": None}
+
+
 def convert_graph(module: torch.nn.Module, graph: str, example: tuple[torch.Tensor, ...], precision: str,
-                  target: str = "iOS16") -> tuple[Any, dict[str, Any]]:
-    """torch module -> ML Program with the IO names of GRAPH_IO, fixed shapes, float32 IO."""
+                  target: str = "iOS16", canvas: CanvasSpec | None = None,
+                  model: RapSam | None = None) -> tuple[Any, dict[str, Any]]:
+    """torch module -> ML Program with the IO names of GRAPH_IO, float32 IO, fixed shapes or, for an
+    enumerated ``canvas`` (``model`` given: its neck gets the twin while exporting), ``ct.EnumeratedShapes``."""
     import coremltools as ct
 
     io = GRAPH_IO[graph]
+    enumerated = canvas is not None and canvas.kind == "enumerated"
+    if enumerated and model is None:
+        raise ValueError("convert_graph needs the model whose graphs it converts for enumerated canvases.")
+    dims = _export_dims(graph, canvas) if enumerated else None  # type: ignore[arg-type]
+    coords = dynamic_coord_features(model, canvas.max_size) if enumerated and graph == "encoder" \
+        else contextlib.nullcontext()  # type: ignore[arg-type]
     t0 = time.perf_counter()
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), coords:
             warnings.simplefilter("ignore")
-            program = torch.export.export(module.eval(), example).run_decompositions({})
+            program = torch.export.export(module.eval(), example, dynamic_shapes=dims).run_decompositions({})
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+    shapes = enumerated_shapes(graph, canvas, example[0].shape[1] if graph != "encoder" else 256) \
+        if enumerated else {}  # type: ignore[arg-type]
     selector = _Fp16Selector()
     compute = ct.transform.FP16ComputePrecision(op_selector=selector) if precision == "fp16" \
         else ct.precision.FLOAT32
     try:
         mlmodel = ct.convert(
             program, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
-            inputs=[ct.TensorType(name=n, shape=tuple(x.shape), dtype=np.float32)
+            inputs=[ct.TensorType(name=n, shape=ct.EnumeratedShapes(shapes=shapes[n], default=shapes[n][0])
+                                  if n in shapes else tuple(x.shape), dtype=np.float32)
                     for n, x in zip(io.inputs, example, strict=True)],
             outputs=[ct.TensorType(name=n, dtype=np.float32) for n in io.outputs],
             compute_precision=compute, skip_model_load=True)
@@ -200,8 +250,14 @@ def _histogram(counts: Counter) -> dict[str, int]:
 def export_target(model: RapSam, root: Path, precision: str, req: Any) -> list[Artifact]:
     """The ``--target coreml`` entry used by :func:`rapsam_edge.exporters.export.run_export`."""
     compress, slots = _options(req)
+    canvas = requested_canvas("coreml", req.options, model.config.input_size)
+    enumerated = canvas.kind == "enumerated"
+    if enumerated and compress == "w8a8":
+        raise ValueError("--canvases takes --compress none, int8 or palette4: the w8a8 encoder is a calibrated fx "
+                         "graph that is exported at the one --imgsz canvas.")
     model = model.eval()
-    modules: dict[str, tuple[torch.nn.Module, str]] = {g: (build_graph(g, model), "iOS16") for g in GRAPH_IO}
+    modules: dict[str, tuple[torch.nn.Module, str]] = {
+        g: (build_graph(g, model), "iOS18" if enumerated and g == "prompt_decoder" else "iOS16") for g in GRAPH_IO}
     extra: dict[str, Any] = {}
     if compress == "w8a8":
         from .coreml_compress import calibration_images, w8a8_encoder
@@ -215,7 +271,7 @@ def export_target(model: RapSam, root: Path, precision: str, req: Any) -> list[A
     arts = []
     for graph, (module, target) in modules.items():
         example = example_inputs(graph, model, num_prompts=slots)
-        mlmodel, details = convert_graph(module, graph, example, precision, target)
+        mlmodel, details = convert_graph(module, graph, example, precision, target, canvas, model)
         t0 = time.perf_counter()
         # w8a8: the decoders get int8 weights only; the encoder's convs already carry int8 weights, this
         # also compresses its float prompt key/value projections
@@ -231,10 +287,14 @@ def export_target(model: RapSam, root: Path, precision: str, req: Any) -> list[A
             else "FLOAT32", "compression": compress, "weights": "int8 weights + int8 activations"
             if compress == "w8a8" and graph == "encoder" else weight_mode,
             "compress_seconds": round(time.perf_counter() - t0, 2), "deployment_target": target,
-            "runs_on": TARGETS[target], "opset": opset, "model_type": "mlprogram", "fixed_shapes": True,
+            "runs_on": TARGETS[target], "opset": opset, "model_type": "mlprogram", "fixed_shapes": not enumerated,
+            "canvas": canvas.to_dict(),
             "size_mb": round(size_path(root / rel) / 1e6, 2), "op_histogram": _histogram(counts)})
         if graph == "prompt_decoder":
             details["prompt_slots"] = slots
+        if enumerated:
+            details["enumerated_shapes"] = {n: [list(s) for s in v] for n, v in
+                                            enumerated_shapes(graph, canvas, model.config.hidden_dim).items()}
         if graph == "object_decoder":
             details["frames"] = 1
         if compress == "w8a8" and graph == "encoder":
@@ -273,12 +333,21 @@ def check_package(path: Path, art: Artifact, expected: dict[str, list[int]], com
     fails: list[str] = []
     got = {t.name: (t.shape, t.dtype) for t in _spec_tensors(spec.description.input)
            + _spec_tensors(spec.description.output)}
+    flexible = bool(art.details.get("enumerated_shapes"))  # outputs that follow the canvas have no shape in the spec
+    outputs = {f.name for f in spec.description.output}
     for name, shape in expected.items():
         if name not in got:
             fails.append(f"{art.graph}: missing tensor {name!r} (has {', '.join(got)})")
+        elif flexible and name in outputs and got[name] == ([], "float32"):
+            continue
         elif got[name] != (shape, "float32"):
             fails.append(f"{art.graph}: {name} is {got[name][1]}{got[name][0]}, expected float32{shape}")
     fails += [f"{art.graph}: unexpected tensor {n!r}" for n in got if n not in expected]
+    listed = {f.name: [list(s.shape) for s in f.type.multiArrayType.enumeratedShapes.shapes]
+              for f in spec.description.input if f.type.multiArrayType.WhichOneof("ShapeFlexibility")}
+    if listed != art.details.get("enumerated_shapes", {}):
+        fails.append(f"{art.graph}: enumerated input shapes {listed or 'none'} differ from the export's "
+                     f"{art.details.get('enumerated_shapes') or 'none'}")
     counts, opset = mil_ops(spec)
     target = getattr(ct.target, art.details.get("deployment_target", "iOS16"))
     core = SSAOpRegistry.core_ops

@@ -1,6 +1,7 @@
 """CoreML backend: runs a bundle's ``coreml/*.mlpackage`` graphs (macOS 13+ only).
 
-The packages have fixed shapes (exporters/coreml.py): the prompt decoder takes exactly ``slots`` boxes
+The packages have fixed shapes, or the enumerated canvases of ``export --canvases`` (each listed canvas
+runs, nothing in between; exporters/coreml.py): the prompt decoder takes exactly ``slots`` boxes
 (16 by default), so ``decode_prompts`` pads K < slots with a dummy box and drops its outputs, and splits
 K > slots into several calls; the object decoder is single-frame (T=1), so a clip (features of height T*h)
 is refused — decode the frames one by one (streaming mode) or use the onnxruntime backend for clip mode.
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import GRAPHS, Bundle
+from ..bundle import GRAPHS, Bundle, bundle_canvas
 from .base import Backend
 
 COMPUTE_UNITS = {"all": "ALL", "cpuAndNeuralEngine": "CPU_AND_NE", "cpuAndGPU": "CPU_AND_GPU", "cpuOnly": "CPU_ONLY"}
@@ -26,6 +27,7 @@ PAD_BOX = (0.5, 0.5, 0.05, 0.05)  # what unused prompt slots hold (their outputs
 
 class CoreMLBackend(Backend):
     name = "coreml"
+    canvas_feature_hws: tuple[tuple[int, int], ...] = ()  # (H/4, W/4) of enumerated canvases besides feature_hw
 
     def __init__(self, bundle: Bundle, precision: str = "fp16", compress: str = "none", compute_units: str = "all",
                  threads: int | None = None, device: str | None = None):
@@ -49,6 +51,8 @@ class CoreMLBackend(Backend):
         shapes = {t.name: t.shape for t in self.arts["prompt_decoder"].inputs}
         self.slots = int(shapes["boxes"][1])
         self.feature_hw = tuple(int(v) for v in shapes["features"][2:])
+        canvas = bundle_canvas(bundle, "coreml")
+        self.canvas_feature_hws = tuple((h // 4, w // 4) for h, w in canvas.sizes or ())
 
     def _predict(self, graph: str, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         out = self.models[graph].predict({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()})
@@ -59,8 +63,13 @@ class CoreMLBackend(Backend):
         return {k: out[k] for k in ("features", "prompt_keys", "prompt_values")}
 
     def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if tuple(features.shape[2:]) != self.feature_hw:
+        if tuple(features.shape[2:]) not in {self.feature_hw, *self.canvas_feature_hws}:
             h = self.feature_hw[0]
+            if self.canvas_feature_hws:
+                sizes = ", ".join(f"{a}x{b}" for a, b in (self.feature_hw, *self.canvas_feature_hws))
+                raise ValueError(f"the CoreML object decoder takes single frames of the exported canvases (features "
+                                 f"{sizes}), not {features.shape[2]}x{features.shape[3]}; decode clips frame by frame "
+                                 "or use the onnxruntime backend.")
             raise ValueError(f"the CoreML object decoder is single-frame: it takes features of height {h}, not "
                              f"{features.shape[2]} (a {features.shape[2] / h:g}-frame clip); decode frame by frame "
                              "or use the onnxruntime backend for clip mode.")
