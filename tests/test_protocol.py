@@ -176,3 +176,23 @@ def test_protocol_comparison_measures_the_canvas():
     assert cmp.images == 1 and cmp.metrics == {}  # no ground truth: agreement only
     assert cmp.interactive_mask_iou < 0.95 and cmp.object_class_agreement < 1.0
     assert "deployment canvas 256x256 (fixed, bilinear)" in summary_line(cmp.to_dict())
+
+
+def test_dynamic_onnx_bundle_runs_the_official_protocol(tiny_onnx_bundle):
+    """ONNX graphs take any canvas of multiples of 32, so onnxruntime runs the official protocol on the same
+    canvas as the PyTorch reference and agrees with it; a _lite bundle defaults to its deployment canvas."""
+    from rapsam_edge.bundle import bundle_canvas, load_bundle
+
+    canvas = bundle_canvas(load_bundle(tiny_onnx_bundle))
+    assert canvas.kind == "dynamic" and canvas.accepts((800, 1216)) and canvas.size == (128, 128)
+    assert rapsam_edge.load(tiny_onnx_bundle).meta["protocol"] == "deployment"
+    ort_pipe = rapsam_edge.load(tiny_onnx_bundle, protocol="official")
+    ref = rapsam_edge.load(tiny_onnx_bundle, backend="torch", protocol="official")
+    assert ort_pipe.meta["protocol"] == ref.meta["protocol"] == "official"
+    ort_pipe.set_image(ROCKET)
+    ref.set_image(ROCKET)
+    assert ort_pipe._state.letterbox.padded_hw == (800, 1216)
+    np.testing.assert_allclose(ort_pipe._state.encoded["features"], ref._state.encoded["features"], atol=1e-3)
+    pts = np.array([[160.0, 100.0], [320.0, 213.0], [500.0, 300.0]])
+    a, b = ort_pipe.segment(points=pts).masks, ref.segment(points=pts).masks
+    assert (a & b).sum() / max(1, (a | b).sum()) > 0.99

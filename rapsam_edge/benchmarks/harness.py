@@ -282,11 +282,12 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
         root = req.bundle
     bundle = load_bundle(root)  # sha256 of every artifact
     if req.protocol is not None:  # a protocol the graphs cannot run is one sentence before any work
+        from ..bundle import bundle_canvas
         from ..preprocess import InputPolicy, Protocol
-        from ..runtime.loader import bundle_canvas_spec, choose_protocol
+        from ..runtime.loader import choose_protocol
 
         policy = InputPolicy.from_dict(bundle.manifest["input_policy"])
-        choose_protocol(bundle, policy, bundle_canvas_spec(bundle, policy), Protocol.parse(req.protocol))
+        choose_protocol(bundle, policy, bundle_canvas(bundle), Protocol.parse(req.protocol))
     data = accuracy.resolve_data(req.data, _vocabulary(bundle), req.tasks, req.subset, req.limit, req.video_data)
     if req.floors or req.max_drops:
         gates.check_requested(req.floors, req.max_drops, req.tasks, data.dataset is not None)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..bundle import Bundle, BundleError, load_bundle
+from ..bundle import Bundle, BundleError, bundle_canvas, load_bundle
 from ..config import ModelConfig, Vocabulary
 from ..model.checkpoint import load_model
 from ..model.rapsam import RapSam
@@ -76,13 +76,6 @@ def reference_model(bundle: Bundle) -> RapSam:
     return model
 
 
-def bundle_canvas_spec(bundle: Bundle, policy: InputPolicy) -> CanvasSpec:
-    """The canvases a bundle's graphs accept: its manifest's ``canvas`` section; bundles written before it
-    existed were exported at one fixed canvas, the size of their input policy."""
-    section = bundle.manifest.get("canvas")
-    return CanvasSpec.from_dict(section) if section else CanvasSpec("fixed", policy.size)
-
-
 def choose_protocol(bundle: Bundle, deployment: InputPolicy, canvas: CanvasSpec,
                     requested: Protocol | None) -> Protocol:
     """The protocol a bundle runs with: the requested one if its graphs can take it, else one sentence; with
@@ -101,7 +94,8 @@ def choose_protocol(bundle: Bundle, deployment: InputPolicy, canvas: CanvasSpec,
 def load_from_bundle(bundle: Bundle, backend: str, precision: str, device: str, threads: int | None,
                      protocol: Protocol | None = None) -> Pipeline:
     deployment = InputPolicy.from_dict(bundle.manifest["input_policy"])
-    canvas = bundle_canvas_spec(bundle, deployment)
+    # an engine or package has its own shapes; onnxruntime and the torch reference follow the ONNX canvas
+    canvas = bundle_canvas(bundle, {"tensorrt": "tensorrt", "coreml": "coreml"}.get(backend, "onnx"))
     chosen = choose_protocol(bundle, deployment, canvas, protocol)
     vocab = Vocabulary.from_dict(bundle.manifest["classes"])
     meta: dict[str, Any] = {"bundle": str(bundle.root), "bundle_manifest_sha256": bundle.manifest_hash(),
