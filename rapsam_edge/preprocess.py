@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .choices import Choice
 
 CLICK_BOX_SIZE = 6
 """Side (resized-image pixels) of the box a click becomes: [x-3, y-3, x+3, y+3] (official GeneratePoint)."""
@@ -58,6 +59,15 @@ def _triple(value: Any, name: str) -> tuple[float, float, float]:
     if len(out) != 3 or not all(math.isfinite(v) for v in out):
         raise ValueError(f"InputPolicy.{name} must be 3 finite numbers (one per channel), got {value!r}.")
     return out  # type: ignore[return-value]
+
+
+def _refuse_unknown_keys(cls: type, data: dict[str, Any], what: str) -> None:
+    """Manifest sections are read strictly: a key this version does not know means a newer writer, and a
+    half-read policy would silently change the inputs."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown {what} keys {unknown}; allowed keys are {sorted(known)}.")
 
 
 @dataclass(frozen=True)
@@ -142,14 +152,11 @@ class InputPolicy:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputPolicy:
         """Inverse of `to_dict`; unknown keys are refused so a newer manifest is never half-read."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown InputPolicy keys {unknown}; allowed keys are {sorted(known)}.")
+        _refuse_unknown_keys(cls, data, "InputPolicy")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-class Protocol(str, Enum):
+class Protocol(Choice):
     """How images become graph inputs at test time (design.md §3).
 
     OFFICIAL reproduces the official test time (:meth:`InputPolicy.official`): what the paper's numbers were
@@ -162,12 +169,8 @@ class Protocol(str, Enum):
     DEPLOYMENT = "deployment"
 
     @classmethod
-    def parse(cls, value: Protocol | str) -> Protocol:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown protocol {value!r}; choose one of "
-                             f"{', '.join(p.value for p in cls)}.") from None
+    def what(cls) -> str:
+        return "protocol"
 
     def policy(self, deployment: InputPolicy) -> InputPolicy:
         """The input policy of this protocol, given the model's/bundle's deployment policy."""
@@ -255,10 +258,7 @@ class CanvasSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CanvasSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown canvas keys {unknown}; allowed keys are {sorted(known)}.")
+        _refuse_unknown_keys(cls, data, "canvas")
         data = dict(data)
         if data.get("sizes") is not None:
             data["sizes"] = tuple(tuple(hw) for hw in data["sizes"])

@@ -21,17 +21,17 @@ two :class:`ClickProtocol` rules:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
 
 import numpy as np
 from scipy import ndimage
 
+from ..choices import Choice
 from ..preprocess import CLICK_BOX_SIZE
 
 OVERLAP_RULES = ("official", "source")
 
 
-class ClickProtocol(str, Enum):
+class ClickProtocol(Choice):
     """Where the evaluation click of a ground-truth segment goes (``rapsam-edge eval --clicks``).
 
     OFFICIAL reproduces RAP-SAM's COCO-SAM evaluation (GT rescaled to the test scale, kornia's approximate
@@ -44,12 +44,8 @@ class ClickProtocol(str, Enum):
     EXACT = "exact"
 
     @classmethod
-    def parse(cls, value: ClickProtocol | str) -> ClickProtocol:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown click protocol {value!r}; choose one of "
-                             f"{', '.join(p.value for p in cls)}.") from None
+    def what(cls) -> str:
+        return "click protocol"
 
 
 def sample_clicks(masks: np.ndarray, num: int = 30, rng: np.random.Generator | None = None, *,

@@ -7,10 +7,11 @@ validates arguments against it and refuses, with one sentence, options a target 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+
+from ..choices import Choice
 
 
-class CanvasMode(str, Enum):
+class CanvasMode(Choice):
     """``export --canvas``: one fixed canvas (the deployment ``--imgsz``), or any multiple of 32 from 32x32 to
     ``--max-canvas`` (what the official per-image canvases need); see exporters/canvas.py."""
 
@@ -18,12 +19,8 @@ class CanvasMode(str, Enum):
     DYNAMIC = "dynamic"
 
     @classmethod
-    def parse(cls, value: CanvasMode | str) -> CanvasMode:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown canvas mode {value!r}; choose one of "
-                             f"{', '.join(m.value for m in cls)}.") from None
+    def what(cls) -> str:
+        return "canvas mode"
 
 
 @dataclass(frozen=True)
