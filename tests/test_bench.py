@@ -158,7 +158,13 @@ def test_floor_miss_exits_one_and_marks_the_format(bench_bundle, tmp_path):
 
 
 def test_official_protocol_on_a_fixed_canvas_bundle_is_one_sentence(bench_bundle, tmp_path):
-    res = runner.invoke(app, ["bench", "--bundle", str(bench_bundle), *FAST, "--data", "none", "--protocol",
+    """A bundle written before canvases were recorded (no manifest ``canvas`` section) ran at one fixed canvas."""
+    old = tmp_path / "old_bundle"
+    shutil.copytree(bench_bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["canvas"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    res = runner.invoke(app, ["bench", "--bundle", str(old), *FAST, "--data", "none", "--protocol",
                               "official", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "accepts only a fixed 128x128 canvas" in " ".join(res.output.split())
     assert not (tmp_path / "o" / "report.json").exists()

@@ -238,8 +238,18 @@ class Context:
     attention_outputs: frozenset[str] = frozenset()
 
 
+def shape_only(ix: GraphIndex, _: Context) -> list[str]:
+    """Nodes computed from the canvas shape alone (the CoordConv coordinate channels of a dynamic-canvas
+    graph, sliced from a constant linspace table): constants for any given canvas, nothing to calibrate, and
+    NNCF cannot place a quantizer on the edge out of the table initializer."""
+    from ..exporters.onnx import shape_only_nodes
+
+    return [n for n in shape_only_nodes(ix.model) if n in ix.by_name and ix.by_name[n].op_type != "Constant"]
+
+
 Rule = Callable[[GraphIndex, Context], list[str]]
 RULES: dict[str, tuple[Rule, str]] = {
+    "shape_only": (shape_only, "shape-only nodes (coordinate channels of a dynamic canvas)"),
     "first_conv": (first_conv, "first layer on raw pixels"),
     "layernorm": (layernorm, "LayerNormalization"),
     "batchnorm": (batchnorm, "unfolded BatchNormalization"),

@@ -112,7 +112,9 @@ class CoordFeaturesTwin:
             raise ValueError(f"a feature side of {n} is outside this export's canvas (feature sides 1..{self.n_max}, "
                              f"canvas sides up to {4 * self.n_max}); raise --max-canvas.")
         table = self.table if like.dtype == self.table.dtype else linspace_table(self.n_max, like.dtype)
-        return table[n - 1, :n].to(like.device)
+        # Slice + Reshape, not table[n - 1] (a Gather on a constant): NNCF takes a Gather on an initializer for an
+        # embedding lookup and tries to quantize its "weights", which it cannot do on this edge
+        return table.narrow(0, n - 1, 1).narrow(1, 0, n).reshape(n).to(like.device)
 
     def __call__(self, x: Tensor) -> Tensor:
         neck = self.neck

@@ -75,7 +75,9 @@ def register_engines(bundle: Bundle, precision: str, opts: TrtOptions, built_by:
     fp = device_fingerprint()
     folder = bundle.root / "tensorrt"
     build_record = bundle.require("build", FORMAT, precision).details
-    lines = dict(zip((s.graph for s in engine_specs(precision, opts)), build_record["trtexec"], strict=True))
+    # build records written before the trtexec lines were recorded have none: the fingerprint then says so
+    recorded = build_record.get("trtexec") or [None] * len(engine_specs(precision, opts))
+    lines = dict(zip((s.graph for s in engine_specs(precision, opts)), recorded, strict=True))
     arts = []
     for spec in engine_specs(precision, opts):
         if not (folder / spec.plan).is_file():
