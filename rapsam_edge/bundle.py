@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
 from .preprocess import CanvasSpec, InputPolicy
 
 SCHEMA_VERSION = 1
@@ -32,7 +33,7 @@ MANIFEST = "manifest.json"
 GRAPHS = ("encoder", "object_decoder", "prompt_decoder")
 
 
-class BundleError(ValueError):
+class BundleError(InputError):
     """A bundle that is missing, incomplete, of another schema, or whose files do not match the manifest."""
 
 

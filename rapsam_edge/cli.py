@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.exceptions import TyperException
 
+from .errors import RapsamError, os_error_sentence
 from .exporters import CanvasMode  # export --canvas (a light module: the target table, no torch)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -20,10 +26,54 @@ console = Console(stderr=True, soft_wrap=True)  # never hard-wrap messages users
 TASKS = ("panoptic", "interactive")
 
 
-def fail(message: str) -> None:
-    """Print one error sentence and exit 2 (bad input never produces a traceback)."""
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
+DEBUG_ENV = "RAPSAM_EDGE_DEBUG"
+EXIT_BAD_INPUT, EXIT_INTERNAL = 2, 3
+_debug = {"on": os.environ.get(DEBUG_ENV, "") not in ("", "0")}
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help=f"Show the traceback of an unexpected internal "
+                                                                  f"error (or set {DEBUG_ENV}=1).")] = False) -> None:
+    """RAP-SAM from PyTorch to the edge: predict, export, calibrate, benchmark."""
+    _debug["on"] = _debug["on"] or debug
+
+
+def fail(message: str) -> NoReturn:
+    """Print one error sentence (literally: no Rich markup is read in it) and exit 2."""
+    console.print(Text.assemble(("error: ", "bold red"), " ".join(message.split())))
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def guarded(fn: Callable[..., None]) -> Callable[..., None]:
+    """The error policy of every command (errors.py): the user's fault is one sentence and exit 2, a bug says it
+    is one and exits 3 (its traceback with --debug); typer's own exits pass through."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except RapsamError as e:
+            fail(str(e))
+        except OSError as e:  # the output location or an input file: full, read-only, missing, a folder ...
+            fail(os_error_sentence(e))
+        except MemoryError:
+            fail("ran out of memory; use smaller inputs (--imgsz, --limit, --batch-size) or a machine with more.")
+        except Exception as e:
+            if _debug["on"]:
+                raise
+            console.print(Text.assemble(("internal error ", "bold red"), f"(a bug in rapsam-edge, not your input): "
+                                        f"{type(e).__name__}: {' '.join(str(e).split())[:400].rstrip('.')}. Rerun with --debug "
+                                        f"(or {DEBUG_ENV}=1) for the traceback and report it."))
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return run
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``@app.command`` with the error policy applied."""
+    return lambda fn: app.command(*args, **kwargs)(guarded(fn))
 
 
 def embedded_images() -> list[Path]:
@@ -50,7 +100,7 @@ def parse_prompts(text: str | None, width: int, what: str) -> list[list[float]] 
     return rows or None
 
 
-@app.command()
+@command()
 def predict(
     images: Annotated[list[Path] | None, typer.Argument(help="Image files; default: the embedded photos.")] = None,
     task: Annotated[str, typer.Option(help="panoptic | interactive")] = "panoptic",
@@ -82,26 +132,23 @@ def predict(
     paths = images or embedded_images()
     if checkpoint is None and config is None:
         config = "rapsam_r18_lite"
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            from .runtime import load
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from .runtime import load
 
-            pipe = load(config, checkpoint, class_embeddings=class_embeddings, seed=seed, protocol=protocol)
-        for w in caught:
-            console.print(f"[yellow]warning:[/] {w.message}")
-        if pipe.meta["random_init"]:
-            console.print(f"[yellow]note:[/] no checkpoint given: {pipe.meta['config']} is RANDOMLY initialised "
-                          f"(seed {seed}); masks and labels are meaningless, the outputs are format-valid.")
-        written = run_predictions(pipe, paths, task, pts, bxs, out, overlay, on_image=lambda path, files: console.print(
-            f"[green]{path.name}[/]: " + ", ".join(str(p) for p in files)))
-        if task == "panoptic":
-            console.print(f"COCO panoptic results: {written[-1]}")
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        fail(str(e))
+        pipe = load(config, checkpoint, class_embeddings=class_embeddings, seed=seed, protocol=protocol)
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}")
+    if pipe.meta["random_init"]:
+        console.print(f"[yellow]note:[/] no checkpoint given: {pipe.meta['config']} is RANDOMLY initialised "
+                      f"(seed {seed}); masks and labels are meaningless, the outputs are format-valid.")
+    written = run_predictions(pipe, paths, task, pts, bxs, out, overlay, on_image=lambda path, files: console.print(
+        f"[green]{path.name}[/]: " + ", ".join(str(p) for p in files)))
+    if task == "panoptic":
+        console.print(f"COCO panoptic results: {written[-1]}")
 
 
-@app.command()
+@command()
 def train(
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, log.jsonl, metrics.json).")],
     preset: Annotated[str | None, typer.Option(help="Named recipe, e.g. 'mini' (see README).")] = None,
@@ -132,18 +179,15 @@ def train(
                        batch_size=batch_size, lr=lr,
                        steps_per_epoch=steps_per_epoch, max_steps=max_steps, seed=seed, resume=resume,
                        init_checkpoint=init_checkpoint, threads=threads, evaluate=not no_eval)
-    try:
-        from .progress import training_progress
+    from .progress import training_progress
 
-        with training_progress(console) as on_step:
-            result = run_request(req, on_step)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        fail(str(e))
+    with training_progress(console) as on_step:
+        result = run_request(req, on_step)
     if result:
         print_metrics(result)
 
 
-@app.command("eval")
+@command("eval")
 def eval_cmd(
     task: Annotated[str | None, typer.Option(help="panoptic | interactive | video (with --predictions: optional, "
                                                   "panoptic | instances | video, checked against the file)")] = None,
@@ -180,10 +224,7 @@ def eval_cmd(
         if any(v is not None for v in model_options.values()):
             fail(f"--predictions scores a file, so {', '.join(k for k, v in model_options.items() if v is not None)} "
                  "does not apply.")
-        try:
-            result = score_predictions(ScoreRequest(predictions, data, task, prediction_pngs, split, subset, limit))
-        except (ValueError, FileNotFoundError) as e:
-            fail(str(e))
+        result = score_predictions(ScoreRequest(predictions, data, task, prediction_pngs, split, subset, limit))
         table = Table(title="metrics")
         for column in ("predictions", "metric", "value"):
             table.add_column(column, justify="right" if column == "value" else "left")
@@ -195,11 +236,8 @@ def eval_cmd(
 
         if task is None:
             fail("give --task (panoptic, interactive or video) to evaluate a checkpoint, or --predictions FILE.")
-        try:
-            result = evaluate_checkpoint(task, data, checkpoint, config, class_embeddings, split, subset, limit,
-                                         mode, imgsz, protocol, clicks=clicks)
-        except (ValueError, FileNotFoundError, RuntimeError) as e:
-            fail(str(e))
+        result = evaluate_checkpoint(task, data, checkpoint, config, class_embeddings, split, subset, limit,
+                                     mode, imgsz, protocol, clicks=clicks)
         print_metrics({task: result})
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +261,7 @@ def print_metrics(results: dict) -> None:
     Console().print(table)
 
 
-@app.command()
+@command()
 def export(
     target: Annotated[str, typer.Option(help="onnx | coreml | tensorrt")] = "onnx",
     config: Annotated[str | None, typer.Option(help="Config (default: from the checkpoint, else "
@@ -275,10 +313,7 @@ def export(
     req = ExportRequest(target=target, config=config, checkpoint=checkpoint, class_embeddings=class_embeddings,
                         precision=precision, imgsz=imgsz, out=out, name=name, force=force, seed=seed,
                         verify_images=images, options={k: v for k, v in options.items() if v is not None})
-    try:
-        root, report = run_export(req, log=lambda s: console.print(f"  {s}"))
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        fail(str(e))
+    root, report = run_export(req, log=lambda s: console.print(f"  {s}"))
     console.print(f"[green]bundle[/] {root}")
     print_verification(report)
 
@@ -312,7 +347,7 @@ def _names(text: str | None) -> tuple[str, ...]:
     return tuple(n.strip() for n in (text or "").split(",") if n.strip())
 
 
-@app.command()
+@command()
 def calibrate(
     bundle: Annotated[Path, typer.Option(help="Exported bundle folder (with fp32 ONNX graphs).")],
     images: Annotated[Path, typer.Option(help="Calibration image folder.")],
@@ -356,24 +391,26 @@ def calibrate(
     from .calibration import CalibrationOptions, calibration_context, parse_max_drop
     from .calibration import calibrate as run_calibration
 
-    try:
-        extra: dict = {}
-        if exclusions_file is not None:
+    extra: dict = {}
+    if exclusions_file is not None:
+        try:
             extra = json.loads(exclusions_file.read_text())
-            if not isinstance(extra, dict) or set(extra) - {"exclude", "include"}:
-                fail(f'--exclusions-file {exclusions_file} must hold {{"exclude": [...], "include": [...]}}.')
-        evalset, verify = calibration_context(bundle, eval_data, eval_subset, eval_limit, verify_limit)
-        opts = CalibrationOptions(
-            images=images, data=data, annotations=annotations, num=num, method=method, backend=backend,
-            flavor=flavor, graphs=_names(graphs), max_drop=parse_max_drop(max_drop),
-            exclude=_names(exclude) + tuple(extra.get("exclude", ())),
-            include=_names(include) + tuple(extra.get("include", ())),
-            rules=None if rules is None else tuple(r for r in _names(rules) if r != "none"),
-            allow_overlap=allow_overlap, evaluate=evaluate, threads=threads, trt_cache=not no_trt_cache,
-            verify_images=tuple(verify), strict_verify=strict_verify)
-        report = run_calibration(bundle, opts, log=lambda s: console.print(f"  {s}"), evalset=evalset)
-    except (ValueError, FileNotFoundError, RuntimeError, json.JSONDecodeError) as e:
-        fail(str(e))
+        except json.JSONDecodeError as e:
+            fail(f"--exclusions-file {exclusions_file} is not valid JSON ({e.msg} at line {e.lineno}).")
+        except UnicodeDecodeError:
+            fail(f"--exclusions-file {exclusions_file} is not a UTF-8 JSON text file.")
+        if not isinstance(extra, dict) or set(extra) - {"exclude", "include"}:
+            fail(f'--exclusions-file {exclusions_file} must hold {{"exclude": [...], "include": [...]}}.')
+    evalset, verify = calibration_context(bundle, eval_data, eval_subset, eval_limit, verify_limit)
+    opts = CalibrationOptions(
+        images=images, data=data, annotations=annotations, num=num, method=method, backend=backend,
+        flavor=flavor, graphs=_names(graphs), max_drop=parse_max_drop(max_drop),
+        exclude=_names(exclude) + tuple(extra.get("exclude", ())),
+        include=_names(include) + tuple(extra.get("include", ())),
+        rules=None if rules is None else tuple(r for r in _names(rules) if r != "none"),
+        allow_overlap=allow_overlap, evaluate=evaluate, threads=threads, trt_cache=not no_trt_cache,
+        verify_images=tuple(verify), strict_verify=strict_verify)
+    report = run_calibration(bundle, opts, log=lambda s: console.print(f"  {s}"), evalset=evalset)
     print_calibration(report)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -409,7 +446,7 @@ def print_calibration(report: dict) -> None:
     Console().print(table)
 
 
-@app.command()
+@command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
     """Configs with parameter counts, and the runtimes installed here."""
     from .info import backend_versions, config_rows
@@ -434,7 +471,7 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instea
     out.print(vt)
 
 
-@app.command()
+@command()
 def bench(
     bundle: Annotated[Path | None, typer.Option(help="Exported bundle. None: export + calibrate + bench the embedded "
                                                      "default (rapsam_r18_lite with --checkpoint, else seeded RANDOM "
@@ -495,22 +532,19 @@ def bench(
     if bundle is not None and (config or checkpoint or imgsz):
         fail("--config / --checkpoint / --imgsz describe the default bundle made without --bundle; the bundle "
              f"{bundle} already fixes them.")
-    try:
-        req = BenchRequest(
-            bundle=bundle, device=device, formats=formats, data=data, subset=subset, limit=limit,
-            video_data=video_data, video_mode=video_mode, tasks=_names(tasks), runs=runs, warmup=warmup,
-            threads=threads or None, drift_images=drift_images, protocol_images=protocol_images, protocol=protocol,
-            out=out,
-            cold_start=cold_start,
-            make_missing=make_missing, compute_units=compute_units,
-            floors=parse_thresholds(floor, "--floor", FLOOR_METRICS),
-            max_drops=parse_thresholds(max_drop, "--max-drop", DROP_METRICS),
-            make=MakeSpec(out=out, config=config, checkpoint=checkpoint, imgsz=imgsz, seed=seed,
-                          calib_images=calib_images, calib_num=calib_num, threads=threads or None))
-        with bench_progress(console) as view:
-            doc = run_bench(req, view)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:  # DeviceUnavailable included
-        fail(str(e))
+    req = BenchRequest(
+        bundle=bundle, device=device, formats=formats, data=data, subset=subset, limit=limit,
+        video_data=video_data, video_mode=video_mode, tasks=_names(tasks), runs=runs, warmup=warmup,
+        threads=threads or None, drift_images=drift_images, protocol_images=protocol_images, protocol=protocol,
+        out=out,
+        cold_start=cold_start,
+        make_missing=make_missing, compute_units=compute_units,
+        floors=parse_thresholds(floor, "--floor", FLOOR_METRICS),
+        max_drops=parse_thresholds(max_drop, "--max-drop", DROP_METRICS),
+        make=MakeSpec(out=out, config=config, checkpoint=checkpoint, imgsz=imgsz, seed=seed,
+                      calib_images=calib_images, calib_num=calib_num, threads=threads or None))
+    with bench_progress(console) as view:
+        doc = run_bench(req, view)
     print_bench(doc)
     console.print(f"wrote {out / 'report.json'}, {out / 'report.md'}"
                   + "".join(f", {out / p}" for p in doc["plots"]))

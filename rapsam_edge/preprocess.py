@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .choices import Choice
+from .errors import InputError
 
 CLICK_BOX_SIZE = 6
 """Side (resized-image pixels) of the box a click becomes: [x-3, y-3, x+3, y+3] (official GeneratePoint)."""
@@ -43,7 +44,7 @@ _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampli
 _INTERPOLATIONS = (*_PIL_FILTERS, "cv2_bilinear")
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image could not be read or has an unusable shape/type (the message names the file or array)."""
 
 

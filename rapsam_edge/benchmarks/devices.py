@@ -25,11 +25,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import UnavailableError
+
 VERSIONED = ("rapsam-edge", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "coremltools", "onnx", "numpy")
 COMPUTE_UNITS = ("all", "cpuAndNeuralEngine", "cpuAndGPU", "cpuOnly")
 
 
-class DeviceUnavailable(RuntimeError):
+class DeviceUnavailable(UnavailableError):
     """The requested device profile cannot run on this host (the message names what is missing)."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import Artifact, Bundle
+from ..errors import RapsamError
 
 AGREEMENT_IMAGES = 8  # evaluation images of the end-to-end INT8-vs-FP32 agreement (calibrate and its sweep)
 TASK_OF = {"pq": "panoptic", "sq": "panoptic", "rq": "panoptic", "miou": "interactive"}
@@ -128,12 +129,12 @@ class Step:
     seconds: float
 
 
-class NoQuantizedNodesLeft(RuntimeError):
+class NoQuantizedNodesLeft(RapsamError, RuntimeError):
     """Raised by a ``requantize`` whose exclusions leave a graph with no Q/DQ at all: accuracy control stops
     there (a budget only met in full float is an unmet budget, not an INT8 result)."""
 
 
-class AccuracyBudgetError(RuntimeError):
+class AccuracyBudgetError(RapsamError, RuntimeError):
     """``--max-drop`` could not be met within the allowed steps; nothing was registered. ``steps`` keeps what
     every step measured, so a sweep (scripts/calibration_table.py) can still report how far it got."""
 

@@ -25,6 +25,7 @@ from typing import Any
 import onnx
 
 from ..bundle import Bundle, load_bundle
+from ..errors import InputError
 from ..preprocess import InputPolicy
 from . import accuracy, qdq
 from . import exclusions as excl
@@ -35,7 +36,7 @@ from .register import register
 Log = Callable[[str], None]
 
 
-class OverlapError(ValueError):
+class OverlapError(InputError):
     """Calibration images that are also evaluation images (refused unless allow_overlap)."""
 
 

@@ -25,6 +25,7 @@ from pycocotools.coco import COCO
 from scipy import ndimage
 
 from ..config import Vocabulary
+from ..errors import InputError
 from ..preprocess import load_image
 from .cache import LRUCache
 from .masks import MaskStack
@@ -32,7 +33,7 @@ from .masks import MaskStack
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class AnnotationFileError(ValueError):
+class AnnotationFileError(InputError):
     """An annotation JSON file is unreadable or not in the expected format (the message names it)."""
 
 

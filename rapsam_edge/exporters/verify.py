@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import RapsamError
 from ..preprocess import CLICK_BOX_SIZE, CanvasSpec, InputPolicy, compute_letterbox, load_image, preprocess
 from ..runtime.base import Backend
 
@@ -36,7 +37,7 @@ TOLERANCES = {
 }
 
 
-class VerificationError(RuntimeError):
+class VerificationError(RapsamError, RuntimeError):
     """An export whose outputs disagree with PyTorch beyond its tolerance."""
 
 

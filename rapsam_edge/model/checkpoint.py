@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, Vocabulary, get_config
+from ..errors import InputError
 from .rapsam import RapSam, build_model
 
 FORMAT = "rapsam-edge-checkpoint"
@@ -35,7 +36,7 @@ OFFICIAL_PREFIXES: tuple[tuple[str, str], ...] = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
