@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typer.exceptions import TyperException
 
 from .errors import RapsamError, os_error_sentence
 from .exporters import CanvasMode  # export --canvas (a light module: the target table, no torch)
+from .fsutil import write_atomic
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="RAP-SAM from PyTorch to the edge: predict, export, calibrate, benchmark.")
@@ -33,9 +35,17 @@ _debug = {"on": os.environ.get(DEBUG_ENV, "") not in ("", "0")}
 
 @app.callback()
 def _options(debug: Annotated[bool, typer.Option("--debug", help=f"Show the traceback of an unexpected internal "
-                                                                  f"error (or set {DEBUG_ENV}=1).")] = False) -> None:
+                                                                  f"error (or set {DEBUG_ENV}=1).")] = False,
+             max_pixels: Annotated[int | None, typer.Option(help="Refuse images above this many pixels (default "
+                                                                 "100,000,000, or RAPSAM_EDGE_MAX_PIXELS): a small "
+                                                                 "file can declare billions.")] = None) -> None:
     """RAP-SAM from PyTorch to the edge: predict, export, calibrate, benchmark."""
+    from .preprocess import set_max_pixels
+
     _debug["on"] = _debug["on"] or debug
+    if max_pixels is not None and max_pixels <= 0:
+        fail(f"--max-pixels {max_pixels} must be a positive number of pixels.")
+    set_max_pixels(max_pixels)
 
 
 def fail(message: str) -> NoReturn:
@@ -63,9 +73,10 @@ def guarded(fn: Callable[..., None]) -> Callable[..., None]:
         except Exception as e:
             if _debug["on"]:
                 raise
+            what = " ".join(str(e).split())[:400].rstrip(".")
             console.print(Text.assemble(("internal error ", "bold red"), f"(a bug in rapsam-edge, not your input): "
-                                        f"{type(e).__name__}: {' '.join(str(e).split())[:400].rstrip('.')}. Rerun with --debug "
-                                        f"(or {DEBUG_ENV}=1) for the traceback and report it."))
+                                        f"{type(e).__name__}: {what}. Rerun with --debug (or {DEBUG_ENV}=1) for the "
+                                        "traceback and report it."))
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return run
@@ -96,6 +107,8 @@ def parse_prompts(text: str | None, width: int, what: str) -> list[list[float]] 
             fail(f"--{what} item {item!r} is not a comma-separated list of numbers.")
         if len(row) != width:
             fail(f"--{what} item {item!r} needs {width} numbers, got {len(row)}.")
+        if not all(math.isfinite(v) for v in row):
+            fail(f"--{what} item {item!r} holds NaN or infinity; give finite pixel coordinates.")
         rows.append(row)
     return rows or None
 
@@ -115,21 +128,29 @@ def predict(
     protocol: Annotated[str | None, typer.Option(help="official | deployment input protocol (default: official for "
                                                       "the official configs, deployment for the _lite ones; see "
                                                       "README).")] = None,
+    score_thr: Annotated[float | None, typer.Option(help="panoptic: keep segments whose class score is above this, "
+                                                         "0..1 (default 0.8, the official merge's).")] = None,
 ) -> None:
     """Segment images; writes <name>.overlay.png and <name>.json (+ <name>.panoptic.png for panoptic, and the
-    COCO panoptic results panoptic.json + panoptic/<name>.png that `eval --predictions` scores)."""
+    COCO panoptic results panoptic.json + panoptic/<name>.png that `eval --predictions` scores). The output set
+    is written atomically: a failed run leaves --out as it was."""
     import warnings
 
     from .postprocess import overlay
-    from .predict import run_predictions
+    from .predict import DEFAULT_SCORE_THR, check_inputs, run_predictions
 
     if task not in TASKS:
         fail(f"unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    if score_thr is not None and task != "panoptic":
+        fail(f"--score-thr thresholds panoptic segments; it does not apply to --task {task}.")
+    if score_thr is not None and not (0.0 <= score_thr <= 1.0):
+        fail(f"--score-thr {score_thr} must be a class score between 0 and 1 (default {DEFAULT_SCORE_THR}).")
     pts = parse_prompts(points, 2, "points")
     bxs = parse_prompts(boxes, 4, "boxes")
     if task == "interactive" and not (pts or bxs):
         fail("the interactive task needs at least one prompt: give --points and/or --boxes.")
     paths = images or embedded_images()
+    check_inputs(paths)  # before the model loads: a missing image must not cost a model load, nor leave --out
     if checkpoint is None and config is None:
         config = "rapsam_r18_lite"
     with warnings.catch_warnings(record=True) as caught:
@@ -143,7 +164,9 @@ def predict(
         console.print(f"[yellow]note:[/] no checkpoint given: {pipe.meta['config']} is RANDOMLY initialised "
                       f"(seed {seed}); masks and labels are meaningless, the outputs are format-valid.")
     written = run_predictions(pipe, paths, task, pts, bxs, out, overlay, on_image=lambda path, files: console.print(
-        f"[green]{path.name}[/]: " + ", ".join(str(p) for p in files)))
+        Text.assemble((path.name, "green"), ": " + ", ".join(str(p) for p in files))),
+        score_thr=DEFAULT_SCORE_THR if score_thr is None else score_thr,
+        on_note=lambda sentence: console.print(Text.assemble(("note:", "yellow"), " " + sentence)))
     if task == "panoptic":
         console.print(f"COCO panoptic results: {written[-1]}")
 
@@ -241,9 +264,7 @@ def eval_cmd(
         print_metrics({task: result})
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")  # atomic: a failed write never leaves half a metrics file
-        tmp.write_text(json.dumps(result, indent=1, default=float))
-        tmp.replace(out)
+        write_atomic(out, json.dumps(result, indent=1, default=float))  # never half a metrics file
         console.print(f"wrote {out}")
 
 
@@ -414,7 +435,7 @@ def calibrate(
     print_calibration(report)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1, default=float))
+        write_atomic(out, json.dumps(report, indent=1, default=float))
         console.print(f"wrote {out}")
 
 

@@ -17,7 +17,10 @@ NumPy + Pillow only (no torch) so phones, browsers and every runtime can mirror 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .choices import Choice
-from .errors import InputError
+from .errors import InputError, ResourceLimitError
 
 CLICK_BOX_SIZE = 6
 """Side (resized-image pixels) of the box a click becomes: [x-3, y-3, x+3, y+3] (official GeneratePoint)."""
@@ -56,9 +59,9 @@ def _triple(value: Any, name: str) -> tuple[float, float, float]:
     try:
         out = tuple(float(v) for v in value)
     except TypeError:
-        raise ValueError(f"InputPolicy.{name} must be 3 numbers (one per channel), got {value!r}.") from None
+        raise InputError(f"InputPolicy.{name} must be 3 numbers (one per channel), got {value!r}.") from None
     if len(out) != 3 or not all(math.isfinite(v) for v in out):
-        raise ValueError(f"InputPolicy.{name} must be 3 finite numbers (one per channel), got {value!r}.")
+        raise InputError(f"InputPolicy.{name} must be 3 finite numbers (one per channel), got {value!r}.")
     return out  # type: ignore[return-value]
 
 
@@ -68,7 +71,7 @@ def _refuse_unknown_keys(cls: type, data: dict[str, Any], what: str) -> None:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"Unknown {what} keys {unknown}; allowed keys are {sorted(known)}.")
+        raise InputError(f"Unknown {what} keys {unknown}; allowed keys are {sorted(known)}.")
 
 
 @dataclass(frozen=True)
@@ -111,14 +114,14 @@ class InputPolicy:
         try:
             size = tuple(int(v) for v in self.size)
         except (TypeError, ValueError):
-            raise ValueError(f"InputPolicy.size must be (H, W) integers, got {self.size!r}.") from None
+            raise InputError(f"InputPolicy.size must be (H, W) integers, got {self.size!r}.") from None
         if len(size) != 2 or any(v <= 0 or v % 32 for v in size) or size != tuple(self.size):
-            raise ValueError(f"InputPolicy.size must be (H, W) positive multiples of 32, got {self.size!r}.")
+            raise InputError(f"InputPolicy.size must be (H, W) positive multiples of 32, got {self.size!r}.")
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "mean", _triple(self.mean, "mean"))
         std = _triple(self.std, "std")
         if min(std) <= 0:
-            raise ValueError(f"InputPolicy.std must be positive, got {self.std!r}.")
+            raise InputError(f"InputPolicy.std must be positive, got {self.std!r}.")
         object.__setattr__(self, "std", std)
         pad = self.mean if self.pad_value is None else _triple(self.pad_value, "pad_value")
         object.__setattr__(self, "pad_value", pad)
@@ -126,16 +129,16 @@ class InputPolicy:
             try:
                 scale = tuple(int(v) for v in self.scale)
             except (TypeError, ValueError):
-                raise ValueError(f"InputPolicy.scale must be (long, short) integers, got {self.scale!r}.") from None
+                raise InputError(f"InputPolicy.scale must be (long, short) integers, got {self.scale!r}.") from None
             if len(scale) != 2 or min(scale) <= 0:
-                raise ValueError(f"InputPolicy.scale must be two positive integers, got {self.scale!r}.")
+                raise InputError(f"InputPolicy.scale must be two positive integers, got {self.scale!r}.")
             object.__setattr__(self, "scale", scale)
         elif self.resize == "keep_ratio":
-            raise ValueError("InputPolicy.resize='keep_ratio' needs scale=(long edge, short edge), e.g. (1333, 800).")
+            raise InputError("InputPolicy.resize='keep_ratio' needs scale=(long edge, short edge), e.g. (1333, 800).")
         for name, allowed in (("resize", _RESIZE_MODES), ("canvas", CANVASES), ("channel_order", _CHANNEL_ORDERS),
                               ("interpolation", _INTERPOLATIONS), ("prompt_frame", PROMPT_FRAMES)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"InputPolicy.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+                raise InputError(f"InputPolicy.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
 
     def replace(self, **changes: Any) -> InputPolicy:
         return replace(self, **changes)
@@ -203,16 +206,16 @@ class CanvasSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in ("fixed", "dynamic", "enumerated"):
-            raise ValueError(f"CanvasSpec.kind must be 'fixed', 'dynamic' or 'enumerated', got {self.kind!r}.")
+            raise InputError(f"CanvasSpec.kind must be 'fixed', 'dynamic' or 'enumerated', got {self.kind!r}.")
         if (self.kind == "enumerated") != (self.sizes is not None):
-            raise ValueError("CanvasSpec.sizes lists the canvases of kind 'enumerated' and only of that kind.")
+            raise InputError("CanvasSpec.sizes lists the canvases of kind 'enumerated' and only of that kind.")
         if self.sizes is not None:
             sizes = tuple(dict.fromkeys(tuple(int(v) for v in hw) for hw in self.sizes))
             if any(len(hw) != 2 or min(hw) <= 0 or hw[0] % self.divisor or hw[1] % self.divisor for hw in sizes):
-                raise ValueError(f"CanvasSpec.sizes must be (H, W) positive multiples of {self.divisor}, "
+                raise InputError(f"CanvasSpec.sizes must be (H, W) positive multiples of {self.divisor}, "
                                  f"got {self.sizes!r}.")
             if tuple(int(v) for v in self.size) not in sizes:
-                raise ValueError(f"CanvasSpec.size {tuple(self.size)} must be one of the enumerated sizes {sizes}.")
+                raise InputError(f"CanvasSpec.size {tuple(self.size)} must be one of the enumerated sizes {sizes}.")
             object.__setattr__(self, "sizes", sizes)
             object.__setattr__(self, "min_size", (min(h for h, _ in sizes), min(w for _, w in sizes)))
             object.__setattr__(self, "max_size", (max(h for h, _ in sizes), max(w for _, w in sizes)))
@@ -224,7 +227,7 @@ class CanvasSpec:
                 continue
             hw = tuple(int(v) for v in value)
             if len(hw) != 2 or any(v <= 0 or v % self.divisor for v in hw):
-                raise ValueError(f"CanvasSpec.{name} must be (H, W) positive multiples of {self.divisor}, "
+                raise InputError(f"CanvasSpec.{name} must be (H, W) positive multiples of {self.divisor}, "
                                  f"got {value!r}.")
             object.__setattr__(self, name, hw)
 
@@ -327,7 +330,7 @@ def compute_letterbox(orig_hw: tuple[int, int], policy: InputPolicy) -> Letterbo
     """
     h0, w0 = int(orig_hw[0]), int(orig_hw[1])
     if h0 <= 0 or w0 <= 0:
-        raise ValueError(f"Image size must be positive, got (H, W) = {orig_hw!r}.")
+        raise InputError(f"Image size must be positive, got (H, W) = {orig_hw!r}.")
     if policy.resize == "keep_ratio":
         assert policy.scale is not None
         long_edge, short_edge = max(policy.scale), min(policy.scale)
@@ -343,7 +346,7 @@ def compute_letterbox(orig_hw: tuple[int, int], policy: InputPolicy) -> Letterbo
     else:
         ph, pw = policy.size
         if rh > ph or rw > pw:
-            raise ValueError(f"A {w0}x{h0} (WxH) image resized to {rw}x{rh} does not fit the fixed {pw}x{ph} canvas.")
+            raise InputError(f"A {w0}x{h0} (WxH) image resized to {rw}x{rh} does not fit the fixed {pw}x{ph} canvas.")
     prompt_hw = (ph, pw) if policy.prompt_frame == "padded" else (rh, rw)
     return Letterbox((h0, w0), (rh, rw), (ph, pw), (rw / w0, rh / h0), prompt_hw)
 
@@ -407,6 +410,49 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+MAX_PIXELS_ENV = "RAPSAM_EDGE_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 100_000_000  # > any camera photo (48-61 MP); a 109 kB PNG can declare 30000x30000
+_max_pixels: list[int] = []  # set_max_pixels (the CLI's --max-pixels); else the environment, else the default
+
+
+def set_max_pixels(limit: int | None) -> None:
+    """Raise or lower the pixel limit of every image this process reads (None: back to the default)."""
+    if limit is not None and limit <= 0:
+        raise InputError(f"--max-pixels {limit} must be a positive number of pixels.")
+    _max_pixels[:] = [] if limit is None else [int(limit)]
+
+
+def max_pixels() -> int:
+    if _max_pixels:
+        return _max_pixels[0]
+    text = os.environ.get(MAX_PIXELS_ENV, "")
+    try:
+        return int(text) if text else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise InputError(f"{MAX_PIXELS_ENV}={text!r} is not a whole number of pixels.") from None
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """``PIL.Image.open`` refusing, from the header alone, an image above :func:`max_pixels` (a decompression
+    bomb: a small file declaring billions of pixels), in the same sentence in every command."""
+    limit = max_pixels()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit speaks instead
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            img = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with img:
+        w, h = img.size
+        if w * h > limit:
+            raise ResourceLimitError(f"Image file {str(path)!r} declares {w}x{h} pixels ({w * h / 1e6:.0f} MP), "
+                                     f"above the limit of {limit / 1e6:.0f} MP (a decompression bomb?); if it is "
+                                     f"genuine, raise the limit with --max-pixels or {MAX_PIXELS_ENV}.")
+        yield img
+
+
 def load_image(path_or_array: str | Path | np.ndarray) -> np.ndarray:
     """Read an image as (H0, W0, 3) uint8 RGB.
 
@@ -427,7 +473,7 @@ def load_image(path_or_array: str | Path | np.ndarray) -> np.ndarray:
     if not path.is_file():
         raise ImageNotFoundError(f"Image file {str(path)!r} does not exist.")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img) or img
             try:
@@ -435,7 +481,7 @@ def load_image(path_or_array: str | Path | np.ndarray) -> np.ndarray:
             except ValueError:
                 raise ImageError(f"Image file {str(path)!r} has an unsupported colour mode "
                                  f"{img.mode!r}.") from None
-    except ImageError:
+    except (ImageError, ResourceLimitError):
         raise
     except UnidentifiedImageError:
         raise ImageError(f"File {str(path)!r} is not a readable image.") from None
@@ -495,10 +541,10 @@ def preprocess_batch(frames: Sequence[np.ndarray] | np.ndarray,
         frames: a sequence of (H0, W0, 3) RGB arrays or one (T, H0, W0, 3) array; all the same size.
     """
     if len(frames) == 0:
-        raise ValueError("preprocess_batch needs at least one frame.")
+        raise InputError("preprocess_batch needs at least one frame.")
     sizes = {tuple(np.shape(f)[:2]) for f in frames}
     if len(sizes) != 1:
-        raise ValueError(f"All frames of a video must share one size, got sizes {sorted(sizes)}.")
+        raise InputError(f"All frames of a video must share one size, got sizes {sorted(sizes)}.")
     outs = [preprocess(f, policy) for f in frames]
     return np.concatenate([o[0] for o in outs], axis=0), outs[0][1]
 
@@ -506,12 +552,12 @@ def preprocess_batch(frames: Sequence[np.ndarray] | np.ndarray,
 def _check_prompts(arr: Any, width: int, what: str) -> np.ndarray:
     a = np.asarray(arr, dtype=np.float64)
     if a.size == 0:
-        raise ValueError(f"A prompt needs at least one point or box; got an empty {what} array.")
+        raise InputError(f"A prompt needs at least one point or box; got an empty {what} array.")
     if a.ndim != 2 or a.shape[1] != width:
-        raise ValueError(f"{what} must have shape (K, {width}), got {a.shape}.")
+        raise InputError(f"{what} must have shape (K, {width}), got {a.shape}.")
     bad = np.flatnonzero(~np.isfinite(a).all(axis=1))
     if bad.size:
-        raise ValueError(f"{what} row {bad[0]} contains NaN or infinity: {a[bad[0]].tolist()}.")
+        raise InputError(f"{what} row {bad[0]} contains NaN or infinity: {a[bad[0]].tolist()}.")
     return a
 
 
@@ -539,7 +585,7 @@ def points_to_boxes(points: np.ndarray, letterbox: Letterbox) -> np.ndarray:
     h0, w0 = letterbox.orig_hw
     for i, (x, y) in enumerate(pts):
         if not (0 <= x < w0 and 0 <= y < h0):
-            raise ValueError(f"Point {i} (x={x:g}, y={y:g}) lies outside the {w0}x{h0} (WxH) image; "
+            raise InputError(f"Point {i} (x={x:g}, y={y:g}) lies outside the {w0}x{h0} (WxH) image; "
                              f"x must be in [0, {w0}) and y in [0, {h0}).")
     r = letterbox.to_resized(pts)
     half = CLICK_BOX_SIZE / 2
@@ -560,6 +606,6 @@ def boxes_to_model(boxes: np.ndarray, letterbox: Letterbox) -> np.ndarray:
     h0, w0 = letterbox.orig_hw
     for i, (x0, y0, x1, y1) in enumerate(b):
         if not (0 <= x0 < x1 <= w0 and 0 <= y0 < y1 <= h0):
-            raise ValueError(f"Box {i} (x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}) is empty or outside the "
+            raise InputError(f"Box {i} (x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}) is empty or outside the "
                              f"{w0}x{h0} (WxH) image; need 0 <= x0 < x1 <= {w0} and 0 <= y0 < y1 <= {h0}.")
     return _to_cxcywh(letterbox.boxes_to_resized(b), letterbox)

@@ -24,9 +24,10 @@ from typing import Any
 
 import onnx
 
-from ..bundle import Bundle, load_bundle
+from ..bundle import Bundle, edit_bundle, load_bundle
 from ..errors import InputError
 from ..preprocess import InputPolicy
+from ..runtime.ort_backend import load_onnx, open_session
 from . import accuracy, qdq
 from . import exclusions as excl
 from .options import WARN_BELOW, CalibrationOptions
@@ -78,7 +79,7 @@ def _attention_outputs(bundle: Bundle) -> frozenset[str]:
     art = bundle.find("prompt_decoder", "onnx", "fp32")
     if art is None:
         return frozenset()
-    return frozenset(excl.attention_inputs(onnx.load(str(bundle.path(art)))))
+    return frozenset(excl.attention_inputs(load_onnx(bundle.path(art), "fp32 prompt_decoder graph")))
 
 
 def _split_names(names: tuple[str, ...], models: dict[str, onnx.ModelProto], flag: str) -> dict[str, list[str]]:
@@ -101,13 +102,14 @@ def prepare_jobs(bundle: Bundle, opts: CalibrationOptions, images: ImageSet, wor
     models, sources = {}, {}
     for graph in opts.graphs:
         src = bundle.path(bundle.require(graph, "onnx", "fp32"))
-        model = src
+        model, proto = src, load_onnx(src, f"fp32 {graph} graph")  # the user's file: a corrupt one is a sentence
         if opts.backend == "ort":
             from .ort_qdq import preprocess_model
 
             model = work / f"{graph}.pre.onnx"
             preprocess_model(src, model)
-        models[graph], sources[graph] = onnx.load(str(model)), (src, model)
+            proto = onnx.load(str(model))
+        models[graph], sources[graph] = proto, (src, model)
     exclude = _split_names(opts.exclude, models, "exclude")
     include = _split_names(opts.include, models, "include")
     jobs = {}
@@ -119,8 +121,8 @@ def prepare_jobs(bundle: Bundle, opts: CalibrationOptions, images: ImageSet, wor
         else:
             sess_opts = ort.SessionOptions()
             sess_opts.intra_op_num_threads = opts.threads
-            encoder = ort.InferenceSession(str(bundle.path(bundle.require("encoder", "onnx", "fp32"))), sess_opts,
-                                           providers=["CPUExecutionProvider"])
+            encoder = open_session(bundle.path(bundle.require("encoder", "onnx", "fp32")), sess_opts,
+                                   ["CPUExecutionProvider"], "fp32 encoder graph")
             wanted = tuple(i.name for i in proto.graph.input)
             reader = GraphInputReader(image_reader, encoder, wanted)
         jobs[graph] = GraphJob(graph, sources[graph][0], sources[graph][1], reader, derived, final)
@@ -167,10 +169,10 @@ def calibrate(bundle_root: str | Path, opts: CalibrationOptions, log: Log = lamb
     """
     t_start = time.perf_counter()
     opts = opts.validated()
-    bundle = load_bundle(bundle_root)
+    load_bundle(bundle_root)  # refuse a bad bundle and bad images before any work; re-read under its lock below
     flavor = opts.flavour
     if (opts.max_drop or opts.evaluate) and evalset is None:
-        raise ValueError("--max-drop / --evaluate need an evaluation split (--eval-data).")
+        raise InputError("--max-drop / --evaluate need an evaluation split (--eval-data).")
     images = select_images(opts.images, opts.data, opts.annotations, opts.num)
     warnings = [f"skipped unreadable image {s}" for s in images.skipped]
     if len(images.paths) < WARN_BELOW:
@@ -179,36 +181,37 @@ def calibrate(bundle_root: str | Path, opts: CalibrationOptions, log: Log = lamb
     for w in warnings:
         log(f"warning: {w}")
     eval_info = _check_overlap(images, evalset, opts)
-    work = Path(tempfile.mkdtemp(dir=bundle.root, prefix=".calibrate."))
-    try:
-        jobs = prepare_jobs(bundle, opts, images, work)
-        for g, job in jobs.items():
-            log(f"{g}: {len(job.excluded)} nodes stay float: " + "; ".join(
-                f"{rule} {len(names)}" for rule, names in job.derived.items() if names))
-        files = _quantize_all(jobs, opts, work, "step0")
-        sens = _sensitivity(bundle, jobs, files, opts, images)
-        control_steps: list[Any] = []
-        metrics: dict[str, Any] = {}
-        if opts.max_drop or opts.evaluate:
-            first = files
-            files, control_steps, metrics = _accuracy(bundle, jobs, files, opts, evalset, sens, work, log)
-            if files != first:  # layers moved back to float: report the sensitivity of what is registered
-                sens = _sensitivity(bundle, jobs, files, opts, images)
-        verification = _verify(bundle, files, opts)
-        if verification and verification.get("skipped"):
-            warnings.append(f"INT8 vs PyTorch comparison skipped: {verification['skipped']}")
-            log(f"warning: {warnings[-1]}")
-        if verification and verification["failures"]:
-            warnings.append("INT8 vs PyTorch beyond the int8 tolerance (recorded in manifest['verification']): "
-                            + "; ".join(verification["failures"]))
-            log(f"warning: {warnings[-1]}")
-        fidelity = _fidelity(bundle, jobs, files, opts, images, evalset)
-        metrics["output_fidelity"] = fidelity
-        timing = _latency(bundle, files, opts)
-        report = register(bundle, jobs, files, sens, opts, images, eval_info, control_steps, metrics, timing,
-                           verification, warnings, round(time.perf_counter() - t_start, 1))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with edit_bundle(bundle_root, log=log) as bundle:  # a copy, swapped in only when registered
+        work = Path(tempfile.mkdtemp(dir=bundle.root, prefix=".calibrate."))
+        try:
+            jobs = prepare_jobs(bundle, opts, images, work)
+            for g, job in jobs.items():
+                log(f"{g}: {len(job.excluded)} nodes stay float: " + "; ".join(
+                    f"{rule} {len(names)}" for rule, names in job.derived.items() if names))
+            files = _quantize_all(jobs, opts, work, "step0")
+            sens = _sensitivity(bundle, jobs, files, opts, images)
+            control_steps: list[Any] = []
+            metrics: dict[str, Any] = {}
+            if opts.max_drop or opts.evaluate:
+                first = files
+                files, control_steps, metrics = _accuracy(bundle, jobs, files, opts, evalset, sens, work, log)
+                if files != first:  # layers moved back to float: report the sensitivity of what is registered
+                    sens = _sensitivity(bundle, jobs, files, opts, images)
+            verification = _verify(bundle, files, opts)
+            if verification and verification.get("skipped"):
+                warnings.append(f"INT8 vs PyTorch comparison skipped: {verification['skipped']}")
+                log(f"warning: {warnings[-1]}")
+            if verification and verification["failures"]:
+                warnings.append("INT8 vs PyTorch beyond the int8 tolerance (recorded in manifest['verification']): "
+                                + "; ".join(verification["failures"]))
+                log(f"warning: {warnings[-1]}")
+            fidelity = _fidelity(bundle, jobs, files, opts, images, evalset)
+            metrics["output_fidelity"] = fidelity
+            timing = _latency(bundle, files, opts)
+            report = register(bundle, jobs, files, sens, opts, images, eval_info, control_steps, metrics, timing,
+                               verification, warnings, round(time.perf_counter() - t_start, 1))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     log(f"registered {', '.join(f'{g}/onnx/{flavor.precision}' for g in jobs)}")
     return report
 

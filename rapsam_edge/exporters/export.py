@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import platform
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -20,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ..bundle import Artifact, Bundle, BundleError, bundle_canvas, load_bundle, new_bundle
+from ..bundle import Artifact, Bundle, BundleError, bundle_canvas, edit_bundle, is_bundle, load_bundle, new_bundle
+from ..errors import InputError
 from ..model.checkpoint import load_model
 from ..model.rapsam import RapSam
 from ..preprocess import CanvasSpec
@@ -68,19 +67,21 @@ def sha256_file(path: Path) -> str:
 def validate(req: ExportRequest) -> str:
     """Refuse unknown targets, precisions and options with one sentence; return the precision."""
     if req.target not in TARGETS:
-        raise ValueError(f"unknown export target {req.target!r}; choose one of {', '.join(TARGETS)}.")
+        raise InputError(f"unknown export target {req.target!r}; choose one of {', '.join(TARGETS)}.")
     t = TARGETS[req.target]
     precision = req.precision or t.default_precision
     if precision not in t.precisions:
-        raise ValueError(f"--target {t.name} takes --precision {' or '.join(t.precisions)}, not {precision!r}"
+        raise InputError(f"--target {t.name} takes --precision {' or '.join(t.precisions)}, not {precision!r}"
                          + (" (INT8 comes from `rapsam-edge calibrate`)." if precision.startswith("int8")
                             and t.name == "onnx" else "."))
     bad = sorted(k for k, v in req.options.items() if v is not None and k not in t.options)
     if bad:
-        raise ValueError(f"--target {t.name} does not take {', '.join('--' + b for b in bad)}; "
+        raise InputError(f"--target {t.name} does not take {', '.join('--' + b for b in bad)}; "
                          f"it takes {', '.join('--' + o for o in t.options) or 'no extra options'}.")
+    if req.out.exists() and not req.out.is_dir():
+        raise InputError(f"--out {req.out} is a file; give the folder that holds bundles.")
     if req.imgsz is not None and (req.imgsz <= 0 or req.imgsz % 32):
-        raise ValueError(f"--imgsz {req.imgsz} must be a positive multiple of 32.")
+        raise InputError(f"--imgsz {req.imgsz} must be a positive multiple of 32.")
     # parse the canvas options now (one sentence, nothing built); without --imgsz the deployment size is the
     # config's, known after the model is built, and the export checks --max-canvas against it again
     requested_canvas(req.target, req.options, (req.imgsz, req.imgsz) if req.imgsz else MIN_CANVAS)
@@ -148,40 +149,32 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = lambda s: None) 
     name = req.name or model.config.name
     root = req.out / name
     impl = target_impl(req.target)
-    existing = None
-    if (root / "manifest.json").is_file() and not req.force:
-        existing = load_bundle(root)
-        if not _same_model(existing, section):
-            raise BundleError(f"{root} holds an export of another model/checkpoint/size; use --name or --force.")
-    if existing is None:
-        with new_bundle(root, base_manifest(model, name, section), overwrite=req.force) as bundle:
+    if req.force or not is_bundle(root):  # a new bundle (new_bundle refuses to replace anything but a bundle)
+        with new_bundle(root, base_manifest(model, name, section), overwrite=req.force, log=log) as bundle:
             report = _export_into(bundle, bundle.root, model, precision, req, impl, log, record_canvas=True)
-        return root, _post(impl, load_bundle(root), precision, req, report)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging."))
-    try:
-        staged = Bundle(staging, dict(existing.manifest, artifacts=[]))
-        report = _export_into(staged, staging, model, precision, req, impl, log,
+        return root, _post(impl, root, precision, req, report, log)
+    if not _same_model(load_bundle(root), section):  # before the work; checked again under the bundle's lock
+        raise _other_model(root)
+    with edit_bundle(root, log=log) as bundle:  # a copy, swapped in only if this export verifies
+        if not _same_model(bundle, section):
+            raise _other_model(root)
+        report = _export_into(bundle, bundle.root, model, precision, req, impl, log,
                               record_canvas=req.target == "onnx")
-        for art in staged.artifacts:
-            dest = root / art.path
-            if dest.exists():
-                shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            (staging / art.path).rename(dest)
-            existing.add(art)
-        existing.manifest.setdefault("verification", {}).update(staged.manifest.get("verification", {}))
-        if req.target == "onnx":
-            existing.manifest["canvas"] = staged.manifest["canvas"]
-        existing.update(tools=tool_versions())
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root, _post(impl, existing, precision, req, report)
+        bundle.manifest["tools"] = tool_versions()
+    return root, _post(impl, root, precision, req, report, log)
 
 
-def _post(impl: TargetImpl, bundle: Bundle, precision: str, req: ExportRequest,
-          report: dict[str, Any]) -> dict[str, Any]:
+def _other_model(root: Path) -> BundleError:
+    return BundleError(f"{root} holds an export of another model/checkpoint/size; choose another --name, or "
+                       "--force to replace it.")
+
+
+def _post(impl: TargetImpl, root: Path, precision: str, req: ExportRequest, report: dict[str, Any],
+          log: Callable[[str], None]) -> dict[str, Any]:
+    """The target's after-commit step (TensorRT engine builds), as its own transaction on the bundle."""
     if impl.post is not None:
-        report = {**report, "post": impl.post(bundle, precision, req)}
+        with edit_bundle(root, log=log) as bundle:
+            report = {**report, "post": impl.post(bundle, precision, req)}
     return report
 
 

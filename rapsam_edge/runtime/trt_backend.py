@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import GRAPHS, Bundle, BundleError, load_bundle
+from ..errors import InputError, UnavailableError
 from .base import Backend
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
@@ -205,13 +206,14 @@ def fingerprint_mismatch(engine_fp: dict[str, Any], device_fp: dict[str, Any]) -
 def resolve_device(device: str, fp: dict[str, Any]) -> str:
     """``--device`` -> the device profile for this host, or RuntimeError naming what is missing."""
     if device not in DEVICES:
-        raise ValueError(f"unknown TensorRT --device {device!r}; choose one of {', '.join(DEVICES)}.")
+        raise InputError(f"unknown TensorRT --device {device!r}; choose one of {', '.join(DEVICES)}.")
     if device == "jetson" and not fp.get("jetson"):
-        raise RuntimeError("--device jetson was asked for but this host is not a Jetson (no /etc/nv_tegra_release): "
-                           "build the engines on the Jetson itself, or use --device a100 / auto on a GPU machine.")
+        raise UnavailableError("--device jetson was asked for but this host is not a Jetson (no "
+                               "/etc/nv_tegra_release): build the engines on the Jetson itself, or use --device a100 / "
+                               "auto on a GPU machine.")
     if device in ("a100", "auto") and not fp.get("gpu_name"):
-        raise RuntimeError(f"--device {device} needs an NVIDIA GPU but none is visible here (nvidia-smi and torch.cuda "
-                           "report none): build the engines on the GPU machine they will run on.")
+        raise UnavailableError(f"--device {device} needs an NVIDIA GPU but none is visible here (nvidia-smi and "
+                               "torch.cuda report none): build the engines on the GPU machine they will run on.")
     if device == "auto":
         return "jetson" if fp.get("jetson") else "a100"
     return device
@@ -226,9 +228,9 @@ def import_tensorrt(hint: str = "") -> Any:
     try:
         import tensorrt as trt
     except Exception as e:  # ImportError, or the stub package failing at import
-        raise RuntimeError(hint or ("TensorRT is not installed here: the TensorRT backend runs a bundle's engines on "
-                                    "the device that built them (TensorRT from JetPack or NVIDIA's index), so use "
-                                    "--backend onnxruntime on this machine.")) from e
+        raise UnavailableError(hint or ("TensorRT is not installed here: the TensorRT backend runs a bundle's "
+                                        "engines on the device that built them (TensorRT from JetPack or NVIDIA's "
+                                        "index), so use --backend onnxruntime on this machine.")) from e
     return trt
 
 
@@ -266,8 +268,8 @@ class TrtBackend(Backend):
         import torch
 
         if not torch.cuda.is_available():
-            raise RuntimeError("the TensorRT backend uses torch CUDA tensors as buffers but this torch has no CUDA; "
-                               "install NVIDIA's torch build for this device (JetPack wheel or CUDA wheel).")
+            raise UnavailableError("the TensorRT backend uses torch CUDA tensors as buffers but this torch has no "
+                                   "CUDA; install NVIDIA's torch build for this device (JetPack wheel or CUDA wheel).")
         self.trt, self.torch = trt, torch
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.here = device_fingerprint()
@@ -280,17 +282,18 @@ class TrtBackend(Backend):
         self.contexts: dict[str, Any] = {}
         for graph, p in self.precisions.items():
             art = self.bundle.require(graph, "tensorrt", p)
-            fp_path = self.bundle.root / art.details.get("fingerprint", art.path.removesuffix(".plan") + ".json")
+            fp_path = self.bundle.inside(art.details.get("fingerprint", art.path.removesuffix(".plan") + ".json"),
+                                          f"{art.key} fingerprint")
             if not fp_path.is_file():
                 raise BundleError(f"{art.path} has no fingerprint {fp_path.name}; rebuild it on this device with "
                                   "`rapsam-edge export --target tensorrt`.")
             problem = fingerprint_mismatch(json.loads(fp_path.read_text()), self.here)
             if problem:
-                raise RuntimeError(f"{art.path}: {problem}")
+                raise UnavailableError(f"{art.path}: {problem}")
             engine = runtime.deserialize_cuda_engine(self.bundle.path(art).read_bytes())
             if engine is None:
-                raise RuntimeError(f"TensorRT {trt.__version__} could not load {art.path} (see its log above); "
-                                   "rebuild it on this device with `rapsam-edge export --target tensorrt`.")
+                raise BundleError(f"TensorRT {trt.__version__} could not load {art.path} (see its log above); "
+                                  "rebuild it on this device with `rapsam-edge export --target tensorrt`.")
             self.engines[graph] = engine
             self.contexts[graph] = engine.create_execution_context()
 
@@ -312,7 +315,7 @@ class TrtBackend(Backend):
             for name in self._names(graph, self.trt.TensorIOMode.INPUT):
                 t = torch.from_numpy(np.ascontiguousarray(feeds[name])).to("cuda", self._dtype(graph, name))
                 if not ctx.set_input_shape(name, tuple(t.shape)):
-                    raise ValueError(f"the TensorRT {graph} engine does not take {name} of shape {tuple(t.shape)} "
+                    raise InputError(f"the TensorRT {graph} engine does not take {name} of shape {tuple(t.shape)} "
                                      f"({self.accepted(graph, name)}).")
                 ctx.set_tensor_address(name, t.data_ptr())
                 keep.append(t)
@@ -348,7 +351,7 @@ class TrtBackend(Backend):
             fits = tuple(features.shape) == want
         if not fits:
             takes = self.accepted("object_decoder", "features")
-            raise ValueError(f"the TensorRT object decoder takes single frames ({takes}), got {tuple(features.shape)}; "
+            raise InputError(f"the TensorRT object decoder takes single frames ({takes}), got {tuple(features.shape)}; "
                              "decode video clips with the onnxruntime backend.")
         out = self._run("object_decoder", {"features": features})
         return out["cls_logits"], out["mask_logits"], out["queries"]
