@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import TypeVar
 
+from .errors import InputError
+
 C = TypeVar("C", bound="Choice")
 
 
@@ -21,5 +23,5 @@ class Choice(str, Enum):
         try:
             return cls(value)
         except ValueError:
-            raise ValueError(f"unknown {cls.what()} {value!r}; choose one of "
+            raise InputError(f"unknown {cls.what()} {value!r}; choose one of "
                              f"{', '.join(m.value for m in cls)}.") from None

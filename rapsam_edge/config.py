@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from .errors import InputError
 from .preprocess import InputPolicy
 
 BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
@@ -43,7 +44,7 @@ class Vocabulary:
     def __post_init__(self) -> None:
         n = len(self.names)
         if n == 0 or len(self.isthing) != n or len(self.dataset_ids) != n:
-            raise ValueError(
+            raise InputError(
                 f"vocabulary {self.name!r} needs as many isthing flags and dataset ids as names "
                 f"(got {n} names, {len(self.isthing)} flags, {len(self.dataset_ids)} ids)."
             )
@@ -124,10 +125,10 @@ class ModelConfig:
                   ("coord_encoding", self.coord_encoding, COORD_ENCODINGS))
         for what, value, allowed in checks:
             if value not in allowed:
-                raise ValueError(f"unknown {what} {value!r} in config {self.name!r}; choose one of {allowed}.")
+                raise InputError(f"unknown {what} {value!r} in config {self.name!r}; choose one of {allowed}.")
         h, w = self.input_size
         if h % 32 or w % 32 or h <= 0 or w <= 0:
-            raise ValueError(f"input_size {self.input_size} must be positive multiples of 32 (the neck "
+            raise InputError(f"input_size {self.input_size} must be positive multiples of 32 (the neck "
                              "upsamples by fixed factors 2/4/8).")
 
     @property
@@ -167,11 +168,17 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"config has unknown fields {unknown}; this rapsam-edge knows {sorted(known)}.")
+            raise InputError(f"config has unknown fields {unknown}; this rapsam-edge knows {sorted(known)}.")
         d = dict(d)
-        if "input_size" in d:
-            d["input_size"] = tuple(d["input_size"])
-        return cls(**d)
+        try:
+            if "input_size" in d:
+                d["input_size"] = tuple(d["input_size"])
+            return cls(**d)
+        except InputError:
+            raise
+        except (TypeError, ValueError) as e:  # a missing field, a list where a number belongs ...
+            raise InputError(f"config {d.get('name')!r} is malformed ({e}); it was not written by rapsam-edge or "
+                             "was edited by hand.") from None
 
 
 # Learned classifiers (models trained here) use a plain cosine-softmax scale of 20 at every output. The
@@ -210,10 +217,10 @@ def get_config(name: str) -> ModelConfig:
         return CONFIGS[name]
     close = difflib.get_close_matches(name, CONFIGS, n=2)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
-    raise ValueError(f"unknown config {name!r}; known configs are {', '.join(CONFIGS)}.{hint}")
+    raise InputError(f"unknown config {name!r}; known configs are {', '.join(CONFIGS)}.{hint}")
 
 
 def get_vocabulary(name: str) -> Vocabulary:
     if name not in VOCABULARIES:
-        raise ValueError(f"unknown vocabulary {name!r}; known vocabularies are {', '.join(VOCABULARIES)}.")
+        raise InputError(f"unknown vocabulary {name!r}; known vocabularies are {', '.join(VOCABULARIES)}.")
     return VOCABULARIES[name]()

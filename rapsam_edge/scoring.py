@@ -36,12 +36,12 @@ from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_utils
-from PIL import Image
 
 from .config import Vocabulary, coco_panoptic_vocabulary
 from .data.coco import CocoInstances, CocoPanoptic, quiet_pycocotools, things_panoptic
 from .data.video import YTVISDataset
-from .metrics.panoptic import PanopticEvaluator, rgb_to_id
+from .errors import InputError, InputNotFoundError
+from .metrics.panoptic import PanopticEvaluator, read_panoptic_png
 from .metrics.video import VideoEvaluator, to_rle
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -68,7 +68,7 @@ class PredictionFormat(Enum):
     def from_task(cls, task: str) -> PredictionFormat:
         by_task = {f.task: f for f in cls}
         if task not in by_task:
-            raise ValueError(f"--task {task!r} has no prediction-file format; with --predictions use "
+            raise InputError(f"--task {task!r} has no prediction-file format; with --predictions use "
                              f"{', '.join(by_task)} (or leave --task out).")
         return by_task[task]
 
@@ -123,11 +123,11 @@ _LIST_KEYS = {
 
 def _read_json(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"predictions file {str(path)!r} does not exist.")
+        raise InputNotFoundError(f"predictions file {str(path)!r} does not exist.")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"predictions file {str(path)!r} is not valid JSON ({exc}).") from None
+        raise InputError(f"predictions file {str(path)!r} is not valid JSON ({exc}).") from None
 
 
 def detect_format(doc: Any, path: Path, task: str | None = None) -> PredictionFormat:
@@ -137,37 +137,37 @@ def detect_format(doc: Any, path: Path, task: str | None = None) -> PredictionFo
     if isinstance(doc, dict):
         anns = doc.get("annotations")
         if not isinstance(anns, list):
-            raise ValueError(f"{name} is a JSON object without an 'annotations' list, so it is not COCO panoptic "
+            raise InputError(f"{name} is a JSON object without an 'annotations' list, so it is not COCO panoptic "
                              "results (an object) nor COCO instance / YouTube-VIS results (a list).")
         for n, a in enumerate(anns):
             if not (isinstance(a, dict) and all(k in a for k in ("image_id", "file_name", "segments_info"))
                     and isinstance(a["segments_info"], list)):
-                raise ValueError(f"annotation {n} of {name} is not a COCO panoptic result: it needs image_id, "
+                raise InputError(f"annotation {n} of {name} is not a COCO panoptic result: it needs image_id, "
                                  "file_name and a segments_info list.")
         fmt = PredictionFormat.COCO_PANOPTIC
     elif isinstance(doc, list):
         if not doc:
             if expected in _LIST_KEYS:
                 return expected
-            raise ValueError(f"{name} is an empty list: say which results it holds with --task instances or "
+            raise InputError(f"{name} is an empty list: say which results it holds with --task instances or "
                              "--task video.")
         first = doc[0]
         candidates = [f for f, keys in _LIST_KEYS.items() if isinstance(first, dict) and all(k in first for k in keys)]
         if not candidates:
-            raise ValueError(f"entry 0 of {name} is neither a COCO instance result (image_id, category_id, "
+            raise InputError(f"entry 0 of {name} is neither a COCO instance result (image_id, category_id, "
                              "segmentation, score) nor a YouTube-VIS result (video_id, category_id, segmentations, "
                              "score).")
         fmt = candidates[0]
         keys = _LIST_KEYS[fmt]
         for n, r in enumerate(doc):
             if not (isinstance(r, dict) and all(k in r for k in keys)):
-                raise ValueError(f"entry {n} of {name} is not a {fmt.title[:-1]} like entry 0: it needs "
+                raise InputError(f"entry {n} of {name} is not a {fmt.title[:-1]} like entry 0: it needs "
                                  f"{', '.join(keys)}.")
     else:
-        raise ValueError(f"{name} holds a JSON {type(doc).__name__}; prediction files are a COCO panoptic results "
+        raise InputError(f"{name} holds a JSON {type(doc).__name__}; prediction files are a COCO panoptic results "
                          "object or a list of COCO instance / YouTube-VIS results.")
     if expected is not None and expected is not fmt:
-        raise ValueError(f"--task {task} expects {expected.title} but {name} holds {fmt.title}.")
+        raise InputError(f"--task {task} expects {expected.title} but {name} holds {fmt.title}.")
     return fmt
 
 
@@ -180,7 +180,7 @@ def _gt_vocabulary(categories: Sequence[Mapping[str, Any]], what: Path) -> Vocab
     try:
         return Vocabulary.from_categories("ground_truth", list(categories))
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"the categories of {str(what)!r} need 'id' and 'name'.") from None
+        raise InputError(f"the categories of {str(what)!r} need 'id' and 'name'.") from None
 
 
 def _open_images(req: ScoreRequest) -> CocoInstances | CocoPanoptic:
@@ -205,7 +205,7 @@ def _group(entries: Sequence[Mapping[str, Any]], key: str, known: set[Any], req:
     unknown = sorted({e[key] for e in entries if e[key] not in known}, key=str)
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:3])
-        raise ValueError(f"{str(req.predictions)!r} has predictions for {len(unknown)} {what} id(s) the ground "
+        raise InputError(f"{str(req.predictions)!r} has predictions for {len(unknown)} {what} id(s) the ground "
                          f"truth in {str(req.data)!r} does not have ({shown}{', ...' if len(unknown) > 3 else ''}).")
     out: dict[Any, list[Mapping[str, Any]]] = {}
     for e in entries:
@@ -217,7 +217,7 @@ def _check_categories(cat_ids: Sequence[int], known: set[int], req: ScoreRequest
     """How many predictions have a category the ground truth lacks (dropped); all of them is an error."""
     dropped = sum(1 for c in cat_ids if c not in known)
     if cat_ids and dropped == len(cat_ids):
-        raise ValueError(f"no category id of {str(req.predictions)!r} is a ground-truth category "
+        raise InputError(f"no category id of {str(req.predictions)!r} is a ground-truth category "
                          f"({sorted(set(cat_ids))[:5]} vs {sorted(known)[:5]}...): write dataset category ids, "
                          "not model class indices.")
     return dropped
@@ -229,8 +229,8 @@ def _check_categories(cat_ids: Sequence[int], known: set[int], req: ScoreRequest
 def _score_panoptic(doc: Mapping[str, Any], req: ScoreRequest) -> dict[str, Any]:
     png_dir = req.png_dir or req.predictions.with_suffix("")
     if not png_dir.is_dir():
-        raise FileNotFoundError(f"the panoptic PNG folder {str(png_dir)!r} does not exist (panopticapi's layout "
-                                "names it like the JSON without .json); give it with --prediction-pngs.")
+        raise InputNotFoundError(f"the panoptic PNG folder {str(png_dir)!r} does not exist (panopticapi's layout "
+                                 "names it like the JSON without .json); give it with --prediction-pngs.")
     dataset = _open_images(req)
     things_only = not isinstance(dataset, CocoPanoptic)
     cats = dataset.categories if isinstance(dataset, CocoPanoptic) else dataset.coco.dataset["categories"]
@@ -238,7 +238,10 @@ def _score_panoptic(doc: Mapping[str, Any], req: ScoreRequest) -> dict[str, Any]
     gt_ids = {int(c["id"]) for c in cats}
     stuff = _stuff_ids(doc)
     by_image = _group(doc["annotations"], "image_id", _known_image_ids(dataset), req, "image")
-    evaluator = PanopticEvaluator(cats)
+    try:
+        evaluator = PanopticEvaluator(cats)
+    except ValueError as exc:
+        raise InputError(f"the categories of {str(req.data)!r} are not usable: {exc}") from None
     missed = removed = 0
     idx = _selected(len(dataset), req.limit)
     for i in idx:
@@ -249,7 +252,7 @@ def _score_panoptic(doc: Mapping[str, Any], req: ScoreRequest) -> dict[str, Any]
             truth, truth_segments = things_panoptic(record)
         preds = by_image.get(record.image_id, [])
         if len(preds) > 1:
-            raise ValueError(f"{str(req.predictions)!r} has {len(preds)} annotations for image {record.image_id}.")
+            raise InputError(f"{str(req.predictions)!r} has {len(preds)} annotations for image {record.image_id}.")
         if not preds:
             missed += 1
             pred_ids, segments = np.zeros(record.hw, np.int64), []
@@ -266,7 +269,7 @@ def _score_panoptic(doc: Mapping[str, Any], req: ScoreRequest) -> dict[str, Any]
         try:
             evaluator.update(truth, truth_segments, pred_ids, segments)
         except ValueError as exc:
-            raise ValueError(f"image {record.image_id} of {str(req.predictions)!r}: {exc}") from None
+            raise InputError(f"image {record.image_id} of {str(req.predictions)!r}: {exc}") from None
     return {"things_only": things_only, "images": len(idx), "images_without_predictions": missed,
             "stuff_segments_removed": removed, **evaluator.compute()}
 
@@ -283,14 +286,10 @@ def _stuff_ids(doc: Mapping[str, Any]) -> set[int]:
 def _read_prediction_png(png_dir: Path, ann: Mapping[str, Any], hw: tuple[int, int]) -> np.ndarray:
     path = png_dir / str(ann["file_name"])
     if not path.is_file():
-        raise FileNotFoundError(f"the panoptic PNG {str(path)!r} of image {ann['image_id']} does not exist.")
-    try:
-        with Image.open(path) as im:
-            ids = rgb_to_id(np.asarray(im.convert("RGB")))
-    except OSError as exc:
-        raise ValueError(f"the panoptic PNG {str(path)!r} is not a readable image ({exc}).") from None
+        raise InputNotFoundError(f"the panoptic PNG {str(path)!r} of image {ann['image_id']} does not exist.")
+    ids = read_panoptic_png(path, "the panoptic PNG")
     if ids.shape != hw:
-        raise ValueError(f"the panoptic PNG {str(path)!r} is {ids.shape[1]}x{ids.shape[0]} (WxH) but image "
+        raise InputError(f"the panoptic PNG {str(path)!r} is {ids.shape[1]}x{ids.shape[0]} (WxH) but image "
                          f"{ann['image_id']} is {hw[1]}x{hw[0]}.")
     return ids
 
@@ -364,7 +363,7 @@ def _score_instances(results: list[Mapping[str, Any]], req: ScoreRequest) -> dic
 def _score(entry: Mapping[str, Any], n: int, req: ScoreRequest) -> float:
     score = entry["score"]
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-        raise ValueError(f"prediction {n} of {str(req.predictions)!r} needs a finite numeric score, got {score!r}.")
+        raise InputError(f"prediction {n} of {str(req.predictions)!r} needs a finite numeric score, got {score!r}.")
     return float(score)
 
 
@@ -372,11 +371,11 @@ def _instance_rle(entry: Mapping[str, Any], hw: tuple[int, int], n: int, req: Sc
     try:
         rle = to_rle(entry["segmentation"])
     except ValueError as exc:
-        raise ValueError(f"the segmentation of prediction {n} (image {entry['image_id']}) in "
+        raise InputError(f"the segmentation of prediction {n} (image {entry['image_id']}) in "
                          f"{str(req.predictions)!r} is not an RLE mask: {exc}") from None
     if rle is None or tuple(rle["size"]) != hw:
         size = None if rle is None else list(rle["size"])
-        raise ValueError(f"prediction {n} (image {entry['image_id']}) in {str(req.predictions)!r} has a mask of "
+        raise InputError(f"prediction {n} (image {entry['image_id']}) in {str(req.predictions)!r} has a mask of "
                          f"size {size}, but the image is {list(hw)} (height, width).")
     return rle
 
@@ -411,7 +410,7 @@ def _score_video(results: list[Mapping[str, Any]], req: ScoreRequest) -> dict[st
             segs = r["segmentations"]
             if not isinstance(segs, list) or len(segs) != len(video.frames):
                 got = len(segs) if isinstance(segs, list) else type(segs).__name__
-                raise ValueError(f"a track of video {video.video_id} in {str(req.predictions)!r} has {got} "
+                raise InputError(f"a track of video {video.video_id} in {str(req.predictions)!r} has {got} "
                                  f"segmentations for {len(video.frames)} frames.")
             tracks.append({"category_id": int(r["category_id"]), "segmentations": segs,
                            "score": _score(r, n, req)})
@@ -419,6 +418,6 @@ def _score_video(results: list[Mapping[str, Any]], req: ScoreRequest) -> dict[st
         try:
             evaluator.update(video.video_id, video_ground_truth(video), tracks)
         except ValueError as exc:
-            raise ValueError(f"video {video.video_id} of {str(req.predictions)!r}: {exc}") from None
+            raise InputError(f"video {video.video_id} of {str(req.predictions)!r}: {exc}") from None
     return {"videos": len(idx), "videos_without_predictions": missed, "dropped_unknown_category": dropped,
             **evaluator.compute()}

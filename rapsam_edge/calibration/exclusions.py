@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from ..errors import InputError
+
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Expand"})
 SCALE_OPS = frozenset({"Mul", "Div", "Add", "Sub"})  # with a constant other operand
 LINEAR_OPS = frozenset({"MatMul", "Gemm"})
@@ -271,7 +273,7 @@ def derive(model: onnx.ModelProto, rules: Iterable[str] = DEFAULT_RULES, context
     out: dict[str, list[str]] = {}
     for rule in rules:
         if rule not in RULES:
-            raise ValueError(f"unknown exclusion rule {rule!r}; the rules are {', '.join(RULES)}.")
+            raise InputError(f"unknown exclusion rule {rule!r}; the rules are {', '.join(RULES)}.")
         names = [n for n in dict.fromkeys(RULES[rule][0](ix, context)) if n not in seen]
         seen.update(names)
         out[rule] = names
@@ -289,7 +291,7 @@ def apply_overrides(derived: dict[str, list[str]], model: onnx.ModelProto, exclu
 
             close = difflib.get_close_matches(unknown[0], list(names), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{flag} names {unknown[0]!r}, which is not a node of the graph{hint}; "
+            raise InputError(f"{flag} names {unknown[0]!r}, which is not a node of the graph{hint}; "
                              "the exclusion list printed by calibrate shows the node names.")
     drop = set(include)
     final = [n for rule_names in derived.values() for n in rule_names if n not in drop]

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..bundle import GRAPHS
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -138,26 +139,26 @@ class CalibrationOptions:
         _choice("--backend", self.backend, BACKENDS)
         _choice("--flavor", self.flavor, tuple(FLAVORS))
         if self.num < 1:
-            raise ValueError(f"--num must be at least 1, not {self.num}.")
+            raise InputError(f"--num must be at least 1, not {self.num}.")
         if not self.graphs:
-            raise ValueError(f"--graphs needs at least one of {', '.join(QUANTIZABLE_GRAPHS)}.")
+            raise InputError(f"--graphs needs at least one of {', '.join(QUANTIZABLE_GRAPHS)}.")
         for g in self.graphs:
             if g == "prompt_decoder":
-                raise ValueError("the prompt decoder stays in floating point (it is small and quantizing it costs "
+                raise InputError("the prompt decoder stays in floating point (it is small and quantizing it costs "
                                  f"most accuracy); quantize {' and/or '.join(QUANTIZABLE_GRAPHS)}.")
             if g not in GRAPHS:
-                raise ValueError(f"unknown graph {g!r}; choose from {', '.join(QUANTIZABLE_GRAPHS)}.")
+                raise InputError(f"unknown graph {g!r}; choose from {', '.join(QUANTIZABLE_GRAPHS)}.")
         for metric, value in self.max_drop.items():
             _choice("--max-drop metric", metric, METRICS)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"--max-drop {metric}={value} must be a non-negative number of points.")
+                raise InputError(f"--max-drop {metric}={value} must be a non-negative number of points.")
         if not 0 < self.percentile <= 100:
-            raise ValueError(f"--percentile must be in (0, 100], not {self.percentile}.")
+            raise InputError(f"--percentile must be in (0, 100], not {self.percentile}.")
         if self.num_bins < 128:
-            raise ValueError(f"num_bins must be at least 128 (entropy needs far more bins than 8-bit levels), "
+            raise InputError(f"num_bins must be at least 128 (entropy needs far more bins than 8-bit levels), "
                              f"not {self.num_bins}.")
         if self.eval_limit is not None and self.eval_limit < 1:
-            raise ValueError(f"--eval-limit must be at least 1, not {self.eval_limit}.")
+            raise InputError(f"--eval-limit must be at least 1, not {self.eval_limit}.")
         return self
 
     def with_(self, **changes: object) -> CalibrationOptions:
@@ -170,7 +171,7 @@ def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
 
         close = difflib.get_close_matches(value, allowed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"{flag} {value!r} is not one of {', '.join(allowed)}{hint}.")
+        raise InputError(f"{flag} {value!r} is not one of {', '.join(allowed)}{hint}.")
 
 
 def parse_metric_values(items: list[str] | tuple[str, ...] | None, flag: str, allowed: tuple[str, ...],
@@ -188,7 +189,7 @@ def parse_metric_values(items: list[str] | tuple[str, ...] | None, flag: str, al
             except ValueError:
                 number = float("nan")
             if not sep or not math.isfinite(number):
-                raise ValueError(f"{flag} takes {usage}, not {part!r}.")
+                raise InputError(f"{flag} takes {usage}, not {part!r}.")
             name = name.strip().lower()
             _choice(f"{flag} metric", name, allowed)
             out[name] = number

@@ -21,6 +21,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from ..data.coco import IMAGE_SUFFIXES
+from ..errors import InputError, InputNotFoundError
 from ..preprocess import ImageError, InputPolicy, load_image, preprocess
 
 Feed = dict[str, np.ndarray]
@@ -57,22 +58,27 @@ class ImageSet:
 
 def _coco_entries(images: Path, annotations: Path) -> list[tuple[str, Path]]:
     try:
-        doc = json.loads(annotations.read_text())
+        doc = json.loads(annotations.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"--annotations {annotations} does not exist.") from None
+        raise InputNotFoundError(f"--annotations {annotations} does not exist.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"--annotations {annotations} is not valid JSON ({e}).") from None
+        raise InputError(f"--annotations {annotations} is not valid JSON ({e}).") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise ValueError(f"--annotations {annotations} has no COCO 'images' list.")
-    entries = sorted((int(im["id"]), str(im["file_name"])) for im in doc["images"] if "id" in im and "file_name" in im)
+        raise InputError(f"--annotations {annotations} has no COCO 'images' list.")
+    try:
+        entries = sorted((int(im["id"]), str(im["file_name"])) for im in doc["images"]
+                         if "id" in im and "file_name" in im)
+    except (TypeError, ValueError):
+        raise InputError(f"--annotations {annotations} has an 'images' entry that is not an object with an integer "
+                         "'id' and a 'file_name'.") from None
     return [(str(i), images / name) for i, name in entries if (images / name).is_file()]
 
 
 def _listing(images: Path, kind: str, annotations: Path | None) -> list[tuple[str, Path]]:
     if not images.exists():
-        raise FileNotFoundError(f"calibration folder {images} does not exist.")
+        raise InputNotFoundError(f"calibration folder {images} does not exist.")
     if not images.is_dir():
-        raise ValueError(f"calibration images {images} is a file, not a folder of images.")
+        raise InputError(f"calibration images {images} is a file, not a folder of images.")
     if kind == "coco" and annotations is not None:
         return _coco_entries(images, annotations)
     files = sorted(p for p in images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -110,7 +116,7 @@ def select_images(images: Path, kind: str = "folder", annotations: Path | None =
         inner = _image_subfolders(images)
         hint = (f"it has image folders {', '.join(inner)}: pass one of them" if inner else
                 "point --images at a folder of calibration photos (e.g. ../shared/data/coco_mini/calib_images)")
-        raise ValueError(f"calibration folder {images} holds no image files {what}; {hint}.")
+        raise InputError(f"calibration folder {images} holds no image files {what}; {hint}.")
     picked: list[tuple[str, Path]] = []
     skipped: list[str] = []
     for i in spread_order(len(listing), num):
@@ -124,7 +130,7 @@ def select_images(images: Path, kind: str = "folder", annotations: Path | None =
             continue
         picked.append((ident, path))
     if not picked:
-        raise ValueError(f"none of the {len(listing)} image files in {images} can be read (first: {skipped[0]}).")
+        raise InputError(f"none of the {len(listing)} image files in {images} can be read (first: {skipped[0]}).")
     return ImageSet(kind, images, tuple(p for _, p in picked), tuple(i for i, _ in picked), len(listing),
                     tuple(skipped))
 

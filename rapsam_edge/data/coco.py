@@ -25,7 +25,7 @@ from pycocotools.coco import COCO
 from scipy import ndimage
 
 from ..config import Vocabulary
-from ..errors import InputError
+from ..errors import InputError, InputNotFoundError
 from ..preprocess import load_image
 from .cache import LRUCache
 from .masks import MaskStack
@@ -64,7 +64,7 @@ def list_images(folder: str | Path) -> list[Path]:
     """Image files (by suffix, case-insensitive) directly inside `folder`, sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"Image folder {str(folder)!r} does not exist.")
+        raise InputNotFoundError(f"Image folder {str(folder)!r} does not exist.")
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -83,7 +83,7 @@ def read_split(path: str | Path, name: str) -> list[int]:
     """One named split of a ``splits.json``-style file."""
     splits = read_splits(path)
     if name not in splits:
-        raise ValueError(f"Split {name!r} is not in {str(path)!r}; available splits are {sorted(splits)}.")
+        raise InputError(f"Split {name!r} is not in {str(path)!r}; available splits are {sorted(splits)}.")
     return splits[name]
 
 
@@ -149,8 +149,8 @@ def category_index(vocabulary: Vocabulary) -> dict[int, int]:
 
 def _check_size(image: np.ndarray, hw: tuple[int, int], path: Path, what: str) -> None:
     if image.shape[:2] != hw:
-        raise ValueError(f"{what} {str(path)!r} is {image.shape[1]}x{image.shape[0]} (WxH) but the annotation "
-                         f"file says {hw[1]}x{hw[0]}.")
+        raise AnnotationFileError(f"{what} {str(path)!r} is {image.shape[1]}x{image.shape[0]} (WxH) but the annotation "
+                                  f"file says {hw[1]}x{hw[0]}.")
 
 
 class _ImageDataset:
@@ -166,7 +166,7 @@ class _ImageDataset:
             known = set(available)
             unknown = [i for i in image_ids if i not in known]
             if unknown:
-                raise ValueError(f"Image ids {unknown[:5]} {missing}.")
+                raise InputError(f"Image ids {unknown[:5]} {missing}.")
             self.image_ids = list(image_ids)
         self._cat_to_index = category_index(vocabulary)
         self._cache = LRUCache(self._load, cache_size)
@@ -221,8 +221,8 @@ class CocoInstances(_ImageDataset):
         try:
             return self.coco.annToMask(ann)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ValueError(f"Annotation {ann.get('id')} of image {ann.get('image_id')} in "
-                             f"{str(self.ann_file)!r} has an unreadable segmentation ({exc!r}).") from None
+            raise AnnotationFileError(f"Annotation {ann.get('id')} of image {ann.get('image_id')} in "
+                                      f"{str(self.ann_file)!r} has an unreadable segmentation ({exc!r}).") from None
 
     def _load(self, i: int) -> Record:
         img_id = self.image_ids[i]

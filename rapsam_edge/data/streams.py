@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..preprocess import InputPolicy
 from .masks import MaskStack
 from .prompts import OVERLAP_RULES, clicks_to_boxes, sample_clicks
@@ -55,10 +56,11 @@ class _Stream:
 
     def __init__(self, num_elements: int, seed: int, shuffle: bool) -> None:
         if num_elements <= 0:
-            raise ValueError(f"{type(self).__name__} needs a non-empty dataset.")
+            raise InputError(f"the training data of {type(self).__name__} is empty; check --coco-root / --video-root "
+                             "and the split or subset they are read with.")
         seed = operator.index(seed)
         if seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed}.")
+            raise InputError(f"--seed must be a non-negative integer, got {seed}.")
         self._n = int(num_elements)
         self.seed = seed
         self.shuffle = bool(shuffle)
@@ -177,8 +179,8 @@ class VideoClipStream(_Stream):
         self.span = num_frames + (num_frames - 1) * (interval - 1)
         self.videos = [v for v in range(len(dataset)) if len(dataset[v]) >= self.span]
         if not self.videos:
-            raise ValueError(f"no video has the {self.span} frames a clip of {num_frames} frames "
-                             f"{interval} apart needs.")
+            raise InputError(f"no video of the video data (--video-root) has the {self.span} frames a clip of "
+                             f"{num_frames} frames {interval} apart needs; add longer videos or leave them out.")
         super().__init__(len(self.videos), seed, shuffle)
         self.dataset = dataset
         self.num_frames, self.interval = int(num_frames), int(interval)
@@ -258,7 +260,8 @@ class PromptStream(_Stream):
                 frame, ok, attempts, fallback = result
                 break
         else:
-            raise ValueError("the prompt dataset has no image with a non-empty segment.")
+            raise InputError("the prompt data (--coco-root) has no image with a non-empty segment; check its "
+                             "annotations or train with --no-prompts.")
         masks = frame.masks[ok]
         points, targets = sample_clicks(masks, self.num_prompts, rng, overlap=self.overlap)
         kept = frame.kept[ok]
@@ -306,7 +309,7 @@ class MixedStream:
                              f"got {weights!r}.")
         seed = operator.index(seed)
         if seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed}.")
+            raise InputError(f"--seed must be a non-negative integer, got {seed}.")
         self.streams, self.probs, self.seed, self.block = list(streams), w / w.sum(), seed, int(block)
         self._prefix: list[np.ndarray] = [np.zeros(len(streams), np.int64)]  # picks before each block
         self._blocks: dict[int, np.ndarray] = {}

@@ -17,6 +17,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from ..config import Vocabulary
+from ..errors import InputError
 from ..preprocess import load_image
 from .coco import AnnotationFileError, category_index, quiet_pycocotools, read_json
 
@@ -38,9 +39,9 @@ def _decode(seg: Any, h: int, w: int) -> np.ndarray:
         if isinstance(seg["counts"], list):  # uncompressed RLE (the original YT-VIS files)
             seg = mask_util.frPyObjects(seg, h, w)
         if tuple(seg["size"]) != (h, w):
-            raise ValueError(f"segmentation size {seg['size']} differs from the video size {[h, w]}.")
+            raise InputError(f"segmentation size {seg['size']} differs from the video size {[h, w]}.")
         return mask_util.decode(seg).astype(bool)
-    raise ValueError(f"unsupported segmentation of type {type(seg).__name__}; expected RLE, polygons or null.")
+    raise InputError(f"unsupported segmentation of type {type(seg).__name__}; expected RLE, polygons or null.")
 
 
 @dataclass
@@ -87,9 +88,9 @@ class VideoRecord:
             for t, f in enumerate(idx):
                 try:
                     out[n, t] = decode_segmentation(segs[f], self.hw)
-                except ValueError as exc:
-                    raise ValueError(f"track {int(self.track_ids[n])} of video {self.name!r}, frame {f}: "
-                                     f"{exc}") from None
+                except (ValueError, TypeError, KeyError, IndexError) as exc:
+                    raise AnnotationFileError(f"track {int(self.track_ids[n])} of video {self.name!r}, frame {f} has "
+                                              f"an unreadable segmentation: {exc}") from None
         return out
 
     def load_frames(self, frame_indices: Any = None) -> list[np.ndarray]:
@@ -98,7 +99,7 @@ class VideoRecord:
         for f in self._indices(frame_indices):
             img = load_image(self.frames[f])  # ImageNotFoundError (a FileNotFoundError) names a missing frame
             if img.shape[:2] != self.hw:
-                raise ValueError(f"Frame {str(self.frames[f])!r} is {img.shape[1]}x{img.shape[0]} (WxH) but "
+                raise InputError(f"Frame {str(self.frames[f])!r} is {img.shape[1]}x{img.shape[0]} (WxH) but "
                                  f"video {self.name!r} is {self.hw[1]}x{self.hw[0]}.")
             frames.append(img)
         return frames

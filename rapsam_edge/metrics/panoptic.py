@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, InputNotFoundError, ResourceLimitError
+
 VOID = 0
 _MAX_ID = 256**3  # PNG ids are 3 bytes; pair keys gt * _MAX_ID + pred stay far below 2**64.
 
@@ -242,17 +244,40 @@ class PanopticEvaluator:
 def _load_json(src: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(src, Mapping):
         return src
-    with open(src) as f:
-        return json.load(f)
+    path = Path(src)
+    if not path.is_file():
+        raise InputNotFoundError(f"panoptic JSON {str(path)!r} does not exist; check the path.")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"panoptic JSON {str(path)!r} is not valid JSON ({exc}); give a COCO panoptic "
+                         "JSON file.") from None
+    if not isinstance(doc, Mapping):
+        raise InputError(f"panoptic JSON {str(path)!r} holds a JSON {type(doc).__name__}, not a COCO panoptic "
+                         "object.")
+    return doc
 
 
-def _read_png_ids(path: Path) -> np.ndarray:
+def read_panoptic_png(path: Path, what: str = "panoptic PNG") -> np.ndarray:
+    """The segment ids (H, W) of a COCO panoptic RGB-id PNG; any unreadable file is one InputError sentence.
+
+    Pillow's own exceptions are not all OSErrors (``DecompressionBombError``, ``SyntaxError`` of a broken
+    chunk), so each is turned into a sentence naming the file here, where the user's file is opened.
+    """
     from PIL import Image  # Pillow is a project dependency; only this file reader needs it
 
     if not path.is_file():
-        raise ValueError(f"panoptic PNG {path} does not exist.")
-    with Image.open(path) as im:
-        return rgb_to_id(np.asarray(im.convert("RGB")))
+        raise InputNotFoundError(f"{what} {str(path)!r} does not exist; check the path and the file_name of "
+                                 "its annotation.")
+    try:
+        with Image.open(path) as im:
+            return rgb_to_id(np.asarray(im.convert("RGB")))
+    except Image.DecompressionBombError as exc:
+        raise ResourceLimitError(f"{what} {str(path)!r} is too large to decode safely ({exc}); check the "
+                                 "file.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(f"{what} {str(path)!r} is not a readable image ({' '.join(str(exc).split())}); "
+                         "replace it with a valid RGB PNG.") from None
 
 
 def evaluate_panoptic_files(
@@ -269,19 +294,21 @@ def evaluate_panoptic_files(
     """
     gt, pred = _load_json(gt_json), _load_json(pred_json)
     if "annotations" not in gt or "categories" not in gt or "annotations" not in pred:
-        raise ValueError("panoptic JSON needs 'annotations' (and the gt also 'categories').")
+        raise InputError("the panoptic JSON files need 'annotations' (and the ground truth also 'categories'); "
+                         "give COCO panoptic JSON files.")
     evaluator = PanopticEvaluator(gt["categories"])
     pred_by_image = {a["image_id"]: a for a in pred["annotations"]}
     for gt_ann in gt["annotations"]:
         pred_ann = pred_by_image.get(gt_ann["image_id"])
         if pred_ann is None:
-            raise ValueError(f"no prediction for the image with id {gt_ann['image_id']}.")
+            raise InputError(f"the prediction JSON has no annotation for ground-truth image {gt_ann['image_id']}; "
+                             "predict every image of the ground truth.")
         if any(k not in a for a in (gt_ann, pred_ann) for k in ("file_name", "segments_info")):
-            raise ValueError(f"annotations of image {gt_ann['image_id']} need 'file_name' and 'segments_info'.")
+            raise InputError(f"the annotations of image {gt_ann['image_id']} need 'file_name' and 'segments_info'.")
         evaluator.update(
-            _read_png_ids(Path(gt_png_dir) / gt_ann["file_name"]),
+            read_panoptic_png(Path(gt_png_dir) / gt_ann["file_name"], "ground-truth panoptic PNG"),
             gt_ann["segments_info"],
-            _read_png_ids(Path(pred_png_dir) / pred_ann["file_name"]),
+            read_panoptic_png(Path(pred_png_dir) / pred_ann["file_name"], "predicted panoptic PNG"),
             pred_ann["segments_info"],
         )
     return evaluator.compute()

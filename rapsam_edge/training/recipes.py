@@ -9,15 +9,15 @@ tree (``<split>/JPEGImages`` + ``<split>.json``) and ``video_mini`` (``JPEGImage
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import Vocabulary
-from ..data.coco import CocoInstances, CocoPanoptic
+from ..data.coco import CocoInstances, CocoPanoptic, read_splits
 from ..data.video import YTVISDataset
+from ..errors import InputError, InputNotFoundError
 
 
 def default_shared_data() -> Path:
@@ -46,13 +46,13 @@ def open_coco(root: str | Path, vocabulary: Vocabulary, split: str = "train2017"
     if (ann / "instances_mini.json").is_file():
         ids = None
         if subset:
-            splits = json.loads((root / "splits.json").read_text())
+            splits = read_splits(root / "splits.json")
             if subset not in splits:
-                raise ValueError(f"{root}/splits.json has no id list {subset!r}; it has {', '.join(splits)}.")
+                raise InputError(f"{root}/splits.json has no id list {subset!r}; it has {', '.join(splits)}.")
             ids = splits[subset]
         return CocoInstances(root / "images", ann / "instances_mini.json", vocabulary, image_ids=ids)
-    raise FileNotFoundError(f"{root} is not a COCO layout: expected annotations/instances_{split}.json, "
-                            f"annotations/panoptic_{split}.json (+ PNG folder) or annotations/instances_mini.json.")
+    raise InputNotFoundError(f"{root} is not a COCO layout: expected annotations/instances_{split}.json, "
+                             f"annotations/panoptic_{split}.json (+ PNG folder) or annotations/instances_mini.json.")
 
 
 def open_video(root: str | Path, vocabulary: Vocabulary, split: str = "train") -> YTVISDataset:
@@ -64,8 +64,8 @@ def open_video(root: str | Path, vocabulary: Vocabulary, split: str = "train") -
                         (root / split / "JPEGImages", root / "annotations" / f"instances_{split}_sub.json")):
         if frames.is_dir() and ann.is_file():
             return YTVISDataset(frames, ann, vocabulary)
-    raise FileNotFoundError(f"{root} is not a YouTube-VIS layout: expected {split}/JPEGImages + {split}.json "
-                            "or JPEGImages/480p + ytvis_mini.json.")
+    raise InputNotFoundError(f"{root} is not a YouTube-VIS layout: expected {split}/JPEGImages + {split}.json "
+                             "or JPEGImages/480p + ytvis_mini.json.")
 
 
 @dataclass(frozen=True)
