@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..data.coco import IMAGE_SUFFIXES
+from ..errors import InputError, InputNotFoundError
 from ..exporters.verify import check, verify_graphs, verify_pipelines
 
 TASKS = ("panoptic", "interactive", "video")
@@ -91,27 +92,27 @@ def resolve_data(data: str, vocabulary: Any, tasks: tuple[str, ...], subset: str
     elif data == "panoptic":
         root = shared / "coco_panoptic_mini"
         if not root.is_dir():
-            raise FileNotFoundError(f"--data panoptic reads {root}, which does not exist.")
+            raise InputNotFoundError(f"--data panoptic reads {root}, which does not exist.")
         dataset = open_coco(root, vocabulary)
         prov.update(path=str(root))
     elif data != "none":
         root = Path(data)
         if not root.is_dir():
-            raise FileNotFoundError(f"--data {data!r} is neither coco, panoptic, none nor an existing folder.")
+            raise InputNotFoundError(f"--data {data!r} is neither coco, panoptic, none nor an existing folder.")
         try:
             dataset = open_coco(root, vocabulary, split="val2017", subset=subset)
             prov.update(path=str(root), subset=subset)
         except FileNotFoundError:
             files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise ValueError(f"--data {root} is neither a COCO layout nor a folder of images.") from None
+                raise InputError(f"--data {root} is neither a COCO layout nor a folder of images.") from None
             notes.append(f"--data {root} has no COCO annotations: drift and latency only, no task metrics.")
             prov.update(path=str(root), kind="images")
             return EvalData(None, files[:limit] if limit else files, limit, provenance=prov, notes=notes)
     if "video" in tasks:
         vroot = video_root or shared / "video_mini"
         if not Path(vroot).is_dir():
-            raise FileNotFoundError(f"--tasks video needs clips: {vroot} does not exist (give --video-data).")
+            raise InputNotFoundError(f"--tasks video needs clips: {vroot} does not exist (give --video-data).")
         video = open_video(vroot, vocabulary)
         prov["video"] = str(vroot)
     if dataset is None:

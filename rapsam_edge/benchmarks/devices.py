@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnavailableError
+from ..errors import InputError, UnavailableError
 
 VERSIONED = ("rapsam-edge", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "coremltools", "onnx", "numpy")
 COMPUTE_UNITS = ("all", "cpuAndNeuralEngine", "cpuAndGPU", "cpuOnly")
@@ -91,7 +91,7 @@ def probe_host() -> dict[str, Any]:
 def resolve_profile(requested: str, host: dict[str, Any]) -> DeviceProfile:
     """``--device`` -> a profile this host can run, or :class:`DeviceUnavailable` with one sentence."""
     if requested not in DEVICE_CHOICES:
-        raise ValueError(f"unknown --device {requested!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
+        raise InputError(f"unknown --device {requested!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
     fp = host["fingerprint"]
     if requested == "auto":
         requested = ("jetson" if fp.get("jetson") else "cuda" if fp.get("gpu_name") else

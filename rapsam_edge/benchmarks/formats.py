@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..bundle import GRAPHS, Bundle, BundleError
+from ..errors import InputError
 
 OK, FAILED_VALIDATION, FAILED_EXPORT, NOT_EXPORTED, NOT_AVAILABLE = (
     "ok", "failed validation", "failed to export", "not exported", "not available")
@@ -108,11 +109,11 @@ def parse_formats(text: str | None, device: str) -> list[Format]:
         if n not in FORMATS:
             close = difflib.get_close_matches(n, FORMATS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown format {n!r}{hint}; choose from {', '.join(FORMATS)} or 'all'.")
+            raise InputError(f"unknown format {n!r}{hint}; choose from {', '.join(FORMATS)} or 'all'.")
         if FORMATS[n] not in out:
             out.append(FORMATS[n])
     if not out:
-        raise ValueError("--formats names no format; give a comma-separated list or 'all'.")
+        raise InputError("--formats names no format; give a comma-separated list or 'all'.")
     return out
 
 

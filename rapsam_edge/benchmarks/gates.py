@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..calibration.options import parse_metric_values
+from ..errors import InputError
 from .formats import FAILED_VALIDATION, OK
 
 TASK_METRICS = {"pq": "panoptic", "sq": "panoptic", "rq": "panoptic", "pq_official": "panoptic",
@@ -37,9 +38,9 @@ def check_requested(floors: dict[str, float], max_drops: dict[str, float], tasks
         for metric in gates:
             task = TASK_METRICS.get(metric)
             if task and task not in tasks:
-                raise ValueError(f"{flag} {metric} needs the {task} task: add it to --tasks.")
+                raise InputError(f"{flag} {metric} needs the {task} task: add it to --tasks.")
             if task and task != "video" and not has_ground_truth:
-                raise ValueError(f"{flag} {metric} needs annotated data, and --data has none (use --data coco).")
+                raise InputError(f"{flag} {metric} needs annotated data, and --data has none (use --data coco).")
 
 
 def _value(row: dict[str, Any], metric: str) -> float | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import load_bundle
+from ..errors import InputError
 from . import accuracy, devices, gates, latency, prepare, report
 from . import protocol as protocol_cost
 from .formats import (
@@ -83,21 +84,21 @@ class BenchRequest:
     def validated(self) -> BenchRequest:
         bad = [t for t in self.tasks if t not in accuracy.TASKS]
         if bad or not self.tasks:
-            raise ValueError(f"--tasks {','.join(self.tasks)!r}: choose from {', '.join(accuracy.TASKS)}.")
+            raise InputError(f"--tasks {','.join(self.tasks)!r}: choose from {', '.join(accuracy.TASKS)}.")
         if self.runs < 1 or self.warmup < 0:
-            raise ValueError(f"--runs must be >= 1 and --warmup >= 0 (got {self.runs} and {self.warmup}).")
+            raise InputError(f"--runs must be >= 1 and --warmup >= 0 (got {self.runs} and {self.warmup}).")
         if self.protocol is not None:
             from ..preprocess import Protocol
 
             Protocol.parse(self.protocol)
         if self.protocol_images < 0:
-            raise ValueError(f"--protocol-images must be >= 0 (0 skips the comparison), not {self.protocol_images}.")
+            raise InputError(f"--protocol-images must be >= 0 (0 skips the comparison), not {self.protocol_images}.")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be at least 1, not {self.limit}.")
+            raise InputError(f"--limit must be at least 1, not {self.limit}.")
         if self.video_mode not in ("clip", "stream"):
-            raise ValueError(f"--video-mode {self.video_mode!r}: choose clip or stream.")
+            raise InputError(f"--video-mode {self.video_mode!r}: choose clip or stream.")
         if self.compute_units not in devices.COMPUTE_UNITS:
-            raise ValueError(f"--compute-units {self.compute_units!r}: choose one of "
+            raise InputError(f"--compute-units {self.compute_units!r}: choose one of "
                              f"{', '.join(devices.COMPUTE_UNITS)}.")
         return self
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import load_bundle
+from ..errors import InputError
 from .formats import Format, missing_reason
 
 DEFAULT_CONFIG = "rapsam_r18_lite"
@@ -140,7 +141,7 @@ def make_formats(root: Path | None, formats: list[Format], spec: MakeSpec,
         if (root / "manifest.json").is_file():
             problem = _same_model(load_bundle(root, verify=False).manifest, spec)
             if problem:
-                raise ValueError(f"{root} holds another default bundle ({problem}); pass another --out or delete it.")
+                raise InputError(f"{root} holds another default bundle ({problem}); pass another --out or delete it.")
         else:
             want_fp16 = any(f.name == "onnx-fp16" for f in formats)
             precision = "fp16" if want_fp16 else "fp32"

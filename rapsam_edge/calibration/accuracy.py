@@ -187,9 +187,11 @@ def encoder_latencies(paths: dict[str, Path], size: tuple[int, int], threads: in
     """
     import onnxruntime as ort
 
+    from ..runtime.ort_backend import open_session
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    sessions = {k: open_session(p, opts, ["CPUExecutionProvider"], f"{k} encoder graph") for k, p in paths.items()}
     x = np.random.default_rng(0).uniform(0, 255, (1, 3, *size)).astype(np.float32)
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for i in range(warmup + runs):

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..model.neck import YOSONeck
 from ..model.prompt import sine_encode_coords
 from ..model.rapsam import RapSam
@@ -51,7 +52,7 @@ def parse_hw(text: str, what: str = "canvas") -> tuple[int, int]:
     except ValueError:
         hw = ()
     if len(hw) != 2 or min(hw) <= 0 or hw[0] % SIZE_DIVISOR or hw[1] % SIZE_DIVISOR:
-        raise ValueError(f"{what} {text!r} must be HEIGHTxWIDTH in pixels, both positive multiples of "
+        raise InputError(f"{what} {text!r} must be HEIGHTxWIDTH in pixels, both positive multiples of "
                          f"{SIZE_DIVISOR} (e.g. 800x1216).")
     return hw  # type: ignore[return-value]
 
@@ -62,7 +63,7 @@ def parse_canvases(text: str | tuple[tuple[int, int], ...]) -> tuple[tuple[int, 
         return tuple((int(h), int(w)) for h, w in text)
     sizes = tuple(parse_hw(p, "--canvases entry") for p in text.split(",") if p.strip())
     if not sizes:
-        raise ValueError("--canvases needs at least one HEIGHTxWIDTH canvas, e.g. 640x640,800x1216.")
+        raise InputError("--canvases needs at least one HEIGHTxWIDTH canvas, e.g. 640x640,800x1216.")
     return tuple(dict.fromkeys(sizes))
 
 
@@ -74,11 +75,11 @@ def canvas_spec(mode: CanvasMode | str, size: tuple[int, int],
     size = (int(size[0]), int(size[1]))
     if mode is CanvasMode.FIXED:
         if max_size is not None:
-            raise ValueError("--max-canvas bounds a dynamic canvas; it does not apply to --canvas fixed.")
+            raise InputError("--max-canvas bounds a dynamic canvas; it does not apply to --canvas fixed.")
         return CanvasSpec("fixed", size)
     hi = MAX_CANVAS if max_size is None else (int(max_size[0]), int(max_size[1]))
     if hi[0] < size[0] or hi[1] < size[1]:
-        raise ValueError(f"--max-canvas {hi[0]}x{hi[1]} is smaller than the deployment canvas {size[0]}x{size[1]} "
+        raise InputError(f"--max-canvas {hi[0]}x{hi[1]} is smaller than the deployment canvas {size[0]}x{size[1]} "
                          "(--imgsz), which the graphs are optimised for.")
     return CanvasSpec("dynamic", size, min_size=MIN_CANVAS, max_size=hi)
 
@@ -109,7 +110,7 @@ class CoordFeaturesTwin:
 
     def axis(self, n: Any, like: Tensor) -> Tensor:
         if isinstance(n, int) and not 1 <= n <= self.n_max:
-            raise ValueError(f"a feature side of {n} is outside this export's canvas (feature sides 1..{self.n_max}, "
+            raise InputError(f"a feature side of {n} is outside this export's canvas (feature sides 1..{self.n_max}, "
                              f"canvas sides up to {4 * self.n_max}); raise --max-canvas.")
         table = self.table if like.dtype == self.table.dtype else linspace_table(self.n_max, like.dtype)
         # Slice + Reshape, not table[n - 1] (a Gather on a constant): NNCF takes a Gather on an initializer for an

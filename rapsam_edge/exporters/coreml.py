@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from ..bundle import Artifact, Bundle, TensorSpec, size_path
+from ..errors import InputError
 from ..model.rapsam import RapSam
 from ..preprocess import CanvasSpec
 from ..runtime.base import Backend
@@ -83,10 +84,10 @@ def package_path(graph: str, precision: str, compress: str) -> str:
 def _options(req: Any) -> tuple[str, int]:
     compress = req.options.get("compress") or "none"
     if compress not in COMPRESSIONS:
-        raise ValueError(f"--compress {compress!r} is not one of {', '.join(COMPRESSIONS)}.")
+        raise InputError(f"--compress {compress!r} is not one of {', '.join(COMPRESSIONS)}.")
     slots = int(req.options.get("prompt_slots") or PROMPT_SLOTS)
     if slots < 1:
-        raise ValueError(f"prompt_slots must be >= 1, not {slots}.")
+        raise InputError(f"prompt_slots must be >= 1, not {slots}.")
     return compress, slots
 
 
@@ -253,7 +254,7 @@ def export_target(model: RapSam, root: Path, precision: str, req: Any) -> list[A
     canvas = requested_canvas("coreml", req.options, model.config.input_size)
     enumerated = canvas.kind == "enumerated"
     if enumerated and compress == "w8a8":
-        raise ValueError("--canvases takes --compress none, int8 or palette4: the w8a8 encoder is a calibrated fx "
+        raise InputError("--canvases takes --compress none, int8 or palette4: the w8a8 encoder is a calibrated fx "
                          "graph that is exported at the one --imgsz canvas.")
     model = model.eval()
     modules: dict[str, tuple[torch.nn.Module, str]] = {

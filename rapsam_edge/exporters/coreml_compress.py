@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..model.deform_conv import ModulatedDeformConv2d
 from ..model.rapsam import RapSam
 
@@ -187,7 +188,7 @@ def w8a8_encoder(model: RapSam, images: list[Path]) -> tuple[nn.Module, dict[str
     from ..preprocess import load_image, preprocess
 
     if not images:
-        raise ValueError("w8a8 needs calibration images; none were found (pass calib_images).")
+        raise InputError("--compress w8a8 needs calibration images and none were found; pass --calib-images FOLDER.")
     policy = model.config.input_policy()
     mean, std = model.pixel_mean, model.pixel_std
     tensors = [(torch.from_numpy(preprocess(load_image(p), policy)[0]) - mean) / std for p in images]

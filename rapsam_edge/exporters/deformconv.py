@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..bundle import Artifact
+from ..errors import InputError
 from ..model.deform_conv import ModulatedDeformConv2d, modulated_deform_conv2d
 from ..model.rapsam import RapSam
 
@@ -67,7 +68,7 @@ def with_deformconv_nodes(model: RapSam) -> RapSam:
                 setattr(module, name, DeformConvNode(child))
                 swapped += 1
     if swapped == 0:
-        raise ValueError(f"config {model.config.name} has no deformable convolutions; --dcn deformconv applies to "
+        raise InputError(f"config {model.config.name} has no deformable convolutions; --dcn deformconv applies to "
                          "the DCN configs (rapsam_r18, rapsam_r50).")
     return clone
 

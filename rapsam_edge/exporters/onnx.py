@@ -20,6 +20,7 @@ import onnx
 import torch
 
 from ..bundle import Artifact, TensorSpec
+from ..errors import InputError, UnavailableError
 from ..model.rapsam import RapSam
 from ..preprocess import CanvasSpec
 from .canvas import dynamic_coord_features, dynamic_shapes, name_dims, requested_canvas
@@ -86,7 +87,8 @@ def export_fp32(model: RapSam, graph: str, path: Path, opts: OnnxOptions,
 
         proto, ok = onnxsim.simplify(proto)
         if not ok:
-            raise RuntimeError(f"onnxsim could not validate the simplified {graph} graph; retry with --no-simplify.")
+            raise UnavailableError(f"onnxsim could not validate the simplified {graph} graph; retry with "
+                                   "--no-simplify.")
         simplified = True
     name_dims(proto, graph)
     onnx.checker.check_model(proto)
@@ -224,7 +226,7 @@ def export_onnx(model: RapSam, root: Path, precision: str = "fp32", opts: OnnxOp
                 graphs: tuple[str, ...] = tuple(GRAPH_IO)) -> list[Artifact]:
     """Write ``<graph>.onnx`` (and ``<graph>.fp16.onnx``) into ``root``; returns unregistered artifacts."""
     if precision not in ("fp32", "fp16"):
-        raise ValueError(f"ONNX export precision must be fp32 or fp16 (int8 comes from calibrate), not {precision!r}.")
+        raise InputError(f"ONNX export precision must be fp32 or fp16 (int8 comes from calibrate), not {precision!r}.")
     model = model.eval()
     arts = []
     for graph in graphs:

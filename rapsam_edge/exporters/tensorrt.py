@@ -48,6 +48,7 @@ import onnx
 import torch
 
 from ..bundle import GRAPHS, Artifact, Bundle, BundleError, bundle_canvas, load_bundle, sha256_path
+from ..errors import InputError, NonFiniteError
 from ..model.rapsam import RapSam
 from ..preprocess import CanvasSpec
 from ..runtime.base import Backend
@@ -125,7 +126,7 @@ class TrtOptions:
         o = req.options
         device = o.get("device") or "auto"
         if device not in DEVICES:
-            raise ValueError(f"unknown TensorRT --device {device!r}; choose one of {', '.join(DEVICES)}.")
+            raise InputError(f"unknown TensorRT --device {device!r}; choose one of {', '.join(DEVICES)}.")
         if fp is not None:
             profile = resolve_device(device, fp)
         elif device == "auto":
@@ -136,17 +137,17 @@ class TrtOptions:
         workspace = o.get("workspace") or DEVICE_PROFILES[profile].workspace_mb
         dla, slots = o.get("dla"), o.get("prompt_slots") or PROMPT_SLOTS
         if not isinstance(workspace, int) or workspace <= 0:
-            raise ValueError(f"--workspace takes a positive number of MB, not {workspace!r}.")
+            raise InputError(f"--workspace takes a positive number of MB, not {workspace!r}.")
         if dla is not None and (not isinstance(dla, int) or dla < 0):
-            raise ValueError(f"--dla takes a DLA core index (0 or 1), not {dla!r}.")
+            raise InputError(f"--dla takes a DLA core index (0 or 1), not {dla!r}.")
         if dla is not None and not DEVICE_PROFILES[profile].dla:
-            raise ValueError(f"--dla {dla}: DLA cores exist only on Jetson (Xavier/Orin); the {profile} profile "
+            raise InputError(f"--dla {dla}: DLA cores exist only on Jetson (Xavier/Orin); the {profile} profile "
                              "has none.")
         if not isinstance(slots, int) or not PROMPT_MIN <= slots <= PROMPT_MAX:
-            raise ValueError(f"prompt_slots must be an integer in [{PROMPT_MIN}, {PROMPT_MAX}], not {slots!r}.")
+            raise InputError(f"prompt_slots must be an integer in [{PROMPT_MIN}, {PROMPT_MAX}], not {slots!r}.")
         canvas = requested_canvas("tensorrt", o, size) if size is not None else None
         if dla is not None and canvas is not None and canvas.kind == "dynamic":
-            raise ValueError(f"--dla {dla} needs static shapes (DLA runs no dynamic dimensions); use --canvas fixed "
+            raise InputError(f"--dla {dla} needs static shapes (DLA runs no dynamic dimensions); use --canvas fixed "
                              "for a DLA encoder.")
         return cls(device, profile, int(workspace), dla, slots, canvas)
 
@@ -238,11 +239,11 @@ def _version(v: tuple[int, int]) -> str:
 def _calibrated_encoder(bundle_root: Path, model: RapSam, req: Any) -> Path:
     """The existing bundle's TensorRT-flavour Q/DQ encoder (export writes into a fresh staging root)."""
     if not (bundle_root / "manifest.json").is_file():
-        raise ValueError(INT8_NEEDS_CALIBRATION)
+        raise BundleError(INT8_NEEDS_CALIBRATION)
     bundle = load_bundle(bundle_root, verify=False)
     art = bundle.find(*INT8_SOURCE)
     if art is None or not bundle.path(art).is_file():
-        raise ValueError(INT8_NEEDS_CALIBRATION)
+        raise BundleError(INT8_NEEDS_CALIBRATION)
     if sha256_path(bundle.path(art)) != art.sha256:
         raise BundleError(f"{bundle.path(art)} does not match its sha256 in the manifest (modified or truncated); "
                           "re-run `rapsam-edge calibrate --flavor tensorrt`.")
@@ -251,8 +252,8 @@ def _calibrated_encoder(bundle_root: Path, model: RapSam, req: Any) -> Path:
     same_checkpoint = (req.checkpoint is None and checkpoint == {}) or (
         req.checkpoint is not None and checkpoint.get("sha256") == sha256_path(Path(req.checkpoint)))
     if section.get("config") != model.config.to_dict() or not same_checkpoint:
-        raise ValueError(f"the calibrated encoder in {bundle_root} belongs to another model, checkpoint or input size; "
-                         "calibrate this one with `rapsam-edge calibrate --flavor tensorrt` first.")
+        raise BundleError(f"the calibrated encoder in {bundle_root} belongs to another model, checkpoint or input "
+                          "size; calibrate this one with `rapsam-edge calibrate --flavor tensorrt` first.")
     return bundle.path(art)
 
 
@@ -280,8 +281,8 @@ def _check_qdq(proto: onnx.ModelProto) -> dict[str, Any]:
     inits = {t.name: t for t in proto.graph.initializer}
     nodes = [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     if not nodes:
-        raise ValueError("the int8-trt encoder has no QuantizeLinear/DequantizeLinear nodes; re-run "
-                         "`rapsam-edge calibrate --flavor tensorrt`.")
+        raise BundleError("the int8-trt encoder has no QuantizeLinear/DequantizeLinear nodes; re-run "
+                          "`rapsam-edge calibrate --flavor tensorrt`.")
     int32, asymmetric = 0, 0
     for n in nodes:
         zp = inits.get(n.input[2]) if len(n.input) > 2 else None
@@ -290,10 +291,10 @@ def _check_qdq(proto: onnx.ModelProto) -> dict[str, Any]:
         elif zp is None or zp.data_type != onnx.TensorProto.INT8 or np.any(onnx.numpy_helper.to_array(zp)):
             asymmetric += 1
     if int32 or asymmetric:
-        raise ValueError(f"{int32 + asymmetric} of {len(nodes)} Q/DQ nodes of the int8-trt encoder are not symmetric "
-                         f"int8 ({asymmetric} uint8/non-zero zero points, {int32} int32 bias dequantizations), which "
-                         "TensorRT cannot import; re-run `rapsam-edge calibrate --flavor tensorrt` (S8S8, "
-                         "zero-point 0, QuantizeBias off).")
+        raise BundleError(f"{int32 + asymmetric} of {len(nodes)} Q/DQ nodes of the int8-trt encoder are not symmetric "
+                          f"int8 ({asymmetric} uint8/non-zero zero points, {int32} int32 bias dequantizations), which "
+                          "TensorRT cannot import; re-run `rapsam-edge calibrate --flavor tensorrt` (S8S8, "
+                          "zero-point 0, QuantizeBias off).")
     return {"qdq_nodes": len(nodes), "symmetric_int8": True}
 
 
@@ -316,8 +317,8 @@ def _ort_check(model: RapSam, graph: str, path: Path, slots: int, canvas: Canvas
         outs = sess.run(None, {n: t.numpy() for n, t in zip(io.inputs, ex, strict=True)})
         bad = [n for n, o in zip(io.outputs, outs, strict=True) if not np.isfinite(o).all()]
         if bad:
-            raise ValueError(f"{path.name} gives non-finite {', '.join(bad)} in onnxruntime on example inputs "
-                             f"(K={k}, canvas {size[0]}x{size[1]}); it would not build a usable engine.")
+            raise NonFiniteError(f"{path.name} gives non-finite {', '.join(bad)} in onnxruntime on example inputs "
+                                 f"(K={k}, canvas {size[0]}x{size[1]}); it would not build a usable engine.")
         with torch.no_grad():
             ref = build_graph(graph, model)(*ex)
         for a, b in zip(ref, outs, strict=True):
@@ -337,7 +338,7 @@ def check_onnx(model: RapSam, graph: str, path: Path, precision: str, slots: int
     proto = onnx.load(str(path))
     custom = sorted({f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain not in ("", "ai.onnx")})
     if custom:
-        raise ValueError(f"{path.name} has custom-domain ops {', '.join(custom)} that TensorRT cannot parse "
+        raise InputError(f"{path.name} has custom-domain ops {', '.join(custom)} that TensorRT cannot parse "
                          "without plugins; export without them.")
     ops = sorted({n.op_type for n in proto.graph.node})
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
@@ -434,12 +435,13 @@ class _InputsBackend(Backend):
     name = "onnxruntime(tensorrt inputs)"
 
     def __init__(self, bundle: Bundle, precision: str):
-        import onnxruntime as ort
+        from ..runtime.ort_backend import open_session
 
         self.sessions = {}
         for graph in GRAPHS:
             art = bundle.find(graph, FORMAT, precision) or bundle.require(graph, FORMAT, "fp16")
-            self.sessions[graph] = ort.InferenceSession(str(bundle.path(art)), providers=["CPUExecutionProvider"])
+            self.sessions[graph] = open_session(bundle.path(art), None, ["CPUExecutionProvider"],
+                                                f"{art.precision} {graph} graph")
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         names = [i.name for i in self.sessions[graph].get_inputs()]

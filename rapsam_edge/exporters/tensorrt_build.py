@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import Artifact, Bundle, load_bundle, write_json_atomic
+from ..errors import InputError, InputNotFoundError, UnavailableError
 from ..runtime.trt_backend import device_fingerprint, import_tensorrt
 from .tensorrt import FORMAT, EngineSpec, ShapeProfile, TrtOptions, engine_specs, shape_profiles
 
@@ -41,7 +42,8 @@ def build_engine(trt: Any, folder: Path, spec: EngineSpec, opts: TrtOptions,
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(folder / spec.onnx)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
-        raise RuntimeError(f"TensorRT {trt.__version__} could not parse {spec.onnx}: {errors}.")
+        raise InputError(f"TensorRT {trt.__version__} could not parse {folder / spec.onnx} ({errors}); re-export "
+                         "the bundle or use a newer TensorRT.")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
     if weak:
@@ -55,16 +57,16 @@ def build_engine(trt: Any, folder: Path, spec: EngineSpec, opts: TrtOptions,
         config.add_optimization_profile(profile)
     if spec.dla is not None:
         if spec.dla >= builder.num_DLA_cores:
-            raise RuntimeError(f"--dla {spec.dla} asks for a DLA core this device does not have "
-                               f"(it has {builder.num_DLA_cores}).")
+            raise UnavailableError(f"--dla {spec.dla} asks for a DLA core this device does not have "
+                                   f"(it has {builder.num_DLA_cores}).")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = spec.dla
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeError(f"TensorRT {trt.__version__} could not build the {spec.graph} engine (see its log above); "
-                           f"a larger --workspace than {opts.workspace_mb} MB may help.")
+        raise UnavailableError(f"TensorRT {trt.__version__} could not build the {spec.graph} engine (see its log "
+                               f"above); a larger --workspace than {opts.workspace_mb} MB may help.")
     (folder / spec.plan).write_bytes(bytes(plan))
     return {"build_seconds": round(time.perf_counter() - t0, 1), "typing": "weak" if weak else "strong"}
 
@@ -81,8 +83,8 @@ def register_engines(bundle: Bundle, precision: str, opts: TrtOptions, built_by:
     arts = []
     for spec in engine_specs(precision, opts):
         if not (folder / spec.plan).is_file():
-            raise FileNotFoundError(f"{folder / spec.plan} is missing; build it first with "
-                                    f"`bash {folder / f'build_{precision}.sh'}`.")
+            raise InputNotFoundError(f"{folder / spec.plan} is missing; build it first with "
+                                     f"`bash {folder / f'build_{precision}.sh'}`.")
         src = bundle.require(spec.graph, FORMAT, spec.precision)
         record = {"device": fp, "build": {
             "by": built_by, "precision": spec.precision, "onnx": src.path, "onnx_sha256": src.sha256,
@@ -114,8 +116,8 @@ def post_export(bundle: Bundle, precision: str, req: Any) -> dict[str, Any]:
     need = record["tensorrt_min"]
     have = tuple(int(x) for x in trt.__version__.split(".")[:2])
     if have < tuple(int(x) for x in need.split(".")):
-        raise RuntimeError(f"TensorRT {trt.__version__} here is older than {need}, which these graphs need "
-                           f"(see tensorrt_min_reasons in the manifest); upgrade TensorRT/JetPack.")
+        raise UnavailableError(f"TensorRT {trt.__version__} here is older than {need}, which these graphs need "
+                               f"(see tensorrt_min_reasons in the manifest); upgrade TensorRT/JetPack.")
     profiles = recorded_profiles(bundle, precision, opts)
     builds = {s.graph: build_engine(trt, folder, s, opts, profiles.get(s.graph, []))
               for s in engine_specs(precision, opts)}

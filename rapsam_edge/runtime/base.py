@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
+
 
 class Backend(ABC):
     """One way of running the encoder / object-decoder / prompt-decoder graphs."""
@@ -53,6 +55,6 @@ BACKENDS: dict[str, str] = {
 
 def backend_factory(name: str) -> Any:
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; available backends are {', '.join(BACKENDS)}.")
+        raise InputError(f"unknown backend {name!r}; available backends are {', '.join(BACKENDS)}.")
     module, _, attr = BACKENDS[name].partition(":")
     return getattr(importlib.import_module(module), attr)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import GRAPHS, Bundle, bundle_canvas
+from ..errors import InputError, UnavailableError
 from .base import Backend
 
 COMPUTE_UNITS = {"all": "ALL", "cpuAndNeuralEngine": "CPU_AND_NE", "cpuAndGPU": "CPU_AND_GPU", "cpuOnly": "CPU_ONLY"}
@@ -32,7 +33,7 @@ class CoreMLBackend(Backend):
     def __init__(self, bundle: Bundle, precision: str = "fp16", compress: str = "none", compute_units: str = "all",
                  threads: int | None = None, device: str | None = None):
         if platform.system() != "Darwin":
-            raise RuntimeError(NOT_MACOS)
+            raise UnavailableError(NOT_MACOS)
         import coremltools as ct  # everything below needs macOS (not exercised on Linux)
 
         from ..exporters.coreml import artifact_precision
@@ -40,7 +41,7 @@ class CoreMLBackend(Backend):
         if device in COMPUTE_UNITS:
             compute_units = device
         if compute_units not in COMPUTE_UNITS:
-            raise ValueError(f"unknown compute units {compute_units!r}; choose one of {', '.join(COMPUTE_UNITS)}.")
+            raise InputError(f"unknown compute units {compute_units!r}; choose one of {', '.join(COMPUTE_UNITS)}.")
         if "-" in precision:  # "fp16-int8" as written in the manifest
             precision, compress = precision.split("-", 1)
         self.precision = artifact_precision(precision, compress)
@@ -67,10 +68,10 @@ class CoreMLBackend(Backend):
             h = self.feature_hw[0]
             if self.canvas_feature_hws:
                 sizes = ", ".join(f"{a}x{b}" for a, b in (self.feature_hw, *self.canvas_feature_hws))
-                raise ValueError(f"the CoreML object decoder takes single frames of the exported canvases (features "
+                raise InputError(f"the CoreML object decoder takes single frames of the exported canvases (features "
                                  f"{sizes}), not {features.shape[2]}x{features.shape[3]}; decode clips frame by frame "
                                  "or use the onnxruntime backend.")
-            raise ValueError(f"the CoreML object decoder is single-frame: it takes features of height {h}, not "
+            raise InputError(f"the CoreML object decoder is single-frame: it takes features of height {h}, not "
                              f"{features.shape[2]} (a {features.shape[2] / h:g}-frame clip); decode frame by frame "
                              "or use the onnxruntime backend for clip mode.")
         out = self._predict("object_decoder", features=features)

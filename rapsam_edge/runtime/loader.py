@@ -9,6 +9,7 @@ import torch
 
 from ..bundle import Bundle, BundleError, bundle_canvas, load_bundle
 from ..config import ModelConfig, Vocabulary
+from ..errors import InputError
 from ..model.checkpoint import load_model
 from ..model.rapsam import RapSam
 from ..preprocess import CanvasSpec, InputPolicy, Protocol
@@ -44,7 +45,7 @@ def load(model: str | Path | ModelConfig | None = None, checkpoint: str | Path |
         return load_from_bundle(load_bundle(model), backend or "onnxruntime", precision, device, threads, chosen)
     backend = backend or "torch"
     if backend != "torch":
-        raise ValueError(f"the {backend} backend runs exported graphs: pass a bundle folder "
+        raise InputError(f"the {backend} backend runs exported graphs: pass a bundle folder "
                          "(rapsam-edge export) instead of a config or checkpoint.")
     if checkpoint is None and seed is not None:
         torch.manual_seed(seed)

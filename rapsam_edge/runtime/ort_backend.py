@@ -3,11 +3,13 @@ when the installed onnxruntime has them)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..bundle import GRAPHS, Bundle, BundleError
+from ..errors import InputError, UnavailableError
 from .base import Backend
 
 # what each --device asks of onnxruntime, best first; CPU is always the fallback
@@ -17,6 +19,66 @@ DEVICE_PROVIDERS = {
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
     "coreml": ["CoreMLExecutionProvider", "CPUExecutionProvider"],
 }
+
+
+_ORT_ERRORS = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph", "NotImplemented",
+               "ModelLoaded", "RuntimeException", "NotFound", "ModelRequiresCompilation", "EngineError", "EPFail")
+_ORT_EP_ERRORS = ("EngineError", "EPFail")
+
+
+def _ort_errors(names: tuple[str, ...] = _ORT_ERRORS) -> tuple[type[BaseException], ...]:
+    """onnxruntime's own exception classes (plain ``Exception`` subclasses, not ``RuntimeError``); the set
+    differs between versions, so only those this one has."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(c for n in names if isinstance(c := getattr(state, n, None), type) and issubclass(c, BaseException))
+
+
+def _reason(e: BaseException) -> str:
+    """A library message cut to one clause: whitespace collapsed, ORT's ``[ONNXRuntimeError] : 7 :`` prefix and
+    the trailing full stop dropped."""
+    text = " ".join(str(e).split())
+    if text.startswith("[ONNXRuntimeError]"):
+        text = text.split(" : ", 3)[-1]
+        text = text.split("failed:", 1)[-1].strip()  # "Load model from PATH failed:Protobuf parsing failed."
+    text = text.replace(". ", ", ").rstrip(". ")
+    return (text[:200] + " ...") if len(text) > 200 else (text or type(e).__name__)
+
+
+def open_session(path: str | Path, options: Any = None, providers: list[str] | None = None,
+                 what: str = "ONNX graph") -> Any:
+    """``onnxruntime.InferenceSession`` on a bundle's (the user's) ONNX file; a file onnxruntime cannot load
+    (corrupt, truncated, empty, unsupported opset, missing) is one :class:`BundleError` sentence naming it, and an
+    execution provider that fails to start is one :class:`UnavailableError` sentence."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except _ort_errors(_ORT_EP_ERRORS) as e:
+        raise UnavailableError(f"onnxruntime could not start {', '.join(providers or ['its default provider'])} "
+                               f"for the {what} {path} ({_reason(e)}); use --device cpu or install the matching "
+                               "onnxruntime build.") from None
+    except _ort_errors() as e:
+        if type(e).__name__ == "NoSuchFile":
+            raise BundleError(f"the {what} {path} is missing; re-export the bundle.") from None
+        raise BundleError(f"the {what} {path} cannot be loaded by onnxruntime ({_reason(e)}); it is corrupt, "
+                          "truncated or from an incompatible export: re-export the bundle.") from None
+
+
+def load_onnx(path: str | Path, what: str = "ONNX graph", load_external_data: bool = True) -> Any:
+    """``onnx.load`` of a bundle's (the user's) ONNX file; a file that is not an ONNX protobuf is one
+    :class:`BundleError` sentence naming it instead of protobuf's ``DecodeError``."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"the {what} {path} is missing; re-export the bundle.")
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except (DecodeError, ValueError) as e:
+        raise BundleError(f"the {what} {path} is not a readable ONNX model ({_reason(e)}); it is corrupt or "
+                          "truncated: re-export the bundle.") from None
 
 
 def resolve_precisions(bundle: Bundle, precision: str) -> dict[str, str]:
@@ -47,12 +109,12 @@ class OrtBackend(Backend):
         import onnxruntime as ort
 
         if device not in DEVICE_PROVIDERS:
-            raise ValueError(f"unknown onnxruntime device {device!r}; choose one of {', '.join(DEVICE_PROVIDERS)}.")
+            raise InputError(f"unknown onnxruntime device {device!r}; choose one of {', '.join(DEVICE_PROVIDERS)}.")
         available = ort.get_available_providers()
         wanted = providers or DEVICE_PROVIDERS[device]
         if wanted[0] not in available:
-            raise RuntimeError(f"onnxruntime here has no {wanted[0]} (it has {', '.join(available)}); "
-                               "install the matching onnxruntime build or use --device cpu.")
+            raise UnavailableError(f"onnxruntime here has no {wanted[0]} (it has {', '.join(available)}); "
+                                   "install the matching onnxruntime build or use --device cpu.")
         self.providers = [p for p in wanted if p in available]
         opts = ort.SessionOptions()
         if threads:
@@ -60,8 +122,8 @@ class OrtBackend(Backend):
         self.threads = threads
         self.bundle = bundle
         self.precisions = resolve_precisions(bundle, precision)
-        self.sessions = {g: ort.InferenceSession(str(bundle.path(bundle.require(g, "onnx", p))), opts,
-                                                 providers=self.providers)
+        self.sessions = {g: open_session(bundle.path(bundle.require(g, "onnx", p)), opts, self.providers,
+                                         f"{p} {g} graph")
                          for g, p in self.precisions.items()}
         self._inputs = {g: [i.name for i in s.get_inputs()] for g, s in self.sessions.items()}
         self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}

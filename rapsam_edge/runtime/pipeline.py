@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Vocabulary
+from ..errors import InputError
 from ..postprocess import (
     InstanceResult,
     InteractiveResult,
@@ -74,7 +75,7 @@ class Pipeline:
         tensor, lb = preprocess(rgb, self.policy)
         if self.canvas is not None and not self.canvas.accepts(lb.padded_hw):
             h, w = lb.padded_hw
-            raise ValueError(f"this image needs a {h}x{w} canvas but the graphs accept only "
+            raise InputError(f"this image needs a {h}x{w} canvas but the graphs accept only "
                              f"{self.canvas.describe()}.")
         return tensor, lb
 
@@ -129,7 +130,7 @@ class Pipeline:
         if boxes is not None and np.size(boxes):
             parts.append(boxes_to_model(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), st.letterbox))
         if not parts:
-            raise ValueError("segment() needs at least one point or box prompt.")
+            raise InputError("segment() needs at least one point or box prompt.")
         model_boxes = np.concatenate(parts).astype(np.float32)[None]
         masks, iou = self.backend.decode_prompts(st.encoded, model_boxes)
         return interactive_postprocess(masks[0], iou[0], st.letterbox)
@@ -144,12 +145,12 @@ class Pipeline:
         frame to frame, for cameras where latency matters more than tube context.
         """
         if mode not in ("clip", "stream"):
-            raise ValueError(f"unknown track mode {mode!r}; choose 'clip' or 'stream'.")
+            raise InputError(f"unknown track mode {mode!r}; choose 'clip' or 'stream'.")
         images = [load_image(f) for f in frames]
         if not images:
-            raise ValueError("track() needs at least one frame.")
+            raise InputError("track() needs at least one frame.")
         if any(im.shape != images[0].shape for im in images):
-            raise ValueError("all frames of a video must have the same size.")
+            raise InputError("all frames of a video must have the same size.")
         if mode == "stream":
             tubes = [range(i, i + 1) for i in range(len(images))]
         elif clip_size:
