@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, Vocabulary, get_config
-from ..errors import InputError
+from ..errors import InputError, InputNotFoundError
 from .rapsam import RapSam, build_model
 
 FORMAT = "rapsam-edge-checkpoint"
@@ -82,34 +82,85 @@ def _placeholder(name: str) -> type:
                            "__new__": lambda cls, *a, **k: object.__new__(cls)})
 
 
+def _first_clause(e: BaseException) -> str:
+    """A library message cut to its first clause (torch's run to several sentences of advice)."""
+    text = " ".join(str(e).split()).split(". ")[0].rstrip(". ")
+    text = text[:160] + " ..." if len(text) > 160 else text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with placeholders for non-tensor metadata globals."""
+    """``torch.load(weights_only=True)`` with placeholders for non-tensor metadata globals.
+
+    The user's file meets torch here, so every way it can be unreadable (a truncated zip: ``RuntimeError``
+    "PytorchStreamReader failed"; not a torch.save file: ``ValueError``; a pickle calling code, which the
+    weights-only unpickler refuses without running it: ``UnpicklingError``; ``EOFError`` ...) is one
+    :class:`CheckpointError` sentence naming the file. OS errors (permissions) and MemoryError pass through.
+    """
     path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"checkpoint {path} does not exist; check the --checkpoint path.")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist.")
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; pass the .pth file.")
     try:
         unknown = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         stubs = [(_placeholder(name), name) for name in unknown]
         with torch.serialization.safe_globals(stubs):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip/pickle/EOF errors come in many types
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or not a "
-                              f".pth file?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    except (OSError, MemoryError):
+        raise
+    except Exception as e:  # zip / pickle / EOF / format errors come in many types, all about this file
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint ({_first_clause(e)}); it is "
+                              "truncated, corrupt, not a torch.save file or holds objects that weights-only loading "
+                              "refuses: re-download or re-save it.") from e
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors.")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors; pass a model "
+                              "checkpoint.")
     return obj
+
+
+def _entry(obj: dict[str, Any], key: str, kind: type, path: str | Path) -> Any:
+    """``obj[key]`` of a rapsam-edge checkpoint, refusing (one sentence) a missing or mistyped entry."""
+    if key not in obj:
+        raise CheckpointError(f"rapsam-edge checkpoint {path} has no {key!r} entry; it is incomplete or was edited: "
+                              "re-save it or use another checkpoint.")
+    if not isinstance(obj[key], kind):
+        raise CheckpointError(f"the {key!r} entry of rapsam-edge checkpoint {path} is a {type(obj[key]).__name__}, "
+                              f"not a {kind.__name__}; re-save it or use another checkpoint.")
+    return obj[key]
+
+
+def rapsam_sections(obj: dict[str, Any], path: str | Path = "checkpoint") -> tuple[ModelConfig, Vocabulary]:
+    """Config and vocabulary of a rapsam-edge checkpoint dict, each entry checked (CheckpointError names it)."""
+    config, vocabulary = _entry(obj, "config", dict, path), _entry(obj, "vocabulary", dict, path)
+    try:
+        cfg = ModelConfig.from_dict(config)
+    except InputError as e:
+        raise CheckpointError(f"the 'config' entry of checkpoint {path} is not usable: {str(e).rstrip('.')}.") from None
+    try:
+        vocab = Vocabulary.from_dict(vocabulary)
+    except (InputError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"the 'vocabulary' entry of checkpoint {path} is not usable ({_first_clause(e)}); "
+                              "re-save it or use another checkpoint.") from None
+    return cfg, vocab
 
 
 def extract_state_dict(obj: dict[str, Any], path: str | Path = "checkpoint") -> tuple[dict[str, Tensor], str]:
     """Return (state_dict in our key names, source kind) from any supported checkpoint layout."""
     if obj.get("format") == FORMAT:
-        return obj["state_dict"], "rapsam-edge"
+        sd = _entry(obj, "state_dict", dict, path)
+        bad = next((k for k, v in sd.items() if not (isinstance(k, str) and isinstance(v, Tensor))), None)
+        if bad is not None:
+            raise CheckpointError(f"state_dict entry {bad!r} of rapsam-edge checkpoint {path} is a "
+                                  f"{type(sd[bad]).__name__}, not a tensor; re-save it or use another checkpoint.")
+        return sd, "rapsam-edge"
     sd = obj.get("state_dict", obj.get("model", obj))
     if not isinstance(sd, dict):
-        raise CheckpointError(f"{path} has no state_dict mapping.")
-    tensors = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+        raise CheckpointError(f"checkpoint {path} has no state_dict mapping (its 'state_dict' is a "
+                              f"{type(sd).__name__}); pass a model checkpoint.")
+    tensors = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, Tensor)}
     if not tensors:
-        raise CheckpointError(f"{path} contains no tensors; is it a model checkpoint?")
+        raise CheckpointError(f"checkpoint {path} contains no tensors; pass a model checkpoint.")
     if any(k.startswith("panoptic_head.") for k in tensors):
         return map_official_keys(tensors), "official RAP-SAM"
     if "conv1.weight" in tensors and any(k.startswith("layer1.") for k in tensors):
@@ -152,7 +203,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     """Load an official mmengine checkpoint, a bare state_dict or a rapsam-edge checkpoint into ``model``."""
     obj = read_checkpoint(path)
     if obj.get("format") == FORMAT and getattr(model, "config", None) is not None:
-        name = obj.get("config", {}).get("name")
+        name = _entry(obj, "config", dict, path).get("name")
         if strict and name and name != model.config.name:
             raise CheckpointError(f"checkpoint {path} was saved from config {name!r}, not {model.config.name!r}; "
                                   f"load it with config {name!r}.")
@@ -165,7 +216,7 @@ def checkpoint_config(path: str | Path) -> tuple[ModelConfig, Vocabulary] | None
     obj = read_checkpoint(path)
     if obj.get("format") != FORMAT:
         return None
-    return ModelConfig.from_dict(obj["config"]), Vocabulary.from_dict(obj["vocabulary"])
+    return rapsam_sections(obj, path)
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None,
@@ -197,18 +248,17 @@ def load_model(config: str | ModelConfig | None = None, checkpoint: str | Path |
     """
     if checkpoint is None:
         if config is None:
-            raise ValueError("give a config name, a checkpoint, or both.")
+            raise InputError("give a config name (--config), a checkpoint (--checkpoint), or both.")
         return build_model(config, class_embeddings), None
     obj = read_checkpoint(checkpoint)
     vocab = None
     if obj.get("format") == FORMAT:
-        cfg = ModelConfig.from_dict(obj["config"])
-        vocab = Vocabulary.from_dict(obj["vocabulary"])
+        cfg, vocab = rapsam_sections(obj, checkpoint)
         asked = config if isinstance(config, str) or config is None else config.name
         if asked is not None and asked != cfg.name:
             raise CheckpointError(f"checkpoint {checkpoint} was saved from config {cfg.name!r}, not {asked!r}.")
         if class_embeddings is None and "class_embeddings" in obj:
-            class_embeddings = obj["class_embeddings"]
+            class_embeddings = _entry(obj, "class_embeddings", Tensor, checkpoint)
     else:
         cfg = get_config(config or "rapsam_r50") if not isinstance(config, ModelConfig) else config
     model = build_model(cfg, class_embeddings, vocab)

@@ -13,6 +13,7 @@ import torch
 
 from ..config import get_config, get_vocabulary
 from ..data.streams import CocoPseudoVideoStream, PromptStream, VideoClipStream
+from ..errors import InputError, InputNotFoundError
 from .recipes import PRESETS, Preset, default_shared_data, open_coco, open_video
 from .trainer import TrainConfig, Trainer, init_distributed
 
@@ -47,7 +48,7 @@ def build_streams(spec: DataSpec, cfg: TrainConfig) -> dict[str, Any]:
         streams["video"] = VideoClipStream(open_video(spec.video_root, vocab), size=size, seed=cfg.seed,
                                            ratio_range=cfg.object_ratio_range)
     if not streams:
-        raise ValueError("no training data: give --coco-root and/or --video-root (or a --preset).")
+        raise InputError("no training data: give --coco-root and/or --video-root (or a --preset).")
     return streams
 
 
@@ -95,13 +96,13 @@ def resolve_request(req: TrainRequest) -> tuple[TrainConfig, DataSpec, Preset | 
     spec = req.data
     if req.preset:
         if req.preset not in PRESETS:
-            raise ValueError(f"unknown preset {req.preset!r}; known presets are {', '.join(PRESETS)}.")
+            raise InputError(f"unknown preset {req.preset!r}; known presets are {', '.join(PRESETS)}.")
         preset = PRESETS[req.preset]
         base = dict(preset.train_config)
         shared = default_shared_data()
         if not (shared / "coco_mini").is_dir():
-            raise FileNotFoundError(f"the {preset.name} preset trains on ../shared/data, not found at {shared} "
-                                    "(set RAPSAM_SHARED_DATA).")
+            raise InputNotFoundError(f"the {preset.name} preset trains on ../shared/data, not found at {shared} "
+                                     "(set RAPSAM_SHARED_DATA).")
         d = req.data
         spec = DataSpec(d.coco_root or shared / "coco_mini", d.coco_split, d.coco_subset or preset.coco_subset,
                         d.video_root or shared / "video_mini", d.use_coco, d.use_prompts)
@@ -137,7 +138,7 @@ def evaluate_run(checkpoint: Path, spec: DataSpec, preset: Preset, out: Path) ->
     pipe = load(checkpoint=checkpoint)
     results: dict[str, Any] = {}
     if spec.coco_root is None:
-        raise ValueError("the preset evaluation needs the COCO data it was trained on.")
+        raise InputError("the preset evaluation needs the COCO data it was trained on.")
     for name, subset in (("train", preset.coco_subset), ("heldout", preset.eval_subset)):
         data = open_coco(spec.coco_root, pipe.vocabulary, spec.coco_split, subset)
         results[f"{name}/interactive"] = evaluate_interactive(pipe, data)
@@ -162,15 +163,15 @@ def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: 
 
     tasks = ("panoptic", "interactive", "video")
     if task not in tasks:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(tasks)}.")
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(tasks)}.")
     if clicks is not None and task != "interactive":
-        raise ValueError(f"--clicks places interactive clicks; it does not apply to --task {task}.")
+        raise InputError(f"--clicks places interactive clicks; it does not apply to --task {task}.")
     chosen = None if protocol is None else Protocol.parse(protocol)
     if imgsz:
         if imgsz % 32 or imgsz <= 0:
-            raise ValueError(f"--imgsz {imgsz} must be a positive multiple of 32.")
+            raise InputError(f"--imgsz {imgsz} must be a positive multiple of 32.")
         if chosen is Protocol.OFFICIAL:
-            raise ValueError("--imgsz sets a fixed deployment canvas, which the official protocol does not use; "
+            raise InputError("--imgsz sets a fixed deployment canvas, which the official protocol does not use; "
                              "drop --imgsz or pass --protocol deployment.")
         chosen = Protocol.DEPLOYMENT
     pipe = load(config, checkpoint, class_embeddings=class_embeddings, protocol=chosen)

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from ..config import get_config
 from ..data.sample import TrainSample
-from ..model.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
+from ..errors import InputError
+from ..model.checkpoint import FORMAT, CheckpointError, load_model, read_checkpoint, save_checkpoint
 from ..model.rapsam import RapSam
 from .losses import LossWeights, object_losses, prompt_losses
 
@@ -110,7 +111,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, streams: dict[str, Sequence[TrainSample]], out: str | Path,
                  model: RapSam | None = None):
         if not streams or any(len(s) == 0 for s in streams.values()):
-            raise ValueError("training needs at least one non-empty stream (coco, video or prompts).")
+            raise InputError("training needs at least one non-empty stream (coco, video or prompts).")
         self.cfg, self.streams, self.out = cfg, streams, Path(out)
         self.rank, self.world = _dist_info()
         torch.manual_seed(cfg.seed + self.rank)
@@ -192,7 +193,7 @@ class Trainer:
         """Restore model, optimizer, scheduler, step and RNG from a ``last.pth``-style checkpoint."""
         obj = read_checkpoint(path)
         if obj.get("format") != FORMAT or "optimizer" not in obj:
-            raise ValueError(f"{path} is not a rapsam-edge training checkpoint (no optimizer state to resume).")
+            raise CheckpointError(f"{path} is not a rapsam-edge training checkpoint (no optimizer state to resume).")
         self.model.load_state_dict(obj["state_dict"])
         self.optimizer.load_state_dict(obj["optimizer"])
         self.scheduler.load_state_dict(obj["scheduler"])
