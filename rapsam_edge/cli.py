@@ -321,6 +321,10 @@ def export(
     """Export the encoder / object-decoder / prompt-decoder graphs into a verified bundle."""
     from .exporters.export import ExportRequest, run_export
 
+    for flag, folder in (("--calib-images", calib_images), ("--verify-images", verify_images)):
+        if folder is not None and not folder.is_dir():
+            fail(f"{flag} {folder} {'does not exist' if not folder.exists() else 'is a file'}; give a folder of "
+                 ".jpg/.png images.")
     calib = sorted(p for p in calib_images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
         if calib_images else None
     options = {"dcn": dcn, "simplify": False if no_simplify else None, "compress": compress, "device": device,

@@ -34,7 +34,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         for prefix, root in routes:
             if url.startswith(prefix):
                 parts = [p for p in url[len(prefix):].split("/") if p not in ("", ".", "..")]
-                return str(root.joinpath(*parts))
+                target = root.joinpath(*parts)
+                # a symlink in the bundle must not serve files from outside it (issue 13)
+                return str(target) if target.resolve().is_relative_to(root.resolve()) else str(HERE / "__not_served__")
         name = url.strip("/") or "index.html"
         return str(HERE / name) if name in PAGE_FILES else str(HERE / "__not_served__")
 
