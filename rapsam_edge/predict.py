@@ -11,6 +11,11 @@ panopticapi) scores it as it is::
 
 ``image_id`` is the file stem as an integer when it is all digits (COCO names images by zero-padded id:
 ``000000142238.jpg`` -> 142238), else the stem itself; results then match a COCO ground truth by id.
+
+The output set is written atomically: every file goes into a hidden staging folder inside ``<out>``
+(``.predict.staging.<pid>.<random>``) and is moved into place only once every image succeeded, so a failed or
+killed run leaves ``<out>`` as it was (files there byte-identical, nothing new). A killed run's staging folder
+is recognised by its name and removed by the next run once its process is gone (or after an hour).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +33,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .errors import InputError, InputNotFoundError
 from .runtime.pipeline import Pipeline
 
 PANOPTIC_RESULTS = "panoptic.json"  # its PNG folder is the same name without .json (panopticapi convention)
+STAGING_PREFIX = ".predict.staging."  # + "<pid>.<random>": a run's files until all images succeeded
+STALE_AFTER_S = 3600  # a staging folder this old is stale even if its pid was reused by another process
+DEFAULT_SCORE_THR = 0.8  # the official panoptic merge's object_mask_thr
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -62,6 +73,7 @@ class ImageOutput:
     written: list[Path]
     annotation: dict[str, Any] | None = None  # {image_id, file_name, segments_info}
     image: dict[str, Any] | None = None  # {id, file_name, height, width}
+    segments: int | None = None  # panoptic: how many segments were kept
 
 
 def image_id_for(path: Path) -> int | str:
@@ -69,8 +81,72 @@ def image_id_for(path: Path) -> int | str:
     return int(path.stem) if path.stem.isdigit() else path.stem
 
 
+def check_inputs(image_paths: Sequence[Path]) -> None:
+    """What can be checked before a model loads: every image path is an existing file, and no two images share
+    a name (their outputs would overwrite each other). One sentence naming the path."""
+    if not image_paths:
+        raise InputError("no images to predict: pass one or more image files.")
+    stems: dict[str, Path] = {}
+    for path in map(Path, image_paths):
+        if not path.exists():
+            raise InputNotFoundError(f"image {str(path)!r} does not exist; check the path.")
+        if not path.is_file():
+            raise InputError(f"image {str(path)!r} is not a file (a folder?); pass image files, e.g. {path}/*.jpg.")
+        if path.stem in stems:
+            raise InputError(f"{str(stems[path.stem])!r} and {str(path)!r} share the name {path.stem!r}, so their "
+                             "outputs would overwrite each other; rename one.")
+        stems[path.stem] = path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove staging folders of killed runs in ``out``: recognised by name, their pid gone (or older than
+    ``STALE_AFTER_S``); a live run's folder is left alone. Returns what was removed."""
+    removed = []
+    if not out.is_dir():
+        return removed
+    for p in out.iterdir():
+        if not (p.name.startswith(STAGING_PREFIX) and p.is_dir() and not p.is_symlink()):
+            continue
+        pid = p.name[len(STAGING_PREFIX):].split(".")[0]
+        try:
+            old = time.time() - p.stat().st_mtime > STALE_AFTER_S
+        except FileNotFoundError:
+            continue
+        if not pid.isdigit():
+            stale = old  # our prefix, a malformed pid: only once it is old
+        else:
+            stale = int(pid) != os.getpid() and (old or not _pid_alive(int(pid)))  # this process's: in use
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _commit(staging: Path, out: Path, files: list[Path]) -> list[Path]:
+    """Move the staged ``files`` into ``out`` (same file system: renames), in order; returns their new paths."""
+    moved = []
+    for f in files:
+        dst = out / f.relative_to(staging)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, dst)
+        moved.append(dst)
+    return moved
+
+
 def predict_image(pipe: Pipeline, image_path: Path, task: str, points: list | None, boxes: list | None,
-                  out: Path, overlay: Callable[..., np.ndarray]) -> ImageOutput:
+                  out: Path, overlay: Callable[..., np.ndarray], score_thr: float = DEFAULT_SCORE_THR) -> ImageOutput:
     """One image. Panoptic: PNG + per-image JSON (``segments_info`` with COCO category ids) + overlay, and
     the image's COCO panoptic results annotation (returned, for the results JSON). Interactive: JSON with
     one RLE mask and predicted IoU per prompt, masks in the order points..., boxes..., and the prompts
@@ -81,7 +157,7 @@ def predict_image(pipe: Pipeline, image_path: Path, task: str, points: list | No
             "width": int(rgb.shape[1]), "model": pipe.describe()}
     written, annotation, image = [], None, None
     if task == "panoptic":
-        result = pipe.panoptic()
+        result = pipe.panoptic(score_thr=score_thr)
         png, segments = result.to_coco(pipe.vocabulary.coco_categories())
         folder = out / Path(PANOPTIC_RESULTS).stem
         folder.mkdir(exist_ok=True)
@@ -91,7 +167,7 @@ def predict_image(pipe: Pipeline, image_path: Path, task: str, points: list | No
         image = {"id": meta["image_id"], "file_name": image_path.name, "height": meta["height"],
                  "width": meta["width"]}
         doc = {**meta, "task": "panoptic", "file_name": f"{stem}.panoptic.png", "segments_info": segments,
-               "categories": pipe.vocabulary.coco_categories()}
+               "categories": pipe.vocabulary.coco_categories(), "score_thr": score_thr}
         written += [folder / f"{stem}.png", out / f"{stem}.panoptic.png"]
         vis = overlay(rgb, result)
     else:
@@ -101,7 +177,8 @@ def predict_image(pipe: Pipeline, image_path: Path, task: str, points: list | No
         vis = overlay(rgb, result, points=np.asarray(points) if points else None)
     _write_json(out / f"{stem}.json", doc)
     _write_png(out / f"{stem}.overlay.png", vis)
-    return ImageOutput([*written, out / f"{stem}.json", out / f"{stem}.overlay.png"], annotation, image)
+    return ImageOutput([*written, out / f"{stem}.json", out / f"{stem}.overlay.png"], annotation, image,
+                       len(segments) if task == "panoptic" else None)
 
 
 def run_prediction(pipe: Pipeline, image_path: Path, task: str, points: list | None, boxes: list | None,
@@ -112,30 +189,52 @@ def run_prediction(pipe: Pipeline, image_path: Path, task: str, points: list | N
 
 def run_predictions(pipe: Pipeline, image_paths: Sequence[Path], task: str, points: list | None,
                     boxes: list | None, out: Path, overlay: Callable[..., np.ndarray],
-                    on_image: Callable[[Path, list[Path]], None] | None = None) -> list[Path]:
-    """Every image, then (panoptic) the COCO panoptic results JSON, written last and atomically: a stale one
-    is removed first, so an interrupted run never leaves a results file that lists the wrong PNGs."""
-    stems: dict[str, Path] = {}
-    for path in image_paths:
-        if path.stem in stems:
-            raise ValueError(f"{str(stems[path.stem])!r} and {str(path)!r} share the name {path.stem!r}, so their "
-                             "outputs would overwrite each other; rename one.")
-        stems[path.stem] = path
+                    on_image: Callable[[Path, list[Path]], None] | None = None,
+                    score_thr: float = DEFAULT_SCORE_THR,
+                    on_note: Callable[[str], None] | None = None) -> list[Path]:
+    """Every image, then (panoptic) the COCO panoptic results JSON, as one atomic output set: all files are
+    written into a staging folder inside ``out`` and moved into place only when every image succeeded (the
+    results JSON last), so a failure leaves ``out`` as it was. ``on_image`` gets each image's final paths once
+    they are in place; ``on_note`` a sentence for each panoptic image without any segment above ``score_thr``.
+    """
+    check_inputs(image_paths)
+    created = None  # the topmost folder this run made, removed again if the run fails
+    for parent in (out, *out.parents):
+        if parent.exists():
+            break
+        created = parent
     out.mkdir(parents=True, exist_ok=True)
-    results = out / PANOPTIC_RESULTS
-    if task == "panoptic":
-        results.unlink(missing_ok=True)
-    written, annotations, images = [], [], []
-    for path in image_paths:
-        result = predict_image(pipe, path, task, points, boxes, out, overlay)
-        written += result.written
-        if result.annotation is not None and result.image is not None:
-            annotations.append(result.annotation)
-            images.append(result.image)
-        if on_image:
-            on_image(path, result.written)
-    if task == "panoptic":
-        _write_json(results, {"info": {"model": pipe.describe()}, "images": images, "annotations": annotations,
-                              "categories": pipe.vocabulary.coco_categories()})
-        written.append(results)
+    staging = None
+    try:
+        remove_stale_staging(out)
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=f"{STAGING_PREFIX}{os.getpid()}."))
+        per_image, annotations, images = [], [], []
+        for path in image_paths:
+            result = predict_image(pipe, path, task, points, boxes, staging, overlay, score_thr)
+            per_image.append((path, result.written))
+            if result.annotation is not None and result.image is not None:
+                annotations.append(result.annotation)
+                images.append(result.image)
+            if result.segments == 0 and on_note:
+                on_note(f"{path.name}: no segment scored above --score-thr {score_thr:g}, so its panoptic PNG is "
+                        "all void; lower --score-thr (e.g. --score-thr 0.5) to keep less confident segments.")
+        if task == "panoptic":
+            _write_json(staging / PANOPTIC_RESULTS, {"info": {"model": pipe.describe()}, "images": images,
+                                                     "annotations": annotations,
+                                                     "categories": pipe.vocabulary.coco_categories()})
+        written = []
+        for path, files in per_image:
+            moved = _commit(staging, out, files)
+            written += moved
+            if on_image:
+                on_image(path, moved)
+        if task == "panoptic":
+            written += _commit(staging, out, [staging / PANOPTIC_RESULTS])
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)  # nothing but this run's files can be in it
+        elif staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     return written

@@ -80,3 +80,36 @@ def test_info_lists_configs_with_parameter_counts():
     r50 = next(r for r in doc["configs"] if r["name"] == "rapsam_r50")
     assert abs(r50["params"] / 1e6 - 47.2) <= 0.1
     assert "onnxruntime" in doc["runtimes"]
+
+
+def test_predict_score_thr_reaches_the_panoptic_merge(tmp_path):
+    """--score-thr is the merge's class-score threshold: 0 keeps what a random model's 0.8 drops (with a note)."""
+    image = ASSET_IMAGES / "coffee.png"
+    strict = run("predict", str(image), "--out", str(tmp_path / "a"), *FAST)
+    assert strict.exit_code == 0, strict.output
+    assert "note: coffee.png: no segment scored above --score-thr 0.8" in strict.stderr
+    loose = run("predict", str(image), "--score-thr", "0", "--out", str(tmp_path / "b"), *FAST)
+    assert loose.exit_code == 0, loose.output
+    assert "no segment scored above" not in loose.stderr
+    doc = json.loads((tmp_path / "b" / "coffee.json").read_text())
+    assert doc["score_thr"] == 0 and doc["segments_info"]
+    assert json.loads((tmp_path / "a" / "coffee.json").read_text())["segments_info"] == []
+
+
+def test_stale_predict_staging_folders_are_recognised_by_name(tmp_path):
+    import os
+    import time
+
+    from rapsam_edge.predict import STAGING_PREFIX, remove_stale_staging
+
+    assert remove_stale_staging(tmp_path / "missing") == []
+    dead = tmp_path / f"{STAGING_PREFIX}999999999.a"
+    mine = tmp_path / f"{STAGING_PREFIX}{os.getpid()}.b"  # this process: in use
+    alive = tmp_path / f"{STAGING_PREFIX}{os.getppid()}.c"
+    old = tmp_path / f"{STAGING_PREFIX}{os.getppid()}.d"
+    user = tmp_path / ".predict.mine"  # not a staging name: never touched
+    for p in (dead, mine, alive, old, user):
+        p.mkdir()
+    os.utime(old, (time.time() - 3 * 3600,) * 2)
+    assert sorted(remove_stale_staging(tmp_path)) == sorted([dead, old])
+    assert mine.is_dir() and alive.is_dir() and user.is_dir()

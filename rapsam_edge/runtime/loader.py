@@ -42,6 +42,11 @@ def load(model: str | Path | ModelConfig | None = None, checkpoint: str | Path |
     """
     chosen = None if protocol is None else Protocol.parse(protocol)
     if is_bundle(model):
+        ignored = [f"--{flag} {value}" for flag, value in (("checkpoint", checkpoint),
+                                                           ("class-embeddings", class_embeddings)) if value is not None]
+        if ignored:  # the bundle's graphs already hold their weights: a silently ignored file would mislead
+            raise InputError(f"{' and '.join(ignored)} would be ignored: the bundle {model} already holds its weights; "
+                             "drop it, or pass a config name instead of the bundle to run that checkpoint.")
         return load_from_bundle(load_bundle(model), backend or "onnxruntime", precision, device, threads, chosen)
     backend = backend or "torch"
     if backend != "torch":
