@@ -221,3 +221,21 @@ def test_bare_imagenet_resnet_initialises_the_backbone_only(tmp_path):
     assert report.source == "ResNet backbone" and not report.unexpected and not report.mismatched
     assert report.missing and all(not k.startswith("backbone.") for k in report.missing)
     assert torch.equal(model.backbone.layer4[1].conv2.weight, imagenet["layer4.1.conv2.weight"])
+
+
+def test_non_finite_weights_are_refused_at_load_naming_the_first_bad_tensor(tmp_path):
+    from rapsam_edge.errors import NonFiniteError
+    from rapsam_edge.model.checkpoint import check_finite
+
+    check_finite({"a": torch.zeros(3), "steps": torch.tensor(5)})  # integer buffers are not judged
+    with pytest.raises(NonFiniteError, match=r"x\.pth holds NaN or infinity in b\b"):
+        check_finite({"a": torch.zeros(3), "b": torch.tensor([1.0, float("inf")]),
+                      "c": torch.tensor([float("nan")])}, "x.pth")
+    model = build_model("rapsam_r18_lite")
+    with torch.no_grad():
+        model.decoder.kernels.weight[0, 0] = float("nan")
+    path = save_checkpoint(model, tmp_path / "diverged.pth")
+    for load in (lambda: load_model(checkpoint=path), lambda: load_checkpoint(build_model("rapsam_r18_lite"), path),
+                 lambda: load_model("rapsam_r18_lite", path, strict=False)):
+        with pytest.raises(NonFiniteError, match="diverged.pth holds NaN or infinity in decoder.kernels.weight"):
+            load()

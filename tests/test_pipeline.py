@@ -68,3 +68,39 @@ def test_track_gives_consistent_ids_over_davis_frames(small_pipeline, shared_dat
             assert len(r["segmentations"]) == 7
         assert len(set(video.track_ids.tolist())) == len(video.track_ids)
         assert video.masks_at(6).shape == (len(video.track_ids), 480, 854)
+
+
+def test_non_finite_model_outputs_are_refused_not_written(small_pipeline):
+    """A backend answering NaN/inf (corrupt weights, an overflowing precision) is one NonFiniteError naming the
+    output and the image, never NaN results or silently empty masks."""
+    from rapsam_edge.errors import NonFiniteError
+    from rapsam_edge.runtime.pipeline import Pipeline
+
+    class Poisoned:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def encode(self, image):
+            return self.inner.encode(image)
+
+        def decode_objects(self, features):
+            cls, masks, queries = self.inner.decode_objects(features)
+            cls = cls.copy()
+            cls[0, 3, 1] = np.inf
+            return cls, masks, queries
+
+        def decode_prompts(self, encoded, boxes):
+            masks, iou = self.inner.decode_prompts(encoded, boxes)
+            return masks, np.full_like(iou, np.nan)
+
+        def describe(self):
+            return self.inner.describe()
+
+    pipe = Pipeline(Poisoned(small_pipeline.backend), small_pipeline.policy, small_pipeline.vocabulary,
+                    {"config": "poisoned"})
+    with pytest.raises(NonFiniteError, match=r"cls_logits for .*coffee\.png"):
+        pipe.panoptic(ASSET_IMAGES / "coffee.png")
+    with pytest.raises(NonFiniteError, match="NaN or infinity in iou"):
+        pipe.segment(points=[[10, 10]])
+    with pytest.raises(NonFiniteError, match="frames 0-1 of the video"):
+        pipe.track([ASSET_IMAGES / "coffee.png"] * 2, mode="clip")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, Vocabulary, get_config
-from ..errors import InputError, InputNotFoundError
+from ..errors import InputError, InputNotFoundError, NonFiniteError
 from .rapsam import RapSam, build_model
 
 FORMAT = "rapsam-edge-checkpoint"
@@ -180,6 +180,16 @@ def map_official_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def check_finite(tensors: dict[str, Tensor], path: str | Path = "checkpoint") -> None:
+    """Refuse weights holding NaN or infinity (a corrupt file, a diverged run): one ``isfinite`` pass per
+    floating tensor, naming the checkpoint and the first bad key."""
+    for key, value in tensors.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NonFiniteError(f"checkpoint {path} holds NaN or infinity in {key}, so its predictions would be "
+                                 "meaningless; it is corrupt or from a diverged run: use an earlier or another "
+                                 "checkpoint.")
+
+
 def load_state_dict(model: nn.Module, sd: dict[str, Tensor], source: str, strict: bool = True,
                     path: str | Path = "checkpoint") -> LoadReport:
     """Load with a report of missing / unexpected / shape-mismatched keys; strict raises on any."""
@@ -194,6 +204,7 @@ def load_state_dict(model: nn.Module, sd: dict[str, Tensor], source: str, strict
         raise CheckpointError(f"checkpoint {path} does not match {target}: {report}. "
                               "Pass strict=False to load the matching part.")
     good = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    check_finite(good, path)
     model.load_state_dict(good, strict=False)
     report.loaded = len(good)
     return report
@@ -259,6 +270,7 @@ def load_model(config: str | ModelConfig | None = None, checkpoint: str | Path |
             raise CheckpointError(f"checkpoint {checkpoint} was saved from config {cfg.name!r}, not {asked!r}.")
         if class_embeddings is None and "class_embeddings" in obj:
             class_embeddings = _entry(obj, "class_embeddings", Tensor, checkpoint)
+            check_finite({"class_embeddings": class_embeddings}, checkpoint)
     else:
         cfg = get_config(config or "rapsam_r50") if not isinstance(config, ModelConfig) else config
     model = build_model(cfg, class_embeddings, vocab)

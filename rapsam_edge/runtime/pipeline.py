@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Vocabulary
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 from ..postprocess import (
     InstanceResult,
     InteractiveResult,
@@ -39,12 +39,17 @@ from .base import Backend
 ImageLike = str | Path | np.ndarray
 
 
+def _image_name(image: ImageLike) -> str:
+    return str(image) if isinstance(image, (str, Path)) else "the image"
+
+
 @dataclass
 class _ImageState:
     image: np.ndarray
     letterbox: Letterbox
     encoded: dict[str, np.ndarray]
     objects: tuple[np.ndarray, np.ndarray] | None = None  # (cls, masks) of the object decoder, once decoded
+    name: str = "the image"  # for messages
 
 
 @dataclass
@@ -67,7 +72,7 @@ class Pipeline:
         """Load (path or HxWx3 array, any mode -> RGB), letterbox and encode once; returns the RGB image."""
         rgb = load_image(image)
         tensor, lb = self._preprocess(rgb)
-        self._state = _ImageState(rgb, lb, self.backend.encode(tensor))
+        self._state = _ImageState(rgb, lb, self.backend.encode(tensor), name=_image_name(image))
         return rgb
 
     def _preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
@@ -78,6 +83,16 @@ class Pipeline:
             raise InputError(f"this image needs a {h}x{w} canvas but the graphs accept only "
                              f"{self.canvas.describe()}.")
         return tensor, lb
+
+    def _check_finite(self, where: str, **outputs: np.ndarray) -> None:
+        """A model output holding NaN or infinity is refused (one sentence) instead of becoming NaN results or
+        empty masks: corrupt weights, a broken export or an overflowing precision. One pass per output."""
+        for name, value in outputs.items():
+            if not np.isfinite(value).all():
+                source = self.meta.get("bundle") or self.meta.get("checkpoint") or self.meta.get("config") or "model"
+                raise NonFiniteError(f"the model ({source}) output NaN or infinity in {name} for {where}, so no "
+                                     "result is written; its weights are corrupt or diverged, or its precision "
+                                     "overflows: use another checkpoint, bundle or precision.")
 
     def reset_image(self) -> None:
         self._state = None
@@ -112,6 +127,7 @@ class Pipeline:
         """The object decoder runs once per set image: panoptic, instances and decode_objects share it."""
         if st.objects is None:
             cls, masks, _ = self.backend.decode_objects(st.encoded["features"])
+            self._check_finite(st.name, cls_logits=cls, mask_logits=masks)
             st.objects = (cls[0], masks[0])
         return st.objects
 
@@ -133,6 +149,7 @@ class Pipeline:
             raise InputError("segment() needs at least one point or box prompt.")
         model_boxes = np.concatenate(parts).astype(np.float32)[None]
         masks, iou = self.backend.decode_prompts(st.encoded, model_boxes)
+        self._check_finite(st.name, mask_logits=masks, iou=iou)
         return interactive_postprocess(masks[0], iou[0], st.letterbox)
 
     def track(self, frames: Iterable[ImageLike], mode: str = "clip", clip_size: int | None = None,
@@ -165,6 +182,8 @@ class Pipeline:
                 tensor, letterbox = self._preprocess(images[i])
                 feats.append(self.backend.encode(tensor)["features"])
             cls, masks, queries = self.backend.decode_objects(np.concatenate(feats, axis=2))
+            self._check_finite(f"frames {tube.start}-{tube.stop - 1} of the video", cls_logits=cls, mask_logits=masks,
+                               queries=queries)
             tracker.update(cls[0], masks[0], queries[0], len(tube))
         assert letterbox is not None
         return tracker.finish(letterbox, self.isthing, max_per_video)
