@@ -17,6 +17,7 @@ import numpy as np
 from .data.coco import CocoInstances, CocoPanoptic, things_panoptic
 from .data.prompts import ClickProtocol, approx_interior_clicks, interior_click, rescale_masks_nearest
 from .data.video import YTVISDataset
+from .errors import InputError
 from .metrics.interactive import InteractiveEvaluator
 from .metrics.panoptic import PanopticEvaluator
 from .metrics.video import VideoEvaluator
@@ -26,8 +27,23 @@ from .runtime.pipeline import Pipeline
 Progress = Callable[[int, int], None]
 
 
-def _indices(n: int, limit: int | None) -> list[int]:
-    return list(range(n if limit is None else min(n, limit)))
+def _source(dataset: Any) -> str:
+    """The file a dataset's selection comes from, for messages."""
+    for attr in ("ann_file", "pan_json"):
+        if getattr(dataset, attr, None) is not None:
+            return repr(str(getattr(dataset, attr)))
+    return "the data"
+
+
+def _indices(dataset: Any, limit: int | None, unit: str = "image") -> list[int]:
+    """The first ``limit`` items of ``dataset``; selecting none is the user's error, never a NaN metric."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit} selects no {unit}s to evaluate; give a positive number (or leave "
+                         "--limit out to evaluate all).")
+    if len(dataset) == 0:
+        raise InputError(f"no {unit}s to evaluate: {_source(dataset)} (with the chosen --split / --subset) selects "
+                         f"none; check the annotation file and --subset.")
+    return list(range(len(dataset) if limit is None else min(len(dataset), limit)))
 
 
 def _ground_truth_panoptic(dataset: CocoInstances | CocoPanoptic, record: Any) -> tuple[np.ndarray, list[dict]]:
@@ -46,7 +62,7 @@ def evaluate_panoptic(pipe: Pipeline, dataset: CocoInstances | CocoPanoptic, lim
         cats = [c for c in cats if c["isthing"]]
     keep = {c["id"] for c in cats}
     ev = PanopticEvaluator(cats)
-    idx = _indices(len(dataset), limit)
+    idx = _indices(dataset, limit)
     for n, i in enumerate(idx):
         record = dataset[i]
         gt_ids, gt_segments = _ground_truth_panoptic(dataset, record)
@@ -73,7 +89,7 @@ def _official_segments(record: Any) -> np.ndarray:
     rule is area > 0; the mask must also have a pixel here (an instance polygon can rasterise to nothing).
     """
     masks = record.masks
-    keep = (np.asarray(record.areas) > 0) & masks.reshape(len(masks), -1).any(axis=1)
+    keep = (np.asarray(record.areas) > 0) & masks.any(axis=(1, 2))  # (an image without segments too)
     if record.segments_info is not None:
         bbox = {int(s["id"]): s.get("bbox", (0, 0, 1, 1)) for s in record.segments_info}
         wide = np.array([min(bbox[int(i)][2], bbox[int(i)][3]) >= 1 for i in record.instance_ids], bool)
@@ -154,7 +170,7 @@ def evaluate_interactive(pipe: Pipeline, dataset: CocoInstances | CocoPanoptic, 
     """
     protocol = ClickProtocol.parse(clicks)
     ev = InteractiveEvaluator()
-    idx = _indices(len(dataset), limit)
+    idx = _indices(dataset, limit)
     for n, i in enumerate(idx):
         record = dataset[i]
         lb = compute_letterbox(record.hw, pipe.policy) if protocol is ClickProtocol.OFFICIAL else None
@@ -164,7 +180,11 @@ def evaluate_interactive(pipe: Pipeline, dataset: CocoInstances | CocoPanoptic, 
             ev.update(pred.masks, gt)
         if progress:
             progress(n + 1, len(idx))
-    return {"task": "interactive", "clicks": protocol.value, "images": len(idx), **ev.compute()}
+    metrics = ev.compute()
+    if not metrics["n"]:
+        raise InputError(f"none of the {len(idx)} selected images of {_source(dataset)} has a segment to click, so "
+                         "there is nothing to score; select images with annotations (--subset / --limit).")
+    return {"task": "interactive", "clicks": protocol.value, "images": len(idx), **metrics}
 
 
 def video_ground_truth(video: Any) -> list[dict[str, Any]]:
@@ -187,7 +207,7 @@ def evaluate_video(pipe: Pipeline, dataset: YTVISDataset, limit: int | None = No
     """YouTube-VIS 2019 AP / AR with ``pipe.track`` (clip or stream mode)."""
     cats = [c for c in pipe.vocabulary.coco_categories() if c["isthing"]]
     ev = VideoEvaluator(cats)
-    idx = _indices(len(dataset), limit)
+    idx = _indices(dataset, limit, "video")
     for n, i in enumerate(idx):
         video = dataset[i]
         result = pipe.track(video.frames, mode=mode)

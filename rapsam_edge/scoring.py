@@ -195,8 +195,23 @@ def _known_image_ids(dataset: CocoInstances | CocoPanoptic) -> set[Any]:
     return set(dataset.images) if isinstance(dataset, CocoPanoptic) else set(dataset.coco.imgs)
 
 
-def _selected(n: int, limit: int | None) -> range:
+def _selected(n: int, limit: int | None, req: ScoreRequest, unit: str = "image") -> range:
+    """The first ``limit`` ground-truth items; selecting none is the user's error, never a NaN metric."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit} selects no {unit}s to score; give a positive number (or leave --limit "
+                         "out to score all).")
+    if n == 0:
+        raise InputError(f"the ground truth in {str(req.data)!r} (with the chosen --split / --subset) has no {unit}s "
+                         "to score; check --data, --split and --subset.")
     return range(n if limit is None else min(n, limit))
+
+
+def _check_matched(grouped: Mapping[Any, Any], selected: Sequence[Any], req: ScoreRequest, unit: str) -> None:
+    """Predictions that exist but match none of the selected ground-truth items would score a silent 0."""
+    if grouped and not any(i in grouped for i in selected):
+        raise InputError(f"none of the {len(grouped)} {unit}s with predictions in {str(req.predictions)!r} is among "
+                         f"the {len(selected)} {unit}s selected from {str(req.data)!r} (--split / --subset / "
+                         f"--limit); select the {unit}s the predictions were made for.")
 
 
 def _group(entries: Sequence[Mapping[str, Any]], key: str, known: set[Any], req: ScoreRequest,
@@ -243,7 +258,8 @@ def _score_panoptic(doc: Mapping[str, Any], req: ScoreRequest) -> dict[str, Any]
     except ValueError as exc:
         raise InputError(f"the categories of {str(req.data)!r} are not usable: {exc}") from None
     missed = removed = 0
-    idx = _selected(len(dataset), req.limit)
+    idx = _selected(len(dataset), req.limit, req)
+    _check_matched(by_image, [dataset.image_ids[i] for i in idx], req, "image")
     for i in idx:
         record = dataset[i]
         if isinstance(dataset, CocoPanoptic):
@@ -327,11 +343,12 @@ def _score_instances(results: list[Mapping[str, Any]], req: ScoreRequest) -> dic
     from pycocotools.cocoeval import COCOeval
 
     dataset = _open_images(req)
-    indices = _selected(len(dataset), req.limit)
+    indices = _selected(len(dataset), req.limit, req)
     image_ids = [dataset.image_ids[i] for i in indices]
     gt = _instance_ground_truth(dataset, indices)
     sizes = {im["id"]: (int(im["height"]), int(im["width"])) for im in gt["images"]}
     by_image = _group(results, "image_id", _known_image_ids(dataset), req, "image")
+    _check_matched(by_image, image_ids, req, "image")
     cat_ids = {int(c["id"]) for c in gt["categories"]}
     dropped = _check_categories([int(r["category_id"]) for r in results], cat_ids, req)
     dets = []
@@ -400,7 +417,8 @@ def _score_video(results: list[Mapping[str, Any]], req: ScoreRequest) -> dict[st
     dropped = _check_categories([int(r["category_id"]) for r in results], cat_ids, req)
     evaluator = VideoEvaluator(dataset.categories)
     missed = 0
-    idx = _selected(len(dataset), req.limit)
+    idx = _selected(len(dataset), req.limit, req, "video")
+    _check_matched(by_video, [dataset[i].video_id for i in idx], req, "video")
     for i in idx:
         video = dataset[i]
         tracks = []

@@ -39,3 +39,33 @@ class RectStream:
         p = np.array(pts, float)
         boxes = np.stack([p[:, 0] / s, p[:, 1] / s, np.full(len(p), 6 / s), np.full(len(p), 6 / s)], 1)
         return TrainSample("prompts", img, masks, labels, ids, vhw, boxes.astype(np.float32), targets)
+
+
+def synthetic_coco(root, split: str = "val2017", images: int = 2, size: tuple[int, int] = (48, 64),
+                   extra_annotations: list[dict] | None = None):
+    """A tiny official-layout COCO instances folder: ``root/<split>/<id>.png`` (grey, a bright rectangle per
+    object) + ``root/annotations/instances_<split>.json`` with one valid polygon annotation (category 1, person)
+    per image; ``extra_annotations`` are appended as given (e.g. invalid ones). Returns ``root``."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    h, w = size
+    imgs, anns = [], []
+    for i in range(1, images + 1):
+        img = np.full((h, w, 3), 90, np.uint8)
+        x0, y0, x1, y1 = 8 + i, 6, w // 2 + i, h // 2 + 4
+        img[y0:y1, x0:x1] = 230
+        name = f"{i:012d}.png"
+        Image.fromarray(img).save(root / split / name)
+        imgs.append({"id": i, "file_name": name, "height": h, "width": w})
+        anns.append({"id": i, "image_id": i, "category_id": 1, "iscrowd": 0, "area": float((x1 - x0) * (y1 - y0)),
+                     "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]})
+    doc = {"images": imgs, "annotations": anns + list(extra_annotations or []),
+           "categories": [{"id": 1, "name": "person", "supercategory": "person"}]}
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
+    return root

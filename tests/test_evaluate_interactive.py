@@ -117,3 +117,25 @@ def test_eval_cli_clicks_option_is_for_interactive_only(tmp_path):
     res = CliRunner().invoke(app, ["eval", "--predictions", str(tmp_path / "p.json"), "--data", str(tmp_path),
                                    "--clicks", "official"])
     assert res.exit_code == 2 and "--clicks" in res.output
+
+
+def test_evaluating_nothing_is_an_error_not_a_nan(small_pipeline, tmp_path):
+    """--limit 0, an empty selection, or images without any segment to click: one sentence, never NaN metrics."""
+    from synthetic import synthetic_coco
+
+    from rapsam_edge.errors import InputError
+    from rapsam_edge.evaluate import _indices, evaluate_panoptic
+
+    root = synthetic_coco(tmp_path, images=2)
+    ann = root / "annotations" / "instances_val2017.json"
+    data = CocoInstances(root / "val2017", ann, VOCAB)
+    assert _indices(data, None) == [0, 1] and _indices(data, 1) == [0] and _indices(data, 9) == [0, 1]
+    for limit in (0, -1):
+        with pytest.raises(InputError, match=f"--limit {limit} selects no images"):
+            evaluate_panoptic(small_pipeline, data, limit)
+    with pytest.raises(InputError, match="no images to evaluate: .*instances_val2017.json"):
+        evaluate_panoptic(small_pipeline, CocoInstances(root / "val2017", ann, VOCAB, image_ids=[]))
+    doc = json.loads(ann.read_text())
+    ann.write_text(json.dumps({**doc, "annotations": []}))
+    with pytest.raises(InputError, match="none of the 2 selected images .* has a segment to click"):
+        evaluate_interactive(small_pipeline, CocoInstances(root / "val2017", ann, VOCAB))

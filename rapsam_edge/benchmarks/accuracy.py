@@ -120,6 +120,9 @@ def resolve_data(data: str, vocabulary: Any, tasks: tuple[str, ...], subset: str
         prov.update(path="embedded photos", kind="images")
     else:
         images = _image_paths(dataset, limit)
+        if not images:  # every task metric would be NaN
+            raise InputError(f"--data {data}{f' --subset {subset}' if subset else ''} selects no images; check the "
+                             "annotation file and --subset.")
         prov["images"] = len(images)
     return EvalData(dataset, images, limit, panoptic, video, prov, notes)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import Artifact, Bundle
-from ..errors import RapsamError
+from ..errors import InputError, RapsamError
 
 AGREEMENT_IMAGES = 8  # evaluation images of the end-to-end INT8-vs-FP32 agreement (calibrate and its sweep)
 TASK_OF = {"pq": "panoptic", "sq": "panoptic", "rq": "panoptic", "miou": "interactive"}
@@ -44,7 +44,13 @@ def open_eval_set(root: Path, subset: str | None, limit: int | None, vocabulary:
     from ..training.recipes import open_coco
     from .readers import dataset_image_paths
 
+    if limit is not None and limit < 1:
+        raise InputError(f"--eval-limit {limit} selects no evaluation images; give a positive number (or leave it "
+                         "out to evaluate on the whole split).")
     ds = open_coco(root, vocabulary, split="val2017", subset=subset)
+    if not len(ds):
+        raise InputError(f"the evaluation data {root}{f' (--eval-subset {subset})' if subset else ''} selects no "
+                         "images; check --eval-data and --eval-subset.")
     n = len(ds) if limit is None else min(limit, len(ds))
     return EvalSet(Path(root), subset, n, ds, dataset_image_paths(ds, n))
 
@@ -59,6 +65,9 @@ def calibration_context(bundle: str | Path, eval_data: Path | None = None, subse
     from ..training.recipes import default_shared_data
 
     manifest = load_bundle(bundle).manifest
+    if limit is not None and limit < 1:
+        raise InputError(f"--eval-limit {limit} selects no evaluation images; give a positive number (or leave it "
+                         "out to evaluate on the whole split).")
     if eval_data is None and (default_shared_data() / "coco_mini" / "splits.json").is_file():
         eval_data = default_shared_data() / "coco_mini"
         subset = subset or "extra_val2017_from_COCO_MINI"
