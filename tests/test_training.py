@@ -160,3 +160,41 @@ def test_preset_scale_jitter_reaches_every_stream(shared_data):
     assert streams["coco"].clip.jitter.ratio_range == tuple(cfg.object_ratio_range) == (0.8, 2.0)
     assert streams["video"].clip.jitter.ratio_range == tuple(cfg.object_ratio_range)
     assert streams["prompts"].jitter.ratio_range == tuple(cfg.prompt_ratio_range) == (0.5, 2.0)
+
+
+def test_a_non_finite_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from rapsam_edge.errors import NonFiniteError
+
+    trainer = _trainer(tmp_path, save_every=1)
+    real = Trainer.losses
+
+    def losses(self, samples):
+        terms = real(self, samples)
+        if self.step == 2:  # the third step's mask loss overflows
+            terms["mask"] = terms["mask"] * float("inf")
+        return terms
+
+    monkeypatch.setattr(Trainer, "losses", losses)
+    with pytest.raises(NonFiniteError, match=r"step 3: the \w+ loss term\(s\) mask .*last\.pth \(step 2\) is kept"):
+        trainer.fit()
+    assert trainer.step == 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters()), "the diverged update was applied"
+    saved = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=False)
+    assert saved["step"] == 2 and not (tmp_path / "final.pth").exists()
+    # the weights are those of step 2 (the third forward pass moved only the BatchNorm running statistics)
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in trainer.model.named_parameters())
+
+
+def test_train_request_numbers_are_checked_naming_the_flag(tmp_path):
+    from rapsam_edge.errors import InputError
+    from rapsam_edge.training.run import TrainRequest, validate_request
+
+    validate_request(TrainRequest(out=tmp_path, batch_size=1, epochs=1, imgsz=64, lr=1e-4, steps_per_epoch=1,
+                                  max_steps=1, threads=1))
+    for field, value, flag in (("batch_size", 0, "--batch-size"), ("epochs", -1, "--epochs"), ("imgsz", 97, "--imgsz"),
+                               ("imgsz", 0, "--imgsz"), ("lr", 0.0, "--lr"), ("lr", float("inf"), "--lr"),
+                               ("steps_per_epoch", 0, "--steps-per-epoch"), ("max_steps", -3, "--max-steps"),
+                               ("threads", 0, "--threads")):
+        with pytest.raises(InputError, match=flag):
+            validate_request(TrainRequest(out=tmp_path, **{field: value}))
+    assert not any(tmp_path.iterdir())

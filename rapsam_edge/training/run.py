@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,21 @@ class TrainRequest:
     evaluate: bool = True
 
 
+def validate_request(req: TrainRequest) -> None:
+    """The user's numbers, checked before anything is built or written: one sentence naming the flag."""
+    positive = {"--batch-size": req.batch_size, "--steps-per-epoch": req.steps_per_epoch,
+                "--max-steps": req.max_steps, "--threads": req.threads, "--epochs": req.epochs}
+    for flag, value in positive.items():
+        if value is not None and value < 1:
+            raise InputError(f"{flag} {value} must be a positive whole number (at least 1).")
+    if req.imgsz is not None and (req.imgsz < 32 or req.imgsz % 32):
+        raise InputError(f"--imgsz {req.imgsz} must be a positive multiple of 32 (e.g. 256, 640).")
+    if req.lr is not None and not (math.isfinite(req.lr) and req.lr > 0):
+        raise InputError(f"--lr {req.lr} must be a positive finite learning rate (e.g. 1e-4).")
+
+
 def resolve_request(req: TrainRequest) -> tuple[TrainConfig, DataSpec, Preset | None]:
+    validate_request(req)
     preset = None
     base: dict[str, Any] = {"model": req.config}
     spec = req.data
@@ -162,6 +177,9 @@ def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: 
     from ..runtime import load
 
     tasks = ("panoptic", "interactive", "video")
+    if limit is not None and limit < 1:  # before the model loads: it would evaluate nothing
+        raise InputError(f"--limit {limit} selects no {'videos' if task == 'video' else 'images'} to evaluate; "
+                         "give a positive number (or leave --limit out to evaluate all).")
     if task not in tasks:
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(tasks)}.")
     if clicks is not None and task != "interactive":

@@ -24,8 +24,15 @@ from torch import Tensor, nn
 
 from ..config import get_config
 from ..data.sample import TrainSample
-from ..errors import InputError
-from ..model.checkpoint import FORMAT, CheckpointError, load_model, read_checkpoint, save_checkpoint
+from ..errors import InputError, NonFiniteError
+from ..model.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    check_finite,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ..model.rapsam import RapSam
 from .losses import LossWeights, object_losses, prompt_losses
 
@@ -133,6 +140,7 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg))
         self.loss_weights = LossWeights(num_points=cfg.num_points)
         self.step = 0
+        self._saved_step: int | None = None  # the step of the last.pth this run wrote or resumed from
 
     # ---- data --------------------------------------------------------------------------------------
     def batch(self, step: int) -> tuple[str, list[TrainSample]]:
@@ -163,14 +171,31 @@ class Trainer:
         terms["total"] = sum(terms.values()) + 0.0 * sum(p.reshape(-1)[0] for p in self.model.parameters())
         return terms
 
+    def _diverged(self, what: str) -> NonFiniteError:
+        """The run stops before the diverged update touches the weights; nothing diverged is saved."""
+        last = self.out / "last.pth"
+        if not last.is_file():
+            kept = "no checkpoint was saved before it"
+        elif self._saved_step is None:
+            kept = f"{last}, from an earlier run, is kept"
+        else:
+            kept = f"the last good checkpoint {last} (step {self._saved_step}) is kept"
+        return NonFiniteError(f"training diverged at step {self.step + 1}: {what} is NaN or infinite, so it stopped "
+                              f"without saving the diverged weights ({kept}); lower --lr or check the data.")
+
     def train_step(self) -> dict[str, Any]:
         task, samples = self.batch(self.step)
         t0 = time.perf_counter()
         terms = self.losses(samples)
+        bad = [k for k, v in terms.items() if k != "total" and not bool(torch.isfinite(v.detach()).all())]
+        if bad or not bool(torch.isfinite(terms["total"].detach()).all()):
+            raise self._diverged(f"the {task} loss term(s) {', '.join(bad or ['total'])}")
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         if self.cfg.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            if not bool(torch.isfinite(norm)):
+                raise self._diverged(f"the gradient norm of the {task} loss")
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -187,17 +212,21 @@ class Trainer:
     def save(self, name: str = "last.pth") -> Path | None:
         if self.rank != 0:
             return None
-        return save_checkpoint(self.model, self.out / name, extra=self.state())
+        path = save_checkpoint(self.model, self.out / name, extra=self.state())
+        self._saved_step = self.step
+        return path
 
     def resume(self, path: str | Path) -> None:
         """Restore model, optimizer, scheduler, step and RNG from a ``last.pth``-style checkpoint."""
         obj = read_checkpoint(path)
         if obj.get("format") != FORMAT or "optimizer" not in obj:
             raise CheckpointError(f"{path} is not a rapsam-edge training checkpoint (no optimizer state to resume).")
+        check_finite(obj["state_dict"], path)
         self.model.load_state_dict(obj["state_dict"])
         self.optimizer.load_state_dict(obj["optimizer"])
         self.scheduler.load_state_dict(obj["scheduler"])
         self.step = int(obj["step"])
+        self._saved_step = self.step if Path(path).resolve() == (self.out / "last.pth").resolve() else None
         torch.set_rng_state(obj["torch_rng"])
 
     def replicas_in_sync(self) -> bool:
@@ -224,8 +253,10 @@ class Trainer:
         try:
             while self.step < end:
                 record = self.train_step()
-                if not all(math.isfinite(v) for k, v in record.items() if isinstance(v, float)):
-                    raise FloatingPointError(f"non-finite loss at step {self.step}: {record}")
+                bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+                if bad:  # train_step checks the losses before the update; this is the last line of defence
+                    raise NonFiniteError(f"training diverged at step {self.step}: {', '.join(bad)} is NaN or "
+                                         "infinite; lower --lr or check the data.")
                 if log and (self.step % self.cfg.log_every == 0 or self.step == end):
                     log.write(json.dumps(record) + "\n")
                     log.flush()
