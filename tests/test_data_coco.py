@@ -263,3 +263,35 @@ def test_mask_stack_roundtrip():
         rows, cols = rng.integers(0, 13, 5), rng.integers(0, 11, 4)
         sel = np.arange(n)[::2]
         assert np.array_equal(stack.gather(rows, cols, sel), masks[sel][:, rows][:, :, cols])
+
+
+def test_invalid_instance_annotations_are_skipped_and_counted_as_mmdet_does(tmp_path):
+    """mmdet's CocoDataset.parse_data_info + LoadAnnotations: no polygon of >= 3 points, a bbox under 1 px or off
+    the image, or area <= 0 -> the annotation is skipped (one warning per file), never a crash."""
+    from synthetic import synthetic_coco
+
+    from rapsam_edge.data.coco import invalid_annotation
+
+    def ann(i, seg, bbox=(2, 2, 10, 10), area=50.0, image=1):
+        return {"id": i, "image_id": image, "category_id": 1, "iscrowd": 0, "area": area, "bbox": list(bbox),
+                "segmentation": seg}
+
+    tri = [[2, 2, 12, 2, 12, 12]]
+    assert invalid_annotation(ann(1, tri), 64, 48) is None
+    assert invalid_annotation(ann(1, {"size": [48, 64], "counts": "x"}), 64, 48) is None  # RLE: not a polygon
+    assert invalid_annotation({"id": 1, "segmentation": tri}, 64, 48) is None  # absent fields are not judged
+    assert invalid_annotation(ann(1, [[]]), 64, 48) == "no polygon of at least 3 points"
+    assert invalid_annotation(ann(1, []), 64, 48) == "no polygon of at least 3 points"
+    assert invalid_annotation(ann(1, [[1, 1, 5, 1]]), 64, 48) == "no polygon of at least 3 points"
+    assert invalid_annotation(ann(1, [[1, 1, 5, 1, 5]]), 64, 48) == "no polygon of at least 3 points"  # odd count
+    assert invalid_annotation(ann(1, tri, bbox=(2, 2, 0.5, 10)), 64, 48) == "a degenerate bbox"
+    assert invalid_annotation(ann(1, tri, bbox=(70, 2, 10, 10)), 64, 48) == "a degenerate bbox"  # off the image
+    assert invalid_annotation(ann(1, tri, area=0), 64, 48) == "an area <= 0"
+    bad = [ann(100, [[]]), ann(101, [[1, 1, 5, 1]]), ann(102, tri, bbox=(2, 2, 10, 0)), ann(103, tri, image=2)]
+    root = synthetic_coco(tmp_path, images=2, extra_annotations=bad)
+    with pytest.warns(UserWarning, match=r"skipped 3 invalid annotation\(s\) as mmdet does.*id 100"):
+        data = CocoInstances(root / "val2017", root / "annotations" / "instances_val2017.json", VOCAB)
+    first, second = data[0], data[1]
+    assert first.instance_ids.tolist() == [1] and first.meta["skipped_invalid"] == 3
+    assert first.masks.shape == (1, 48, 64) and first.masks.any()
+    assert second.instance_ids.tolist() == [2, 103] and second.meta["skipped_invalid"] == 0

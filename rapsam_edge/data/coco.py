@@ -5,7 +5,10 @@ Reproduces the loading half of the official training data (`LoadImageFromFile` +
 `CocoPanopticDataset.parse_data_info`) without mmdet: images are decoded by `preprocess.load_image` (the
 same decoder inference uses), instance masks by pycocotools, panoptic PNGs as id = R + 256 G + 256^2 B.
 Category ids are mapped to the model's contiguous class indices through ``Vocabulary.dataset_ids``;
-annotations of a category the vocabulary lacks are dropped and counted in ``Record.meta``.
+annotations of a category the vocabulary lacks are dropped and counted in ``Record.meta``. Invalid instance
+annotations are skipped as mmdet skips them (``CocoDataset.parse_data_info`` + ``LoadAnnotations``): a bbox
+outside the image or under 1 px wide or high, an area <= 0, or a polygon segmentation without a polygon of
+at least 3 points; one warning per annotation file counts them (`invalid_annotation`).
 """
 
 from __future__ import annotations
@@ -143,6 +146,35 @@ def quiet_pycocotools() -> Iterator[None]:
         yield
 
 
+def invalid_annotation(ann: dict[str, Any], width: float, height: float) -> str | None:
+    """Why mmdet would skip this instance annotation (None: it is valid).
+
+    mmdet ``CocoDataset.parse_data_info`` drops an annotation whose bbox does not overlap the image, whose
+    area is <= 0 or whose bbox is under 1 px wide or high; ``LoadAnnotations._process_masks`` drops polygons
+    with fewer than 6 coordinates (or an odd count) and ignores an instance left with none. Fields that are
+    absent are not judged (RLE segmentations have no polygons to check).
+    """
+    bbox = ann.get("bbox")
+    if bbox is not None:
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            return "a malformed bbox"
+        inter_w = max(0.0, min(x + w, width) - max(x, 0.0))
+        inter_h = max(0.0, min(y + h, height) - max(y, 0.0))
+        if w < 1 or h < 1 or inter_w * inter_h == 0:
+            return "a degenerate bbox"
+    area = ann.get("area")
+    if isinstance(area, (int, float)) and not isinstance(area, bool) and area <= 0:
+        return "an area <= 0"
+    seg = ann.get("segmentation")
+    if isinstance(seg, list):
+        polygons = [q for q in seg if isinstance(q, list) and len(q) >= 6 and len(q) % 2 == 0]
+        if not polygons:
+            return "no polygon of at least 3 points"
+    return None
+
+
 def category_index(vocabulary: Vocabulary) -> dict[int, int]:
     return {int(cid): i for i, cid in enumerate(vocabulary.dataset_ids)}
 
@@ -211,6 +243,18 @@ class CocoInstances(_ImageDataset):
             raise AnnotationFileError(f"Annotation file {str(self.ann_file)!r} has a malformed image or "
                                       f"annotation entry (missing key {exc}).") from None
         self._index(sorted(self.coco.imgs), image_ids, f"are not in {str(self.ann_file)!r}", vocabulary, cache_size)
+        self.invalid: dict[int, str] = {}  # annotation id -> why it is skipped (mmdet's rules)
+        for a in data["annotations"]:
+            info = self.coco.imgs.get(a.get("image_id"))
+            why = None if info is None else invalid_annotation(a, float(info.get("width", 0) or 0),
+                                                                 float(info.get("height", 0) or 0))
+            if why is not None:
+                self.invalid[int(a["id"])] = why
+        if self.invalid:
+            shown = ", ".join(f"{i} ({why})" for i, why in list(self.invalid.items())[:3])
+            warnings.warn(f"{str(self.ann_file)!r}: skipped {len(self.invalid)} invalid annotation(s) as mmdet does "
+                          f"(a polygon under 3 points, a degenerate bbox or an area <= 0), e.g. id {shown}"
+                          f"{', ...' if len(self.invalid) > 3 else ''}.", stacklevel=2)
 
     def num_annotations(self, include_crowd: bool = True) -> int:
         """Annotations of the selected images (any category), optionally without crowd ones."""
@@ -231,7 +275,8 @@ class CocoInstances(_ImageDataset):
         image = load_image(path)  # ImageNotFoundError (a FileNotFoundError) names a missing file
         hw = (int(info["height"]), int(info["width"]))
         _check_size(image, hw, path, "Image")
-        anns = self.coco.imgToAnns[img_id]
+        anns = [a for a in self.coco.imgToAnns[img_id] if int(a["id"]) not in self.invalid]
+        skipped = len(self.coco.imgToAnns[img_id]) - len(anns)
         keep = [a for a in anns if int(a["category_id"]) in self._cat_to_index]
         labels = np.array([self._cat_to_index[int(a["category_id"])] for a in keep], np.int64)
         with quiet_pycocotools():
@@ -247,7 +292,7 @@ class CocoInstances(_ImageDataset):
             instance_ids=np.array([int(a["id"]) for a in keep], np.int64),
             image_id=int(img_id),
             file_name=str(info["file_name"]),
-            meta={"dropped_unknown_category": len(anns) - len(keep)},
+            meta={"dropped_unknown_category": len(anns) - len(keep), "skipped_invalid": skipped},
         )
 
 
