@@ -86,11 +86,39 @@ def test_click_to_track_follows_the_interior_point(app, clip, bundle, tmp_path):
     assert len(list((tmp_path / "frames").glob("*.png"))) == 4
 
 
-def test_bad_inputs_get_one_sentence(app, clip, bundle, tmp_path):
+def _refused(app, capsys, argv: list[str], mentions: str) -> None:
+    """The app's error policy (rapsam-edge's): exit code 2 and one ``error:`` sentence on stderr, no traceback."""
+    with pytest.raises(SystemExit) as exc:
+        app.main(argv)
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and mentions in err[0], err
+
+
+def test_bad_inputs_get_one_sentence(app, clip, bundle, tmp_path, capsys):
     folder, _ = clip
-    with pytest.raises(SystemExit, match="outside the 854x480 first frame"):
-        app.main([str(bundle), str(folder), "--out", str(tmp_path), "--click", "900,10", "--max-frames", "1"])
-    with pytest.raises(SystemExit, match="neither a folder of frames"):
-        app.main([str(bundle), str(tmp_path / "missing.mp4"), "--out", str(tmp_path)])
+    _refused(app, capsys, [str(bundle), str(folder), "--out", str(tmp_path), "--click", "900,10", "--max-frames", "1"],
+             "outside the 854x480 first frame")
+    _refused(app, capsys, [str(bundle), str(tmp_path / "missing.mp4"), "--out", str(tmp_path)],
+             "neither a folder of frames")
     with pytest.raises(SystemExit):
         app.parse_args([str(bundle), str(folder), "--out", str(tmp_path), "--click", "12"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_no_frames_or_a_non_positive_max_frames_is_refused(app, tmp_path, capsys):
+    """--max-frames -1 used to drop the last frame; an empty folder used to crash: one sentence, exit 2, before
+    the bundle is even opened (a missing one here)."""
+    from PIL import Image
+
+    frames, out = tmp_path / "frames", tmp_path / "out"
+    frames.mkdir()
+    bundle = str(tmp_path / "no_bundle")
+    _refused(app, capsys, [bundle, str(frames), "--out", str(out)], "has no frames")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(frames / "00000.png")
+    for bad in ("0", "-1"):
+        _refused(app, capsys, [bundle, str(frames), "--out", str(out), "--max-frames", bad],
+                 f"--max-frames {bad} must be at least 1")
+    _refused(app, capsys, [bundle, "0", "--out", str(out)], "needs --max-frames")
+    _refused(app, capsys, [bundle, str(frames), "--out", str(out)], "no_bundle")  # the bundle's own sentence
+    assert not out.exists()

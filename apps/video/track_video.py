@@ -21,6 +21,9 @@ makes). Why not box prompts or query matching: the model is trained on clicks on
 the official config), and the prompt decoder outputs no query embedding to match. An object whose mask becomes
 empty is lost and is not clicked again. ``results.json`` holds class-agnostic tracks (``category_id`` null, score =
 mean predicted IoU).
+
+Bad input (a missing source, no frames, a click outside the frame, a bad bundle, --max-frames < 1) is one
+``error:`` sentence on stderr and exit code 2, as for ``rapsam-edge`` (rapsam_edge.errors); nothing is written.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rapsam_edge.errors import InputError, InputNotFoundError, RapsamError, UnavailableError, os_error_sentence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -53,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--mode", choices=("clip", "stream"), default="clip")
     ap.add_argument("--click", type=parse_click, action="append", default=[], metavar="X,Y",
                     help="click-to-track: a point on the first frame (repeat for several objects)")
-    ap.add_argument("--max-frames", type=int, default=None)
+    ap.add_argument("--max-frames", type=int, default=None, help="track at most this many frames (>= 1)")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--score-thr", type=float, default=0.3, help="draw tracks scoring at least this")
@@ -67,28 +72,39 @@ def read_frames(source: str, max_frames: int | None = None) -> tuple[list[np.nda
     """RGB frames and their names (file stems, or 00000... for a video)."""
     from rapsam_edge.preprocess import load_image
 
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"--max-frames {max_frames} must be at least 1 (leave it out to track every frame).")
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:max_frames]
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)[:max_frames]
         if not files:
-            raise FileNotFoundError(f"{path} has no frames ({', '.join(IMAGE_SUFFIXES)} files).")
+            raise InputError(f"{path} has no frames ({', '.join(IMAGE_SUFFIXES)} files); pass a folder of frames.")
         return [load_image(p) for p in files], [p.stem for p in files]
     camera = source.isdigit() or source.startswith("/dev/video")
     if not camera and not path.is_file():
-        raise FileNotFoundError(f"{source} is neither a folder of frames, a video file nor a camera device.")
+        raise InputNotFoundError(f"{source} is neither a folder of frames, a video file nor a camera device.")
     if camera and max_frames is None:
-        raise ValueError("reading a camera needs --max-frames (the video is tracked after it is read).")
+        raise InputError("reading a camera needs --max-frames (the video is tracked after it is read).")
     try:
         import av
     except ImportError:
-        raise RuntimeError(f"reading {source} needs PyAV (pip install av); pass a folder of frames instead.") from None
+        raise UnavailableError(f"reading {source} needs PyAV (pip install av); pass a folder of frames "
+                               "instead.") from None
     device = f"/dev/video{source}" if source.isdigit() else source
     frames: list[np.ndarray] = []
-    with av.open(device, format="v4l2" if camera else None) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if max_frames is not None and len(frames) >= max_frames:
-                break
+    av_errors = tuple(e for e in (getattr(av, "FFmpegError", None),) if isinstance(e, type)) + (OSError, ValueError)
+    try:
+        with av.open(device, format="v4l2" if camera else None) as container:
+            for frame in container.decode(video=0):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except av_errors as e:
+        raise InputError(f"{source} is not a readable video ({' '.join(str(e).split()).rstrip('.')}); pass a "
+                         "video file PyAV can decode or a folder of frames.") from None
+    if not frames:
+        raise InputError(f"{source} holds no video frames, so there is nothing to track; pass a non-empty video "
+                         "or a folder of frames.")
     return frames, [f"{i:05d}" for i in range(len(frames))]
 
 
@@ -193,21 +209,38 @@ def run_clicks(pipe: Any, frames: list[np.ndarray], names: list[str], args: argp
     return {"results": results, "tracks": summary}
 
 
+def refuse(message: str) -> None:
+    """The error policy of rapsam-edge (rapsam_edge.errors): one sentence on stderr, exit code 2, no traceback."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except RapsamError as e:  # the user's input: one sentence (a bug still shows its traceback)
+        refuse(str(e))
+    except OSError as e:
+        refuse(os_error_sentence(e))
+    raise AssertionError("unreachable")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     import rapsam_edge
 
-    try:
-        frames, names = read_frames(args.source, args.max_frames)
-        pipe = rapsam_edge.load(args.bundle, backend="onnxruntime", precision=args.precision, threads=args.threads)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    frames, names = read_frames(args.source, args.max_frames)
+    if not (args.bundle / "manifest.json").is_file():
+        raise InputNotFoundError(f"{args.bundle} is not a bundle folder (it has no manifest.json); make one with "
+                                 "rapsam-edge export --target onnx.")
+    pipe = rapsam_edge.load(args.bundle, backend="onnxruntime", precision=args.precision, threads=args.threads)
     if any(frame.shape != frames[0].shape for frame in frames):
-        sys.exit("error: all frames of a video must have the same size.")
+        raise InputError(f"the frames of {args.source} differ in size; all frames of a video must have the same "
+                         "size.")
     h0, w0 = frames[0].shape[:2]
     bad = [c for c in args.click if not (0 <= c[0] < w0 and 0 <= c[1] < h0)]
     if bad:
-        sys.exit(f"error: --click {bad[0][0]:g},{bad[0][1]:g} lies outside the {w0}x{h0} first frame.")
+        raise InputError(f"--click {bad[0][0]:g},{bad[0][1]:g} lies outside the {w0}x{h0} first frame.")
     (args.out / "frames").mkdir(parents=True, exist_ok=True)
     out = run_clicks(pipe, frames, names, args) if args.click else run_auto(pipe, frames, names, args)
     (args.out / "results.json").write_text(json.dumps(out["results"]))
