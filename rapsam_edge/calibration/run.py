@@ -17,7 +17,8 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import onnx
 
 from ..bundle import Bundle, edit_bundle, load_bundle
-from ..errors import InputError
+from ..errors import InputError, RapsamError
 from ..preprocess import InputPolicy
 from ..runtime.ort_backend import load_onnx, open_session
 from . import accuracy, qdq
@@ -160,6 +161,17 @@ def _check_overlap(images: ImageSet, evalset: Any, opts: CalibrationOptions) -> 
     return {**evalset.provenance(), "overlapping_images": len(both), "allowed": bool(both)}
 
 
+@contextmanager
+def _named_as_the_bundle(staging: Path, root: Path) -> Iterator[None]:
+    """A refusal names the user's bundle, not the staging copy calibrate works in (removed when it fails)."""
+    try:
+        yield
+    except RapsamError as e:
+        if len(e.args) == 1 and isinstance(e.args[0], str) and str(staging) in e.args[0]:
+            e.args = (e.args[0].replace(str(staging), str(root)),)
+        raise
+
+
 def calibrate(bundle_root: str | Path, opts: CalibrationOptions, log: Log = lambda s: None,
               evalset: Any = None) -> dict[str, Any]:
     """Calibrate, check, measure and register; returns the report (also stored in the manifest).
@@ -181,7 +193,7 @@ def calibrate(bundle_root: str | Path, opts: CalibrationOptions, log: Log = lamb
     for w in warnings:
         log(f"warning: {w}")
     eval_info = _check_overlap(images, evalset, opts)
-    with edit_bundle(bundle_root, log=log) as bundle:  # a copy, swapped in only when registered
+    with edit_bundle(bundle_root, log=log) as bundle, _named_as_the_bundle(bundle.root, Path(bundle_root)):
         work = Path(tempfile.mkdtemp(dir=bundle.root, prefix=".calibrate."))
         try:
             jobs = prepare_jobs(bundle, opts, images, work)

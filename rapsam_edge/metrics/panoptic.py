@@ -261,17 +261,23 @@ def _load_json(src: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:
 def read_panoptic_png(path: Path, what: str = "panoptic PNG") -> np.ndarray:
     """The segment ids (H, W) of a COCO panoptic RGB-id PNG; any unreadable file is one InputError sentence.
 
-    Pillow's own exceptions are not all OSErrors (``DecompressionBombError``, ``SyntaxError`` of a broken
-    chunk), so each is turned into a sentence naming the file here, where the user's file is opened.
+    Opened like every image (``preprocess.open_image``): one pixel limit (``--max-pixels``) refuses a
+    decompression bomb from its header. Pillow's own exceptions are not all OSErrors (``DecompressionBombError``,
+    ``SyntaxError`` of a broken chunk), so each is turned into a sentence naming the file here, where the
+    user's file is opened.
     """
     from PIL import Image  # Pillow is a project dependency; only this file reader needs it
+
+    from ..preprocess import open_image
 
     if not path.is_file():
         raise InputNotFoundError(f"{what} {str(path)!r} does not exist; check the path and the file_name of "
                                  "its annotation.")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return rgb_to_id(np.asarray(im.convert("RGB")))
+    except ResourceLimitError:
+        raise
     except Image.DecompressionBombError as exc:
         raise ResourceLimitError(f"{what} {str(path)!r} is too large to decode safely ({exc}); check the "
                                  "file.") from None

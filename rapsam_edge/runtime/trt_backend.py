@@ -287,7 +287,15 @@ class TrtBackend(Backend):
             if not fp_path.is_file():
                 raise BundleError(f"{art.path} has no fingerprint {fp_path.name}; rebuild it on this device with "
                                   "`rapsam-edge export --target tensorrt`.")
-            problem = fingerprint_mismatch(json.loads(fp_path.read_text()), self.here)
+            try:
+                recorded = json.loads(fp_path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise BundleError(f"the fingerprint {fp_path} of {art.path} is not valid JSON; rebuild the engine on "
+                                  "this device with `rapsam-edge export --target tensorrt`.") from None
+            if not isinstance(recorded, dict):
+                raise BundleError(f"the fingerprint {fp_path} of {art.path} is not a JSON object; rebuild the engine "
+                                  "on this device with `rapsam-edge export --target tensorrt`.")
+            problem = fingerprint_mismatch(recorded, self.here)
             if problem:
                 raise UnavailableError(f"{art.path}: {problem}")
             engine = runtime.deserialize_cuda_engine(self.bundle.path(art).read_bytes())
