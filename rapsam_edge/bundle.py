@@ -191,8 +191,16 @@ def size_path(path: Path) -> int:
 
 @dataclass
 class Bundle:
+    """A bundle folder and its parsed manifest. Inside a write transaction ``root`` is the staging copy being
+    written and ``home`` the folder it becomes on commit (what messages to the user should name)."""
+
     root: Path
     manifest: dict[str, Any]
+    home_root: Path | None = None
+
+    @property
+    def home(self) -> Path:
+        return self.home_root or self.root
 
     @property
     def name(self) -> str:
@@ -334,7 +342,7 @@ def new_bundle(root: str | Path, manifest: dict[str, Any], overwrite: bool = Fal
         tmp = staging_dir(root, "partial")
         manifest = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "host": host_contract(), **manifest, "artifacts": []}
-        bundle = Bundle(tmp, manifest)
+        bundle = Bundle(tmp, manifest, home_root=root)
         try:
             bundle.save()
             yield bundle
@@ -374,7 +382,7 @@ def edit_bundle(root: str | Path, verify: bool = True, log: Any = lambda s: None
         tmp = staging_dir(root, "staging")
         try:
             shutil.copytree(root, tmp, symlinks=True, dirs_exist_ok=True)
-            bundle = Bundle(tmp, json.loads(json.dumps(current.manifest)))
+            bundle = Bundle(tmp, json.loads(json.dumps(current.manifest)), home_root=root)
             yield bundle
             bundle.save()
             exchange(tmp, root)  # committed: tmp now holds the previous bundle

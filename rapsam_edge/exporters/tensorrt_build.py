@@ -104,10 +104,10 @@ def register_engines(bundle: Bundle, precision: str, opts: TrtOptions, built_by:
 
 def post_export(bundle: Bundle, precision: str, req: Any) -> dict[str, Any]:
     """Build the engines here (after the bundle with the ONNX inputs is committed); needs TensorRT + a GPU."""
-    folder = bundle.root / "tensorrt"
+    folder, shown = bundle.root / "tensorrt", bundle.home / "tensorrt"  # shown: where the user finds them
     trt = import_tensorrt(hint=(
-        f"TensorRT is not installed here: the ONNX inputs and trtexec lines are in {folder}/; build the engines on "
-        f"the target device (TensorRT from JetPack or NVIDIA's index) with `bash {folder / f'build_{precision}.sh'}` "
+        f"TensorRT is not installed here: the ONNX inputs and trtexec lines are in {shown}/; build the engines on "
+        f"the target device (TensorRT from JetPack or NVIDIA's index) with `bash {shown / f'build_{precision}.sh'}` "
         "or rerun this command there."))
     fp = device_fingerprint()
     record = bundle.require("build", FORMAT, precision).details
