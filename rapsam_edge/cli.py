@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -43,9 +44,16 @@ def _options(debug: Annotated[bool, typer.Option("--debug", help=f"Show the trac
     from .preprocess import set_max_pixels
 
     _debug["on"] = _debug["on"] or debug
+    warnings.showwarning = _show_warning
     if max_pixels is not None and max_pixels <= 0:
         fail(f"--max-pixels {max_pixels} must be a positive number of pixels.")
     set_max_pixels(max_pixels)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """Library warnings (a skipped annotation, ...) as one styled line, without Python's source excerpt."""
+    console.print(Text.assemble(("warning: ", "yellow"), " ".join(str(message).split())))
 
 
 def fail(message: str) -> NoReturn:
