@@ -20,7 +20,7 @@ What it does, in order:
    :func:`rapsam_edge.calibration.calibrate` with ``--max-drop`` on the evaluation split. Step 0 of accuracy
    control is the INT8 graph with the default exclusions only; the last step is what the budget required (the
    layers it moved back to float are listed). A budget that cannot be met is a row saying so, with its last step.
-   The FP32 metrics are computed once (cached in the bundle manifest);
+   The FP32 metrics are computed once (cached in the bundle, calibration/fp32_baselines.json);
 3. re-times the FP32 encoder and every registered INT8 encoder in ONE interleaved onnxruntime session, so every
    speed-up comes from the same run (design.md §6) even on a shared machine;
 4. writes the table with its provenance (checkpoint sha256, data hashes, versions, machine) to ``--out``, the
@@ -55,11 +55,11 @@ os.environ.setdefault("NNCF_CI", "1")  # no NNCF telemetry files under ~/intel
 
 from rapsam_edge.bundle import load_bundle  # noqa: E402
 from rapsam_edge.calibration import (  # noqa: E402
-    BACKENDS,
-    FLAVORS,
-    METHODS,
+    QUANTIZERS,
     AccuracyBudgetError,
     CalibrationOptions,
+    Flavor,
+    Method,
     calibrate,
     calibrated_artifacts,
     calibration_context,
@@ -99,8 +99,9 @@ def run_one(bundle: Path, args: argparse.Namespace, backend: str, method: str, f
     """One calibration; returns its row facts (never raises for a calibration that fails: the row says why)."""
     tag = f"{backend}-{method}-{flavor}"
     opts = CalibrationOptions(images=args.calib, data=args.data, annotations=args.annotations, num=args.num,
-                              method=method, backend=backend, flavor=flavor, max_drop=args.max_drop,
-                              evaluate=True, threads=args.threads, sensitivity_images=args.sensitivity_images)
+                              method=Method.parse(method), backend=backend, flavor=Flavor.parse(flavor),
+                              max_drop=args.max_drop, evaluate=True, threads=args.threads,
+                              sensitivity_images=args.sensitivity_images)
     t0 = time.perf_counter()
     row: dict[str, Any] = {"tag": tag, "backend": backend, "method": method, "flavour": flavor}
     try:
@@ -137,7 +138,7 @@ def fill_agreement(bundle: Path, rows: list[dict[str, Any]], evalset: Any, threa
     reference = load(bundle, precision="fp32", threads=threads)
     for r in todo:
         files = {"encoder": os.path.relpath(r["encoder"], bundle)}
-        cand = candidate_pipeline(b, files, FLAVORS[r["flavour"]].precision, threads)
+        cand = candidate_pipeline(b, files, Flavor(r["flavour"]).precision, threads)
         r["agreement_vs_fp32"] = agreement(reference, cand, evalset.paths[:AGREEMENT_IMAGES])
 
 
@@ -251,9 +252,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-subset", default=None, help="splits.json id list (default: every image)")
     ap.add_argument("--eval-limit", type=int, default=None)
     ap.add_argument("--max-drop", action="append", default=[], help="METRIC=POINTS, repeatable (pq, miou, ...)")
-    ap.add_argument("--backends", default=",".join(BACKENDS))
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--flavors", default=",".join(FLAVORS))
+    ap.add_argument("--backends", default=",".join(QUANTIZERS))
+    ap.add_argument("--methods", default=",".join(m.value for m in Method))
+    ap.add_argument("--flavors", default=",".join(f.value for f in Flavor))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=20, help="timed runs per encoder")
     ap.add_argument("--sensitivity-images", type=int, default=4)

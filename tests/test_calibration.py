@@ -17,11 +17,22 @@ import pytest
 from conftest import ASSET_IMAGES
 from typer.testing import CliRunner
 
-from rapsam_edge.bundle import load_bundle
-from rapsam_edge.calibration import CalibrationOptions, OverlapError, calibrate, parse_max_drop, qdq, trt_cache
+from rapsam_edge.bundle import edit_bundle, load_bundle
+from rapsam_edge.calibration import (
+    QUANTIZERS,
+    CalibrationOptions,
+    Flavor,
+    Method,
+    OverlapError,
+    baselines,
+    calibrate,
+    parse_max_drop,
+    qdq,
+    trt_cache,
+)
 from rapsam_edge.calibration import exclusions as excl
 from rapsam_edge.calibration.accuracy import EvalSet, Step, control
-from rapsam_edge.calibration.options import FLAVORS
+from rapsam_edge.calibration.quantizers import OrtQuantizer
 from rapsam_edge.calibration.readers import ImageReader, overlapping, select_images
 from rapsam_edge.cli import app
 from rapsam_edge.exporters.export import ExportRequest, run_export
@@ -80,7 +91,7 @@ def _zero_points(model: onnx.ModelProto) -> list[tuple[str, int, bool]]:
 
 
 def test_cpu_flavour_is_u8_activations_s8_per_channel_weights_with_provenance(bundle, calib_dir):
-    report = calibrate(bundle, _opts(calib_dir, flavor="cpu"))
+    report = calibrate(bundle, _opts(calib_dir, flavor=Flavor.CPU))
     b = load_bundle(bundle)  # sha256 of every artifact checked
     art = b.require("encoder", "onnx", "int8-cpu")
     model = onnx.load(str(b.path(art)))
@@ -95,7 +106,7 @@ def test_cpu_flavour_is_u8_activations_s8_per_channel_weights_with_provenance(bu
     assert set(s["weight_axes"].get("ConvTranspose", {"1": 0})) == {"1"}
     linear = {**s["weight_axes"].get("MatMul", {}), **s["weight_axes"].get("Gemm", {})}
     assert set(linear) == {"1"}  # the prompt K/V projections of the encoder
-    assert qdq.check_flavor(s, FLAVORS["cpu"]) == []
+    assert qdq.check_flavor(model, Flavor.CPU, s) == []
     # derived exclusions stay float, and only they: in the encoder at least the conv on raw pixels
     exc = report["exclusions"]["encoder"]
     nodes = {n.name: n for n in model.graph.node}
@@ -105,6 +116,7 @@ def test_cpu_flavour_is_u8_activations_s8_per_channel_weights_with_provenance(bu
     assert nodes[rules["first_conv"][0]].input[0] not in {o for n in model.graph.node if n.op_type ==
                                                           "DequantizeLinear" for o in n.output}
     # provenance in the manifest
+    assert set(b.manifest["calibration"]) == {"cpu"}  # flavour sections only (the FP32 baselines have a file)
     cal = b.manifest["calibration"]["cpu"]
     assert cal["data"]["count"] == 3 and cal["data"]["available"] == 6 and len(cal["data"]["image_ids_sha256"]) == 64
     assert cal["data"]["data"] == "folder" and cal["data"]["path"] == str(calib_dir)
@@ -127,22 +139,22 @@ def test_cpu_flavour_is_u8_activations_s8_per_channel_weights_with_provenance(bu
 
 
 def test_tensorrt_flavour_is_symmetric_s8_zero_point_0_and_writes_a_trt8_cache(bundle, calib_dir, tmp_path):
-    from rapsam_edge.exporters.tensorrt import _check_qdq
+    from rapsam_edge.onnx_qdq import symmetric_int8
 
     chosen = _middle_conv(bundle / "encoder.onnx")
     copy = tmp_path / "eval" / "same_bytes.png"  # an evaluation image that is also a calibration image ...
     copy.parent.mkdir()
     shutil.copy(select_images(calib_dir, num=3).paths[0], copy)
     evalset = EvalSet(copy.parent, None, 1, None, [copy])
-    calibrate(bundle, _opts(calib_dir, flavor="tensorrt", exclude=(chosen,), allow_overlap=True), evalset=evalset)
+    calibrate(bundle, _opts(calib_dir, flavor=Flavor.TENSORRT, exclude=(chosen,), allow_overlap=True), evalset=evalset)
     b = load_bundle(bundle)
     model = onnx.load(str(b.path(b.require("encoder", "onnx", "int8-trt"))))
     zps = _zero_points(model)
     assert zps and all(dtype == onnx.TensorProto.INT8 and not nonzero for _, dtype, nonzero in zps)
-    assert _check_qdq(model)["symmetric_int8"]  # what `export --target tensorrt --precision int8` requires
+    assert symmetric_int8(model).holds  # the rule `export --target tensorrt --precision int8` checks
     s = qdq.summarise(model)
     assert s["int32_bias_dequantize"] == 0 and set(s["weight_axes"]["Conv"]) == {"0"}
-    assert qdq.check_flavor(s, FLAVORS["tensorrt"]) == []
+    assert qdq.check_flavor(model, Flavor.TENSORRT) == []
     assert chosen in s["float_compute_nodes"]  # --exclude honoured
     cal = b.manifest["calibration"]["tensorrt"]
     assert cal["flavour"] == "tensorrt" and chosen in cal["exclusions"]["encoder"]
@@ -198,12 +210,13 @@ def test_entropy_and_percentile_clip_outliers_unlike_minmax(tmp_path):
             out.append({"x": x})
         return out
 
-    mm = collect_ranges(path, _Feeds(feeds()), "minmax", symmetric=True)
-    ent = collect_ranges(path, _Feeds(feeds()), "entropy", symmetric=True)
+    ort = QUANTIZERS["ort"]
+    mm = collect_ranges(path, _Feeds(feeds()), ort.setting(Method.MINMAX), symmetric=True)
+    ent = collect_ranges(path, _Feeds(feeds()), ort.setting(Method.ENTROPY), symmetric=True)
     assert mm.values["c"][1] == pytest.approx(40.0, rel=1e-3)
     assert 2.0 < ent.values["c"][1] < 20.0  # the KL threshold drops the lone outlier
     assert ent.values["y"][0] == 0.0  # clipped to what was observed: no negative half for a ReLU output
-    pct = collect_ranges(path, _Feeds(feeds()), "percentile", symmetric=False, percentile=99.0)
+    pct = collect_ranges(path, _Feeds(feeds()), ort.setting(Method.PERCENTILE), symmetric=False, percentile=99.0)
     assert 2.0 < pct.values["c"][1] < 20.0
 
 
@@ -215,9 +228,11 @@ def test_nncf_backend_meets_the_flavour(exported, calib_dir, tmp_path, flavor):
     reader = ImageReader(select_images(calib_dir, num=2).paths, policy)
     out = tmp_path / "q.onnx"
     chosen = _middle_conv(exported / "encoder.onnx")
-    details = nncf_backend.quantize(exported / "encoder.onnx", out, reader, "minmax", FLAVORS[flavor], [chosen])
-    s = qdq.summarise(onnx.load(str(out)))
-    assert qdq.check_flavor(s, FLAVORS[flavor]) == [] and details["activation_qdq_retyped"] > 0
+    details = nncf_backend.quantize(exported / "encoder.onnx", out, reader, QUANTIZERS["nncf"].setting(Method.MINMAX),
+                                    Flavor(flavor), [chosen])
+    model = onnx.load(str(out))
+    s = qdq.summarise(model)
+    assert qdq.check_flavor(model, Flavor(flavor), s) == [] and details["activation_qdq_retyped"] > 0
     assert chosen in s["float_compute_nodes"] and set(s["weight_axes"]["Conv"]) == {"0"}
     import onnxruntime as ort
 
@@ -312,7 +327,86 @@ def test_options_and_max_drop_parsing():
     with pytest.raises(ValueError, match="prompt decoder stays in floating point"):
         CalibrationOptions(images=Path("."), graphs=("prompt_decoder",)).validated()
     with pytest.raises(ValueError, match="--flavor 'trt' is not one of cpu, tensorrt"):
-        CalibrationOptions(images=Path("."), flavor="trt").validated()
+        CalibrationOptions(images=Path("."), flavor="trt").validated()  # type: ignore[arg-type]  # a CLI word
+    opts = CalibrationOptions(images=Path("."), method="minmax", flavor="tensorrt").validated()  # type: ignore[arg-type]
+    assert opts.method is Method.MINMAX and opts.flavor is Flavor.TENSORRT and opts.flavor.precision == "int8-trt"
+
+
+# every method x quantizer pair: the library setting the quantizer maps it to, or None where it refuses it
+LIBRARY_SETTINGS = {("ort", Method.MINMAX): "MinMax", ("ort", Method.ENTROPY): "Entropy",
+                    ("ort", Method.PERCENTILE): "Percentile", ("nncf", Method.MINMAX): "MINMAX",
+                    ("nncf", Method.ENTROPY): "HISTOGRAM", ("nncf", Method.PERCENTILE): "MEAN_QUANTILE",
+                    ("partial", Method.MINMAX): "MinMax", ("partial", Method.ENTROPY): None,
+                    ("partial", Method.PERCENTILE): "Percentile"}
+
+
+class _PartialQuantizer(OrtQuantizer):
+    """A quantizer whose library lacks entropy: stands for any pair a real quantizer may refuse."""
+
+    name = "partial"
+    library = "a library without KL"
+    settings = {Method.MINMAX: "MinMax", Method.PERCENTILE: "Percentile"}
+
+
+@pytest.mark.parametrize("method", list(Method))
+@pytest.mark.parametrize("quantizer", ["ort", "nncf", "partial"])
+def test_every_method_and_quantizer_pair_is_one_library_setting_or_one_refusal(quantizer, method, monkeypatch):
+    """The quantizer owns the mapping and refuses a pair it lacks in one sentence, and options validation, and
+    therefore calibrate (before touching the bundle), ask it: no other table decides."""
+    monkeypatch.setitem(QUANTIZERS, "partial", _PartialQuantizer())
+    assert set(QUANTIZERS) == {q for q, _ in LIBRARY_SETTINGS}  # a new quantizer needs its row here
+    opts = CalibrationOptions(images=Path("."), method=method, backend=quantizer)
+    expected = LIBRARY_SETTINGS[(quantizer, method)]
+    if expected is None:
+        sentence = ("--backend partial (a library without KL) has no entropy calibration; choose --method minmax, "
+                    "percentile with it, or another --backend.")
+        for refuse in (lambda: QUANTIZERS[quantizer].setting(method), opts.validated,
+                       lambda: calibrate(Path("/no/such/bundle"), opts)):
+            with pytest.raises(ValueError) as e:
+                refuse()
+            assert str(e.value) == sentence
+        return
+    assert QUANTIZERS[quantizer].setting(method) == expected and opts.validated().method is method
+    if quantizer == "ort":  # the setting names the library's own calibrator / range estimator
+        from onnxruntime.quantization import CalibrationMethod
+
+        assert hasattr(CalibrationMethod, expected)
+    elif quantizer == "nncf":
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        assert hasattr(RangeEstimatorParametersSet, expected)
+
+
+def test_an_old_bundle_keeps_its_fp32_baselines_inside_the_calibration_section(bundle, tmp_path):
+    """Bundles written before the FP32 baselines had their own file kept them in manifest["calibration"] beside
+    the flavour sections: they still load, their baselines are read (no re-evaluation), nothing takes the cache
+    for a flavour, and the next write moves it into calibration/fp32_baselines.json."""
+    from rapsam_edge.benchmarks.harness import _calibration_summary
+
+    image = sorted(ASSET_IMAGES.glob("*.png"))[0]
+    evalset = EvalSet(image.parent, None, 1, None, [image])
+    wanted = ("pq", "miou")
+    key = baselines.cache_key(load_bundle(bundle), evalset, wanted)
+    cpu = {"precision": "int8-cpu", "method": "percentile", "backend": "ort", "flavour": "cpu", "graphs": ["encoder"]}
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["calibration"] = {"fp32_baselines": {key: {"pq": 12.5, "miou": 40.0}}, "cpu": cpu}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    def measured_again() -> dict[str, float]:
+        raise AssertionError("the cached FP32 baseline was not read")
+
+    old = load_bundle(bundle)
+    assert baselines.fp32_baseline(old, evalset, wanted, measured_again) == {"pq": 12.5, "miou": 40.0}
+    assert baselines.flavor_sections(old.manifest) == {Flavor.CPU: cpu}
+    assert set(_calibration_summary(old.manifest) or {}) == {"cpu"}
+    with edit_bundle(bundle) as b:
+        other = EvalSet(image.parent, "another split", 1, None, [image])
+        assert baselines.fp32_baseline(b, other, wanted, lambda: {"pq": 1.0, "miou": 2.0}) == {"pq": 1.0, "miou": 2.0}
+    new = load_bundle(bundle)
+    assert new.manifest["calibration"] == {"cpu": cpu}  # the cache left the section ...
+    stored = json.loads((bundle / baselines.PATH).read_text())  # ... for its file, with the new entry
+    assert stored[key] == {"pq": 12.5, "miou": 40.0} and len(stored) == 2
+    assert baselines.fp32_baseline(new, evalset, wanted, measured_again) == {"pq": 12.5, "miou": 40.0}
 
 
 def test_trt_cache_scales_round_trip():
@@ -397,7 +491,7 @@ def test_dynamic_canvas_bundle_calibrates_at_its_deployment_size(bundle, calib_d
     policy = InputPolicy.from_dict(before.manifest["input_policy"])
     reader = ImageReader(sorted(p for p in calib_dir.iterdir())[:2], policy)
     assert [reader.feed(i)["image"].shape for i in range(len(reader))] == [(1, 3, 128, 128)] * 2
-    calibrate(bundle, _opts(calib_dir, flavor="cpu", num=2))
+    calibrate(bundle, _opts(calib_dir, flavor=Flavor.CPU, num=2))
     b = load_bundle(bundle)
     art = b.require("encoder", "onnx", "int8-cpu")
     assert art.inputs[0].shape == [1, 3, "H", "W"] and bundle_canvas(b) == bundle_canvas(before)

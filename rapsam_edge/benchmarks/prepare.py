@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import load_bundle
+from ..calibration.choices import Flavor
 from ..errors import InputError
 from .formats import Format, missing_reason
 
@@ -86,17 +87,20 @@ def _same_model(manifest: dict[str, Any], spec: MakeSpec) -> str | None:
 
 
 def _export(root: Path | None, spec: MakeSpec, target: str, precision: str, **options: Any) -> Path:
-    from ..exporters.export import ExportRequest, default_verify_images, run_export
+    from ..exporters.export import ExportRequest, run_export
+    from ..exporters.targets import options_for
+    from ..exporters.verify import default_verify_images
 
     req = ExportRequest(target=target, config=spec.config or (None if spec.checkpoint else DEFAULT_CONFIG),
                         checkpoint=spec.checkpoint, precision=precision, imgsz=spec.imgsz,
                         out=root.parent if root else spec.out / "bundles", name=root.name if root else None,
-                        seed=spec.seed, verify_images=default_verify_images()[: spec.verify_limit], options=options)
+                        seed=spec.seed, verify_images=default_verify_images()[: spec.verify_limit],
+                        options=options_for(target, **options))
     path, _ = run_export(req)
     return path
 
 
-def _calibrate(root: Path, spec: MakeSpec, flavor: str) -> None:
+def _calibrate(root: Path, spec: MakeSpec, flavor: Flavor) -> None:
     from ..calibration import CalibrationOptions, calibrate, calibration_context
 
     images, kind = _calib_images(spec)
@@ -114,8 +118,8 @@ def plan(fmt: Format, profile: str) -> tuple[str, Callable[[Path | None, MakeSpe
         return f"export --target onnx --precision {fmt.precision}", \
             lambda root, spec: _export(root, spec, "onnx", fmt.precision)
     if fmt.backend == "onnxruntime":
-        flavor = "cpu" if fmt.precision == "int8-cpu" else "tensorrt"
-        return f"calibrate --flavor {flavor}", lambda root, spec: (_calibrate(root, spec, flavor), root)[1]
+        flavor = next(f for f in Flavor if f.precision == fmt.precision)
+        return f"calibrate --flavor {flavor.value}", lambda root, spec: (_calibrate(root, spec, flavor), root)[1]
     if fmt.backend == "tensorrt":
         return f"export --target tensorrt --precision {fmt.precision}", \
             lambda root, spec: _export(root, spec, "tensorrt", fmt.precision, device=spec.device_profile

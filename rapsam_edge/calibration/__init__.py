@@ -3,9 +3,11 @@
 accuracy control, and a TensorRT 8.x calibration cache. See ``run.py`` for the order of work."""
 
 from .accuracy import AccuracyBudgetError, calibration_context
-from .options import BACKENDS, FLAVORS, METHODS, CalibrationOptions, Flavor, parse_max_drop
-from .register import calibrated_artifacts
+from .choices import Flavor, Method
+from .options import CalibrationOptions, parse_max_drop
+from .quantizers import QUANTIZERS
+from .register import CalibrationResult, calibrated_artifacts
 from .run import OverlapError, calibrate
 
-__all__ = ["BACKENDS", "FLAVORS", "METHODS", "AccuracyBudgetError", "CalibrationOptions", "Flavor", "OverlapError",
-           "calibrate", "calibrated_artifacts", "calibration_context", "parse_max_drop"]
+__all__ = ["QUANTIZERS", "AccuracyBudgetError", "CalibrationOptions", "CalibrationResult", "Flavor", "Method",
+           "OverlapError", "calibrate", "calibrated_artifacts", "calibration_context", "parse_max_drop"]

@@ -11,8 +11,9 @@ Flavours map onto NNCF as follows:
   scale (255/127): the same range on half the codes — what TensorRT does with any non-negative tensor — so
   every Q/DQ is symmetric int8 (NNCF never quantizes biases).
 
-Methods: ``minmax`` -> NNCF's MINMAX range estimator, ``percentile`` -> MEAN_QUANTILE, ``entropy`` -> HISTOGRAM
-(NNCF has no KL calibrator; its histogram estimator minimises the quantization error instead, recorded as such).
+Methods: the ``nncf`` quantizer of quantizers.py maps ``minmax`` to NNCF's MINMAX range estimator, ``percentile``
+to MEAN_QUANTILE and ``entropy`` to HISTOGRAM (NNCF has no KL calibrator; its histogram estimator minimises the
+quantization error instead, recorded as such); this module takes NNCF's name.
 """
 
 from __future__ import annotations
@@ -28,25 +29,22 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .options import Flavor
-
-ESTIMATORS = {"minmax": "MINMAX", "percentile": "MEAN_QUANTILE", "entropy": "HISTOGRAM"}
+from .choices import Flavor
 
 
-def quantize(model_path: Path, out_path: Path, reader: Any, method: str, flavor: Flavor,
+def quantize(model_path: Path, out_path: Path, reader: Any, estimator: str, flavor: Flavor,
              exclude: list[str]) -> dict[str, Any]:
-    """Write the Q/DQ model of ``model_path`` calibrated on ``reader`` (iterable of feed dicts) to ``out_path``."""
+    """Write the Q/DQ model of ``model_path`` calibrated on ``reader`` (iterable of feed dicts) to ``out_path``;
+    ``estimator``: the name of an NNCF ``RangeEstimatorParametersSet``."""
     os.environ.setdefault("NNCF_CI", "1")  # no telemetry files under ~/intel
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    if method not in ESTIMATORS:
-        raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(ESTIMATORS)}.")
     model = onnx.load(str(model_path))
-    estimator = getattr(RangeEstimatorParametersSet, ESTIMATORS[method])
     trt = flavor.symmetric_activations
-    advanced = AdvancedQuantizationParameters(activations_range_estimator_params=estimator)
+    advanced = AdvancedQuantizationParameters(
+        activations_range_estimator_params=getattr(RangeEstimatorParametersSet, estimator))
     preset = nncf.QuantizationPreset.PERFORMANCE if trt else nncf.QuantizationPreset.MIXED
     known = {n.name for n in model.graph.node}
     scope = nncf.IgnoredScope(names=[n for n in exclude if n in known])
@@ -59,7 +57,7 @@ def quantize(model_path: Path, out_path: Path, reader: Any, method: str, flavor:
     onnx.save(quantized, str(out_path))
     return {"activation_type": flavor.activation_dtype, "weight_type": "int8", "per_channel": True,
             "activation_symmetric": trt, "quantize_bias": False, "nncf_preset": preset.value,
-            "range_estimator": ESTIMATORS[method], "fast_bias_correction": True,
+            "range_estimator": estimator, "fast_bias_correction": True,
             "activation_qdq_retyped": retyped}
 
 

@@ -1,12 +1,6 @@
-"""Typed options of ``rapsam-edge calibrate``: one dataclass, validated once, with name->value tables for the
-flavours, methods and backends (no string-keyed knob dicts; style.md "Calibration and quantization").
-
-The two INT8 flavours differ because hardware differs (../shared/docs/toolchain.md, measured here):
-
-* ``cpu`` — uint8 activations (asymmetric, any zero point) and int8 per-channel symmetric weights (U8S8):
-  onnxruntime's x86 kernels run U8S8 fast (AVX2 ``vpmaddubsw``); S8S8 activations bring no speed-up there.
-* ``tensorrt`` — symmetric int8 activations and weights, zero point 0, no int32 bias dequantization:
-  the only explicit Q/DQ form TensorRT imports (``exporters/tensorrt.py:_check_qdq``).
+"""Typed options of ``rapsam-edge calibrate``: one dataclass, validated once (no string-keyed knob dicts;
+style.md "Calibration and quantization"). The method and the flavour are typed choices (choices.py: why two
+flavours); the backend names a quantizer of :data:`~.quantizers.QUANTIZERS`, which judges method x backend.
 
 Default backend and method, by measurement (2026-11, this machine): the ``cpu`` flavour of the
 ``rapsam_r18_lite`` encoder at 640x640, exported from the first briefly trained ``runs/mini/final.pth``,
@@ -37,31 +31,9 @@ from pathlib import Path
 
 from ..bundle import GRAPHS
 from ..errors import InputError
+from .choices import Flavor, Method, check_word
+from .quantizers import QUANTIZERS
 
-
-@dataclass(frozen=True)
-class Flavor:
-    """What the quantized graph must look like on its target."""
-
-    name: str
-    precision: str  # the bundle artifact precision it produces
-    activation_dtype: str  # "uint8" | "int8"
-    symmetric_activations: bool
-    quantize_bias: bool  # int32 bias dequantization (onnxruntime CPU only; TensorRT refuses it)
-    why: str
-    weight_dtype: str = "int8"
-    per_channel: bool = True
-
-
-FLAVORS: dict[str, Flavor] = {
-    "cpu": Flavor("cpu", "int8-cpu", "uint8", False, True,
-                  "uint8 activations / int8 per-channel weights (U8S8): the fast integer path of onnxruntime on x86"),
-    "tensorrt": Flavor("tensorrt", "int8-trt", "int8", True, False,
-                       "symmetric int8 / int8, zero point 0, float biases: what TensorRT's explicit Q/DQ import takes"),
-}
-
-METHODS = ("minmax", "entropy", "percentile")
-BACKENDS = ("ort", "nncf")
 DATA_KINDS = ("coco", "folder")
 METRICS = ("pq", "miou", "sq", "rq")
 # graphs that may be quantized; the prompt decoder stays floating point (small, and quantizing SAM-family
@@ -82,9 +54,10 @@ class CalibrationOptions:
         data: ``coco`` or ``folder``.
         num: at most this many images (evenly spaced over the sorted list when more exist).
         method: range estimation (``minmax`` | ``entropy`` (KL, 2048 bins) | ``percentile`` (99.999 %, default)).
-        backend: ``ort`` (onnxruntime.quantization, default) or ``nncf`` (NNCF on the ONNX graph); the
-            defaults of ``backend`` and ``method`` are chosen by the measurement in the module docstring.
-        flavor: ``cpu`` or ``tensorrt`` (see :data:`FLAVORS`).
+        backend: the quantizer, a :data:`~.quantizers.QUANTIZERS` name (named like its flag ``--backend`` and the
+            manifest's ``backend``): ``ort`` (onnxruntime.quantization, default) or ``nncf`` (NNCF on the ONNX
+            graph); the defaults of ``backend`` and ``method`` are chosen by the measurement in the module docstring.
+        flavor: :class:`~.choices.Flavor` (``cpu`` or ``tensorrt``).
         graphs: graphs to quantize (encoder by default; object_decoder optional; never the prompt decoder).
         exclude / include: node names added to / removed from the derived exclusion list.
         rules: exclusion rules to apply (None = the defaults of :mod:`.exclusions`).
@@ -107,9 +80,9 @@ class CalibrationOptions:
     data: str = "coco"
     annotations: Path | None = None
     num: int = DEFAULT_NUM
-    method: str = "percentile"  # measured default: see the module docstring
+    method: Method = Method.PERCENTILE  # measured default: see the module docstring
     backend: str = "ort"
-    flavor: str = "cpu"
+    flavor: Flavor = Flavor.CPU
     graphs: tuple[str, ...] = ("encoder",)
     exclude: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
@@ -128,16 +101,13 @@ class CalibrationOptions:
     verify_images: tuple[Path, ...] = ()
     strict_verify: bool = False
 
-    @property
-    def flavour(self) -> Flavor:
-        return FLAVORS[self.flavor]
-
     def validated(self) -> CalibrationOptions:
-        """Refuse unknown names and impossible values with one sentence; returns self (unchanged)."""
-        _choice("--data", self.data, DATA_KINDS)
-        _choice("--method", self.method, METHODS)
-        _choice("--backend", self.backend, BACKENDS)
-        _choice("--flavor", self.flavor, tuple(FLAVORS))
+        """Refuse unknown names, a method the backend lacks and impossible values with one sentence; returns
+        the options with ``method`` and ``flavor`` as their choices (words given for them are parsed)."""
+        check_word("--data", self.data, DATA_KINDS)
+        method = Method.parse(self.method)
+        QUANTIZERS[check_word("--backend", self.backend, tuple(QUANTIZERS))].setting(method)
+        flavor = Flavor.parse(self.flavor)
         if self.num < 1:
             raise InputError(f"--num must be at least 1, not {self.num}.")
         if not self.graphs:
@@ -149,7 +119,7 @@ class CalibrationOptions:
             if g not in GRAPHS:
                 raise InputError(f"unknown graph {g!r}; choose from {', '.join(QUANTIZABLE_GRAPHS)}.")
         for metric, value in self.max_drop.items():
-            _choice("--max-drop metric", metric, METRICS)
+            check_word("--max-drop metric", metric, METRICS)
             if not (math.isfinite(value) and value >= 0):
                 raise InputError(f"--max-drop {metric}={value} must be a non-negative number of points.")
         if not 0 < self.percentile <= 100:
@@ -159,19 +129,7 @@ class CalibrationOptions:
                              f"not {self.num_bins}.")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise InputError(f"--eval-limit must be at least 1, not {self.eval_limit}.")
-        return self
-
-    def with_(self, **changes: object) -> CalibrationOptions:
-        return replace(self, **changes)  # type: ignore[arg-type]
-
-
-def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        import difflib
-
-        close = difflib.get_close_matches(value, allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise InputError(f"{flag} {value!r} is not one of {', '.join(allowed)}{hint}.")
+        return replace(self, method=method, flavor=flavor)
 
 
 def parse_metric_values(items: list[str] | tuple[str, ...] | None, flag: str, allowed: tuple[str, ...],
@@ -191,7 +149,7 @@ def parse_metric_values(items: list[str] | tuple[str, ...] | None, flag: str, al
             if not sep or not math.isfinite(number):
                 raise InputError(f"{flag} takes {usage}, not {part!r}.")
             name = name.strip().lower()
-            _choice(f"{flag} metric", name, allowed)
+            check_word(f"{flag} metric", name, allowed)
             out[name] = number
     return out
 

@@ -1,4 +1,6 @@
 """The onnxruntime.quantization backend: ranges from a calibrator we drive ourselves, Q/DQ from ``quantize_static``.
+It speaks onnxruntime's words: the calibrator is a ``CalibrationMethod`` name (``MinMax``, ``Entropy``,
+``Percentile``), which the ``ort`` quantizer of quantizers.py maps our :class:`~.choices.Method` to.
 
 Why not just ``quantize_static(calibrate_method=Entropy)``: it forwards no bin settings, so its entropy
 calibrator runs with 128 bins and 128 quantized bins — the KL search has nothing to search and returns the
@@ -29,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
-from .options import Flavor
+from .choices import Flavor
 
-METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+CALIBRATORS = {"MinMax": "MinMax", "Entropy": "Entropy (KL on |x|, 2048-bin histograms, 128 levels)",
+               "Percentile": "Percentile"}  # onnxruntime's CalibrationMethod name -> what the manifest records
 CHUNK = 4  # images per calibrator pass: bounds the memory of histogram collection (~0.4 GB/image at 640)
 
 
@@ -41,7 +43,7 @@ CHUNK = 4  # images per calibrator pass: bounds the memory of histogram collecti
 class Ranges:
     """Per-tensor (low, high) ranges of one calibration, plus onnxruntime's own object for ``quantize_static``."""
 
-    method: str
+    calibrator: str  # onnxruntime's CalibrationMethod name
     symmetric: bool
     values: dict[str, tuple[float, float]]
     tensors: Any  # onnxruntime.quantization.calibrate.TensorsData
@@ -77,33 +79,31 @@ def _quiet() -> Any:
         logger.setLevel(level)
 
 
-def collect_ranges(model_path: Path, reader: Any, method: str, symmetric: bool, num_bins: int = 2048,
+def collect_ranges(model_path: Path, reader: Any, calibrator: str, symmetric: bool, num_bins: int = 2048,
                    percentile: float = 99.999, workdir: Path | None = None, threads: int | None = None) -> Ranges:
-    """Calibrate every float tensor of ``model_path`` on ``reader`` (an ImageReader / GraphInputReader)."""
+    """Calibrate every float tensor of ``model_path`` on ``reader`` (an ImageReader / GraphInputReader) with
+    onnxruntime's ``calibrator`` (a key of :data:`CALIBRATORS`)."""
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
-    if method not in METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}.")
     extra: dict[str, Any] = {"symmetric": symmetric}
-    if method == "entropy":
+    if calibrator == "Entropy":
         extra.update(num_bins=num_bins, num_quantized_bins=128)
-    elif method == "percentile":
+    elif calibrator == "Percentile":
         extra.update(num_bins=num_bins, percentile=percentile)
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".calib.") as tmp, _quiet():
-        calibrator = create_calibrator(Path(model_path), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=getattr(CalibrationMethod, METHODS[method]),
-                                       extra_options=extra)
+        collector = create_calibrator(Path(model_path), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                      calibrate_method=getattr(CalibrationMethod, calibrator), extra_options=extra)
         if threads:
-            _limit_threads(calibrator, threads)
+            _limit_threads(collector, threads)
         for part in reader.chunks(CHUNK):
-            calibrator.collect_data(part)
-        tensors = calibrator.compute_data()
-    if method == "entropy":
+            collector.collect_data(part)
+        tensors = collector.compute_data()
+    if calibrator == "Entropy":
         tensors = _kl_ranges(tensors, unsigned_levels=not symmetric)
-    if method != "minmax":
+    if calibrator != "MinMax":
         tensors = _clip_to_observed(tensors)
     values = {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in tensors.items()}
-    return Ranges(method, symmetric, values, tensors)
+    return Ranges(calibrator, symmetric, values, tensors)
 
 
 def _limit_threads(calibrator: Any, threads: int) -> None:
@@ -214,15 +214,9 @@ def quantize(model_path: Path, out_path: Path, ranges: Ranges, flavor: Flavor, e
         quantize_static(str(model_path), str(out_path), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
                         activation_type=act, weight_type=QuantType.QInt8, per_channel=flavor.per_channel,
                         nodes_to_exclude=list(exclude),
-                        calibrate_method=getattr(CalibrationMethod, METHODS[ranges.method]),
+                        calibrate_method=getattr(CalibrationMethod, ranges.calibrator),
                         calibration_cache_path=str(cache), extra_options=extra)
     return {"activation_type": flavor.activation_dtype, "weight_type": "int8", "per_channel": flavor.per_channel,
             "activation_symmetric": flavor.symmetric_activations, "quantize_bias": flavor.quantize_bias,
-            "calibrator": {"minmax": "MinMax", "entropy": "Entropy (KL on |x|, 2048-bin histograms, 128 levels)",
-                           "percentile": "Percentile"}[ranges.method]}
+            "calibrator": CALIBRATORS[ranges.calibrator]}
 
-
-def model_inputs(path: Path) -> list[str]:
-    proto = onnx.load(str(path), load_external_data=False)
-    inits = {t.name for t in proto.graph.initializer}
-    return [i.name for i in proto.graph.input if i.name not in inits]

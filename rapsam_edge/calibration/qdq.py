@@ -4,7 +4,8 @@
 zero points, per-channel axes per op type, int32 bias dequantizations, which compute nodes run quantized and
 which stayed float. :func:`check_flavor` turns a mismatch with the flavour into sentences, so a backend that
 silently produced something else (NNCF's uint8 ReLU outputs in a TensorRT graph, ORT's int32 biases) is
-refused before anything is written.
+refused before anything is written. Zero points are read, and the TensorRT flavour is judged, by
+:mod:`rapsam_edge.onnx_qdq`: the rule ``export --target tensorrt`` holds the same graph to.
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .options import Flavor
+from ..onnx_qdq import QDQ_OPS, symmetric_int8, zero_point
+from .choices import Flavor
 
-QDQ = ("QuantizeLinear", "DequantizeLinear")
-DTYPES = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT32: "int32"}
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
@@ -40,11 +39,10 @@ def summarise(model: onnx.ModelProto) -> dict[str, Any]:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     for n in model.graph.node:
-        if n.op_type not in QDQ:
+        if n.op_type not in QDQ_OPS:
             continue
-        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-        dtype = DTYPES.get(zp.data_type, str(zp.data_type)) if zp is not None else "uint8"  # ONNX default
-        nonzero = zp is not None and bool(np.any(numpy_helper.to_array(zp)))
+        zp = zero_point(n, inits)
+        dtype, nonzero = zp.dtype, zp.nonzero
         constant = n.op_type == "DequantizeLinear" and n.input[0] in inits
         is_weight = constant and any(c.op_type in COMPUTE_OPS for c in consumers.get(n.output[0], []))
         if constant and dtype == "int32":
@@ -74,24 +72,29 @@ def summarise(model: onnx.ModelProto) -> dict[str, Any]:
             "quantized_nodes": quantized, "float_compute_nodes": floating}
 
 
-def check_flavor(summary: dict[str, Any], flavor: Flavor) -> list[str]:
-    """Sentences naming every way the graph breaks its flavour's promise (empty = it keeps it)."""
+def check_flavor(model: onnx.ModelProto, flavor: Flavor, summary: dict[str, Any] | None = None) -> list[str]:
+    """Sentences naming every way ``model`` breaks its flavour's promise (empty = it keeps it); ``summary``:
+    its :func:`summarise`, when already made."""
+    summary = summary or summarise(model)
     problems = []
     if not summary["quantize_linear"]:
         problems.append("the graph has no QuantizeLinear node (everything was excluded?)")
-    acts = set(summary["activation_dtypes"])
-    if acts - {flavor.activation_dtype}:
-        problems.append(f"activations are {', '.join(sorted(acts))}, the {flavor.name} flavour needs "
-                        f"{flavor.activation_dtype}")
-    if set(summary["weight_dtypes"]) - {flavor.weight_dtype}:
-        problems.append(f"weights are {', '.join(sorted(summary['weight_dtypes']))}, not {flavor.weight_dtype}")
-    if summary["weight_nonzero_zero_points"]:
-        problems.append(f"{summary['weight_nonzero_zero_points']} weight zero points are not 0 (weights must be "
-                        "symmetric)")
-    if flavor.symmetric_activations and summary["activation_nonzero_zero_points"]:
-        problems.append(f"{summary['activation_nonzero_zero_points']} activation zero points are not 0")
-    if not flavor.quantize_bias and summary["int32_bias_dequantize"]:
-        problems.append(f"{summary['int32_bias_dequantize']} int32 bias dequantizations (TensorRT refuses them)")
+    if flavor.symmetric_activations:  # every Q/DQ symmetric int8, no int32 bias: one rule with the exporter's
+        problem = symmetric_int8(model).problem()
+        if problem and summary["quantize_linear"]:
+            problems.append(f"{problem}; the {flavor.value} flavour needs symmetric int8")
+    else:
+        acts = set(summary["activation_dtypes"])
+        if acts - {flavor.activation_dtype}:
+            problems.append(f"activations are {', '.join(sorted(acts))}, the {flavor.value} flavour needs "
+                            f"{flavor.activation_dtype}")
+        if set(summary["weight_dtypes"]) - {flavor.weight_dtype}:
+            problems.append(f"weights are {', '.join(sorted(summary['weight_dtypes']))}, not {flavor.weight_dtype}")
+        if summary["weight_nonzero_zero_points"]:
+            problems.append(f"{summary['weight_nonzero_zero_points']} weight zero points are not 0 (weights must be "
+                            "symmetric)")
+        if not flavor.quantize_bias and summary["int32_bias_dequantize"]:
+            problems.append(f"{summary['int32_bias_dequantize']} int32 bias dequantizations")
     if flavor.per_channel:
         conv_axes = summary["weight_axes"].get("Conv", {})
         if set(conv_axes) - {"0"}:

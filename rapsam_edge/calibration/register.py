@@ -1,9 +1,10 @@
 """Writing a calibration into the bundle, and finding it again.
 
-Side files (sensitivity JSON/PNG, TensorRT cache) are written first, each atomically; the INT8 graphs, built in
-the bundle's hidden work folder (same file system), are then renamed into place and registered with their
-sha256, and the provenance goes to ``manifest["calibration"][flavour]``. A run that fails earlier leaves the
-bundle as it was.
+:func:`register` takes a :class:`CalibrationResult` (everything one run measured and decided) whole. Side files
+(sensitivity JSON/PNG, TensorRT cache) are written first, each atomically; the INT8 graphs, built in the bundle's
+hidden work folder (same file system), are then renamed into place and registered with their sha256, and the
+provenance goes to ``manifest["calibration"][flavour]`` (the manifest keys keep the spelling ``flavour``). A run
+that fails earlier leaves the bundle as it was.
 """
 
 from __future__ import annotations
@@ -11,16 +12,53 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from ..bundle import Bundle, load_bundle
+from . import baselines, sensitivity, trt_cache
 from . import exclusions as excl
+from .accuracy import Step
+from .choices import Flavor
 from .options import CalibrationOptions
+from .quantizers import GraphJob
 from .readers import ImageSet
+
+
+@dataclass(kw_only=True)
+class CalibrationResult:
+    """What one calibration measured and decided, before anything is registered.
+
+    Attributes:
+        opts: the validated options.
+        images: the calibration images used.
+        jobs: graph -> its job (exclusions, derived rules, statistics, quantizer details, seconds).
+        files: graph -> the checked INT8 graph, relative to the bundle (in its hidden work folder).
+        sensitivity: graph -> the per-tensor / per-node sensitivity report (sensitivity.py).
+        evaluation: the evaluation split's provenance and overlap (None without one).
+        control_steps: the accuracy-control steps (empty without ``--max-drop`` / ``--evaluate``).
+        accuracy: FP32 vs INT8 task metrics, drops, agreement and output fidelity.
+        latency: encoder FP32 vs INT8 timing (empty without an encoder).
+        verification: the INT8 vs PyTorch comparison (None without verification images).
+        warnings: sentences for the user, also recorded.
+        seconds: wall time of the run.
+    """
+
+    opts: CalibrationOptions
+    images: ImageSet
+    jobs: dict[str, GraphJob]
+    files: dict[str, str]
+    sensitivity: dict[str, Any]
+    evaluation: dict[str, Any] | None
+    control_steps: list[Step]
+    accuracy: dict[str, Any]
+    latency: dict[str, Any]
+    verification: dict[str, Any] | None
+    warnings: list[str]
+    seconds: float
 
 
 def calibrated_artifacts(bundle: Bundle | str | Path) -> dict[str, dict[str, Path]]:
@@ -29,14 +67,12 @@ def calibrated_artifacts(bundle: Bundle | str | Path) -> dict[str, dict[str, Pat
     This is what a benchmark times: e.g. ``calibrated_artifacts(b)["cpu"]["encoder"]`` is the U8S8 encoder; the
     graphs a flavour left in floating point are the bundle's ``fp32`` ones. Empty when nothing was calibrated.
     """
-    from .options import FLAVORS
-
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     out: dict[str, dict[str, Path]] = {}
-    for name, flavor in FLAVORS.items():
+    for flavor in Flavor:
         found = {a.graph: b.path(a) for a in b.artifacts if a.format == "onnx" and a.precision == flavor.precision}
         if found:
-            out[name] = found
+            out[flavor.value] = found
     return out
 
 
@@ -47,26 +83,24 @@ def _place(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def register(bundle: Bundle, jobs: dict[str, Any], files: dict[str, str], sens: dict[str, Any],
-             opts: CalibrationOptions, images: ImageSet, eval_info: dict[str, Any] | None, steps: list[Any],
-             metrics: dict[str, Any], timing: dict[str, Any], verification: dict[str, Any] | None,
-             warnings: list[str], seconds: float) -> dict[str, Any]:
-    """Place the checked INT8 graphs (``files``: graph -> path relative to the bundle, from the run's ``jobs``)
-    and their side files, and record everything measured; returns the ``manifest["calibration"]`` section."""
+def register(bundle: Bundle, result: CalibrationResult) -> dict[str, Any]:
+    """Place the checked INT8 graphs of ``result`` and their side files, and record everything measured; returns
+    the ``manifest["calibration"][flavour]`` section (also the report of ``calibrate``)."""
     from ..exporters.onnx import artifact_for
-    from . import sensitivity, trt_cache
 
-    flavor = opts.flavour
+    opts, jobs, files = result.opts, result.jobs, result.files
+    flavor = opts.flavor
     precision = flavor.precision
     written: dict[str, Any] = {}
     (bundle.root / "calibration").mkdir(exist_ok=True)
     for graph in jobs:  # side files first: a model file is placed only when everything else is written
         stem = f"calibration/{graph}.{precision}.sensitivity"
-        sens_files = sensitivity.write(sens[graph], bundle.root / f"{stem}.json", bundle.root / f"{stem}.png",
-                                       f"{bundle.name} {graph} {precision} ({opts.backend} {opts.method})")
+        sens_files = sensitivity.write(result.sensitivity[graph], bundle.root / f"{stem}.json",
+                                       bundle.root / f"{stem}.png",
+                                       f"{bundle.name} {graph} {precision} ({opts.backend} {opts.method.value})")
         written[graph] = {"artifact": f"{graph}.{precision}.onnx",
                           "sensitivity": [str(p.relative_to(bundle.root)) for p in sens_files]}
-    if flavor.name == "tensorrt" and opts.trt_cache and "encoder" in jobs:
+    if flavor is Flavor.TENSORRT and opts.trt_cache and "encoder" in jobs:
         job = jobs["encoder"]
         amax = trt_cache.amax_from_ranges(job.ranges.values) if job.ranges is not None else \
             trt_cache.amax_from_qdq(onnx.load(str(bundle.root / files["encoder"])))
@@ -77,21 +111,22 @@ def register(bundle: Bundle, jobs: dict[str, Any], files: dict[str, str], sens: 
     for graph, job in jobs.items():
         rel = written[graph]["artifact"]
         _place(bundle.root / files[graph], bundle.root / rel)
-        details = {"method": opts.method, "backend": opts.backend, "flavour": flavor.name,
+        details = {"method": opts.method.value, "backend": opts.backend, "flavour": flavor.value,
                    "exclusions": job.excluded, "exclusion_rules": {k: v for k, v in job.derived.items() if v},
-                   "calibration_images": len(images.paths), "seconds": round(job.seconds, 1), **job.details}
+                   "calibration_images": len(result.images.paths), "seconds": round(job.seconds, 1), **job.details}
         bundle.add(artifact_for(graph, rel, precision, details, bundle.root))
     section = {
-        "data": images.provenance(), "method": opts.method, "backend": opts.backend, "flavour": flavor.name,
-        "precision": precision, "why_flavour": flavor.why, "graphs": list(jobs),
+        "data": result.images.provenance(), "method": opts.method.value, "backend": opts.backend,
+        "flavour": flavor.value, "precision": precision, "why_flavour": flavor.why, "graphs": list(jobs),
         "exclusions": {g: j.excluded for g, j in jobs.items()},
         "exclusion_overrides": {"exclude": list(opts.exclude), "include": list(opts.include),
                                 "rules": list(opts.rules) if opts.rules is not None else list(excl.DEFAULT_RULES)},
-        "evaluation": eval_info, "max_drop": opts.max_drop, "accuracy": metrics,
-        "accuracy_control": [asdict(s) for s in steps], "latency": timing, "files": written,
-        "warnings": warnings, "seconds": seconds,
+        "evaluation": result.evaluation, "max_drop": opts.max_drop, "accuracy": result.accuracy,
+        "accuracy_control": [asdict(s) for s in result.control_steps], "latency": result.latency, "files": written,
+        "warnings": result.warnings, "seconds": result.seconds,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    verification = result.verification
     if verification is not None:
         bundle.manifest.setdefault("verification", {})[f"onnx/{precision}"] = json.loads(
             json.dumps(verification, default=float))
@@ -101,7 +136,8 @@ def register(bundle: Bundle, jobs: dict[str, Any], files: dict[str, str], sens: 
             "images": 0 if verification.get("skipped") else len(opts.verify_images),
             "encoder_features_worst_cosine": graphs.get("encoder.features.cosine", {}).get("worst"),
             **{k: v["mean"] for k, v in verification.get("pipeline", {}).items()}}
+    baselines.migrate(bundle)  # an older bundle's FP32 baselines leave the calibration section for their file
     cal = bundle.manifest.get("calibration") or {}
-    cal[flavor.name] = json.loads(json.dumps(section, default=str))
+    cal[flavor.value] = json.loads(json.dumps(section, default=str))
     bundle.update(calibration=cal)
     return section

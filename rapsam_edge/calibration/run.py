@@ -3,23 +3,22 @@
 Order of work, each step refusing with one sentence before anything is written:
 1. pick the calibration images (readers.py) and refuse an overlap with the evaluation images;
 2. per graph: derive the exclusions from the traced graph (exclusions.py), apply --exclude/--include,
-   calibrate once (ort_qdq.py: statistics reused by every re-quantization; or nncf_backend.py), quantize,
-   and check the Q/DQ structure against the flavour (qdq.py);
+   quantize with the quantizer of --backend (quantizers.py: onnxruntime calibrates once and reuses its
+   statistics for every re-quantization; NNCF), and check the Q/DQ structure against the flavour (qdq.py);
 3. sensitivity report (sensitivity.py); with --max-drop, the accuracy-control loop (accuracy.py);
 4. encoder latency FP32 vs INT8; TensorRT 8.x calibration cache (trt_cache.py) for the tensorrt flavour;
 5. files are written under temporary names in the bundle and renamed into place, then registered
-   (``Bundle.add``) with the provenance in ``manifest["calibration"][flavour]`` (register.py).
+   (``Bundle.add``) with the provenance in ``manifest["calibration"][flavour]``: :func:`calibrate` gathers
+   what it measured in a :class:`~.register.CalibrationResult` and :func:`~.register.register` records it.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,50 +28,18 @@ from ..bundle import Bundle, edit_bundle, load_bundle
 from ..errors import InputError, RapsamError
 from ..preprocess import InputPolicy
 from ..runtime.ort_backend import load_onnx, open_session
-from . import accuracy, qdq
+from . import accuracy, baselines, qdq
 from . import exclusions as excl
 from .options import WARN_BELOW, CalibrationOptions
+from .quantizers import QUANTIZERS, GraphJob
 from .readers import GraphInputReader, ImageReader, ImageSet, overlapping, select_images
-from .register import register
+from .register import CalibrationResult, register
 
 Log = Callable[[str], None]
 
 
 class OverlapError(InputError):
     """Calibration images that are also evaluation images (refused unless allow_overlap)."""
-
-
-@dataclass
-class GraphJob:
-    """One graph being quantized: its float model, reader, statistics and current exclusions."""
-
-    graph: str
-    source: Path  # the bundle's fp32 graph
-    model: Path  # what is quantized (ORT: pre-processed copy)
-    reader: Any
-    derived: dict[str, list[str]]
-    excluded: list[str]
-    ranges: Any = None
-    details: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def quantize(self, opts: CalibrationOptions, out: Path) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        if opts.backend == "ort":
-            from . import ort_qdq
-
-            if self.ranges is None:
-                self.ranges = ort_qdq.collect_ranges(self.model, self.reader, opts.method,
-                                                     opts.flavour.symmetric_activations, opts.num_bins,
-                                                     opts.percentile, out.parent, opts.threads)
-            self.details = ort_qdq.quantize(self.model, out, self.ranges, opts.flavour, self.excluded)
-        else:
-            from . import nncf_backend
-
-            self.details = nncf_backend.quantize(self.model, out, self.reader, opts.method, opts.flavour,
-                                                 self.excluded)
-        self.seconds += time.perf_counter() - t0
-        return self.details
 
 
 def _attention_outputs(bundle: Bundle) -> frozenset[str]:
@@ -100,15 +67,13 @@ def prepare_jobs(bundle: Bundle, opts: CalibrationOptions, images: ImageSet, wor
     policy = InputPolicy.from_dict(bundle.manifest["input_policy"])
     image_reader = ImageReader(images.paths, policy)
     context = excl.Context(_attention_outputs(bundle))
+    quantizer = QUANTIZERS[opts.backend]
     models, sources = {}, {}
     for graph in opts.graphs:
         src = bundle.path(bundle.require(graph, "onnx", "fp32"))
-        model, proto = src, load_onnx(src, f"fp32 {graph} graph")  # the user's file: a corrupt one is a sentence
-        if opts.backend == "ort":
-            from .ort_qdq import preprocess_model
-
-            model = work / f"{graph}.pre.onnx"
-            preprocess_model(src, model)
+        proto = load_onnx(src, f"fp32 {graph} graph")  # the user's file: a corrupt one is a sentence
+        model = quantizer.prepare(src, work / f"{graph}.pre.onnx")
+        if model != src:
             proto = onnx.load(str(model))
         models[graph], sources[graph] = proto, (src, model)
     exclude = _split_names(opts.exclude, models, "exclude")
@@ -134,14 +99,15 @@ def _quantize_all(jobs: dict[str, GraphJob], opts: CalibrationOptions, work: Pat
     """Quantize every job into ``work`` and check the flavour; returns graph -> path relative to the bundle."""
     files = {}
     for graph, job in jobs.items():
-        out = work / f"{graph}.{opts.flavour.precision}.{tag}.onnx"
+        out = work / f"{graph}.{opts.flavor.precision}.{tag}.onnx"
         job.quantize(opts, out)
-        summary = qdq.summarise(onnx.load(str(out)))
-        problems = qdq.check_flavor(summary, opts.flavour)
+        model = onnx.load(str(out))
+        summary = qdq.summarise(model)
+        problems = qdq.check_flavor(model, opts.flavor, summary)
         if not summary["quantize_linear"]:
             raise accuracy.NoQuantizedNodesLeft(f"the {graph} graph would have no quantized node left")
         if problems:
-            raise RuntimeError(f"the {opts.backend} {opts.flavor} {graph} graph breaks its flavour: "
+            raise RuntimeError(f"the {opts.backend} {opts.flavor.value} {graph} graph breaks its flavour: "
                                f"{'; '.join(problems)}. Nothing was written.")
         job.details["structure"] = {k: v for k, v in summary.items() if k not in ("quantized_nodes",
                                                                                   "float_compute_nodes")}
@@ -182,7 +148,6 @@ def calibrate(bundle_root: str | Path, opts: CalibrationOptions, log: Log = lamb
     t_start = time.perf_counter()
     opts = opts.validated()
     load_bundle(bundle_root)  # refuse a bad bundle and bad images before any work; re-read under its lock below
-    flavor = opts.flavour
     if (opts.max_drop or opts.evaluate) and evalset is None:
         raise InputError("--max-drop / --evaluate need an evaluation split (--eval-data).")
     images = select_images(opts.images, opts.data, opts.annotations, opts.num)
@@ -220,11 +185,13 @@ def calibrate(bundle_root: str | Path, opts: CalibrationOptions, log: Log = lamb
             fidelity = _fidelity(bundle, jobs, files, opts, images, evalset)
             metrics["output_fidelity"] = fidelity
             timing = _latency(bundle, files, opts)
-            report = register(bundle, jobs, files, sens, opts, images, eval_info, control_steps, metrics, timing,
-                               verification, warnings, round(time.perf_counter() - t_start, 1))
+            report = register(bundle, CalibrationResult(
+                opts=opts, images=images, jobs=jobs, files=files, sensitivity=sens, evaluation=eval_info,
+                control_steps=control_steps, accuracy=metrics, latency=timing, verification=verification,
+                warnings=warnings, seconds=round(time.perf_counter() - t_start, 1)))
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    log(f"registered {', '.join(f'{g}/onnx/{flavor.precision}' for g in jobs)}")
+    log(f"registered {', '.join(f'{g}/onnx/{opts.flavor.precision}' for g in jobs)}")
     return report
 
 
@@ -262,10 +229,10 @@ def _accuracy(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], 
     wanted = tuple(opts.max_drop) or ("pq", "miou")
     fp32 = load(bundle.root, precision="fp32", threads=opts.threads)
     t0 = time.perf_counter()
-    base = _fp32_baseline(bundle, evalset, wanted, lambda: accuracy.task_metrics(fp32, evalset, wanted))
+    base = baselines.fp32_baseline(bundle, evalset, wanted, lambda: accuracy.task_metrics(fp32, evalset, wanted))
     log(f"fp32 on {len(evalset.paths)} evaluation images: " + ", ".join(f"{k} {v:.2f}" for k, v in base.items())
         + f" ({time.perf_counter() - t0:.0f} s)")
-    precision = opts.flavour.precision
+    precision = opts.flavor.precision
     nodes = {g: {n.name for n in onnx.load(str(job.model)).graph.node} for g, job in jobs.items()}
     start = [n for job in jobs.values() for n in job.excluded]
     step = iter(range(1, 1000))
@@ -304,34 +271,14 @@ def _most_robust_weighted(nodes: list[dict[str, Any]]) -> str:
     return max(weighted or nodes, key=lambda r: r["local_sqnr_db"])["node"]
 
 
-def _fp32_baseline(bundle: Bundle, evalset: Any, wanted: tuple[str, ...],
-                   compute: Callable[[], dict[str, float]]) -> dict[str, float]:
-    """FP32 metrics of the evaluation split, cached in the manifest under a key of the split's images and the
-    FP32 graphs' sha256 (re-calibrating does not re-evaluate an unchanged FP32 model)."""
-    import hashlib
-
-    graphs = sorted(a.sha256 for a in bundle.artifacts if a.format == "onnx" and a.precision == "fp32")
-    key = hashlib.sha256(json.dumps([evalset.provenance(), [str(p) for p in evalset.paths], graphs, sorted(wanted)]
-                                    ).encode()).hexdigest()[:16]
-    cache = (bundle.manifest.get("calibration") or {}).get("fp32_baselines", {})
-    if key in cache:
-        return {k: float(v) for k, v in cache[key].items()}
-    metrics = compute()
-    cal = bundle.manifest.get("calibration") or {}
-    cal.setdefault("fp32_baselines", {})[key] = metrics
-    bundle.update(calibration=cal)
-    return metrics
-
-
 def _verify(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> dict[str, Any] | None:
     """PyTorch vs the INT8 graphs (exporters/verify.py, TOLERANCES["int8"]) on ``opts.verify_images``."""
     if not opts.verify_images:
         return None
-    from ..exporters.export import verify_onnx_bundle
-    from ..exporters.verify import VerificationError
+    from ..exporters.verify import VerificationError, verify_onnx_bundle
     from ..runtime.loader import reference_model
 
-    precision = opts.flavour.precision
+    precision = opts.flavor.precision
     try:  # the bundle's checkpoint may be gone or no longer load into the current model code
         reference = reference_model(bundle)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
