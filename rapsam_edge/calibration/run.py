@@ -275,7 +275,8 @@ def _verify(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> 
     """PyTorch vs the INT8 graphs (exporters/verify.py, TOLERANCES["int8"]) on ``opts.verify_images``."""
     if not opts.verify_images:
         return None
-    from ..exporters.verify import VerificationError, verify_onnx_bundle
+    from ..exporters.export import verify_onnx_bundle
+    from ..exporters.verify import VerificationError
     from ..runtime.loader import reference_model
 
     precision = opts.flavor.precision
