@@ -104,3 +104,48 @@ def test_non_finite_model_outputs_are_refused_not_written(small_pipeline):
         pipe.segment(points=[[10, 10]])
     with pytest.raises(NonFiniteError, match="frames 0-1 of the video"):
         pipe.track([ASSET_IMAGES / "coffee.png"] * 2, mode="clip")
+
+
+# ---- the backend contract (issue 14): one encode result, pure decoders ---------------------------------------
+
+def test_every_backend_encodes_exactly_the_encoder_graph_outputs(tiny_onnx_bundle):
+    """``encode`` returns the encoder graph's three outputs (its names, order and shapes) on torch and onnxruntime
+    alike, and ``decode_prompts`` is a pure function of its inputs: it writes nothing into the encode result (a
+    read-only mapping; the arrays keep their values) and answers the same twice."""
+    from types import MappingProxyType
+
+    from rapsam_edge.bundle import load_bundle
+    from rapsam_edge.exporters.graphs import GRAPH_IO
+    from rapsam_edge.preprocess import InputPolicy, load_image, preprocess
+    from rapsam_edge.runtime.base import ENCODER_OUTPUTS
+    from rapsam_edge.runtime.loader import reference_model
+    from rapsam_edge.runtime.ort_backend import OrtBackend
+    from rapsam_edge.runtime.torch_backend import TorchBackend
+
+    bundle = load_bundle(tiny_onnx_bundle)
+    ort_backend = OrtBackend(bundle, "fp32", threads=1)
+    graph_outputs = tuple(o.name for o in ort_backend.sessions["encoder"].get_outputs())
+    assert graph_outputs == GRAPH_IO["encoder"].outputs == ENCODER_OUTPUTS
+    policy = InputPolicy.from_dict(bundle.manifest["input_policy"])
+    image, _ = preprocess(load_image(ASSET_IMAGES / "coffee.png"), policy)
+    h, w = policy.size[0] // 4, policy.size[1] // 4
+    boxes = np.array([[[0.3, 0.4, 0.05, 0.05], [0.6, 0.5, 0.2, 0.3]]], np.float32)
+    encoded = {}
+    for backend in (TorchBackend(reference_model(bundle), threads=1), ort_backend):
+        out = backend.encode(image)
+        assert tuple(out) == graph_outputs, backend.name
+        assert out["features"].shape == (1, 256, h, w)
+        assert out["prompt_keys"].shape == out["prompt_values"].shape == (1, h * w, 256)
+        before = {k: v.copy() for k, v in out.items()}
+        frozen = MappingProxyType(out)
+        masks, iou = backend.decode_prompts(frozen, boxes)
+        assert masks.shape == (1, 2, h, w) and iou.shape == (1, 2)
+        again = backend.decode_prompts(frozen, boxes)
+        assert np.array_equal(again[0], masks) and tuple(frozen) == graph_outputs
+        assert all(np.array_equal(before[k], out[k]) for k in graph_outputs)
+        encoded[backend.name] = out
+    for name in graph_outputs:  # the same computation on both
+        a, b = encoded["torch"][name].ravel(), encoded["onnxruntime"][name].ravel()
+        assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.9999, name
+    with pytest.raises(ValueError, match="prompt_keys, prompt_values missing"):
+        ort_backend.decode_prompts({"features": encoded["torch"]["features"]}, boxes)

@@ -6,8 +6,8 @@ between rows of one run stay fair. The first ``warmup`` rounds are dropped; each
 median, p90, mean and min over ``runs`` rounds. The workload of one format (:func:`workload`), on one
 letterboxed real image:
 
-* ``encoder`` — the encoder graph (features + the prompt adapter's key/value projections; for PyTorch the
-  same two calls in eager mode, so every row times the same computation);
+* ``encoder`` — the encoder graph (features + the prompt adapter's key/value projections: every backend's
+  ``encode`` returns both, so every row times the same computation);
 * ``object_decoder`` — one object-decoder call on those features;
 * ``prompt_k1`` / ``prompt_k16`` — one prompt-decoder call with 1 / 16 click boxes (key/values precomputed,
   as an app does after one encoder run);
@@ -50,27 +50,6 @@ def stats(ms: list[float]) -> dict[str, float]:
             "mean_ms": round(float(a.mean()), 3), "min_ms": round(float(a.min()), 3), "runs": int(a.size)}
 
 
-def full_encoder(backend: Any) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """``backend.encode``, except for PyTorch eager, whose ``encode`` defers the prompt key/value projections to
-    the first click: there the encoder and ``prompt_memory`` run together, as in the exported encoder graph."""
-    from ..runtime.torch_backend import TorchBackend
-
-    if not isinstance(backend, TorchBackend):
-        return backend.encode
-    import torch
-
-    model, device = backend.model, backend.device
-
-    def encode(image: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            features = model.encode(torch.from_numpy(image).to(device))
-            keys, values = model.prompt_memory(features)
-            return {"features": features.float().cpu().numpy(), "prompt_keys": keys.float().cpu().numpy(),
-                    "prompt_values": values.float().cpu().numpy()}
-
-    return encode
-
-
 def centre_click(rgb: np.ndarray) -> np.ndarray:
     h, w = rgb.shape[:2]
     return np.array([[w / 2.0, h / 2.0]])
@@ -80,8 +59,7 @@ def workload(pipe: Any, rgb: np.ndarray) -> Workload:
     """The timed calls of one format on one RGB image (see the module doc)."""
     backend = pipe.backend
     tensor, lb = preprocess(rgb, pipe.policy)
-    encode = full_encoder(backend)
-    encoded = encode(tensor)
+    encoded = backend.encode(tensor)
     features = encoded["features"]
     click = centre_click(rgb)
     h, w = rgb.shape[:2]
@@ -91,7 +69,7 @@ def workload(pipe: Any, rgb: np.ndarray) -> Workload:
     sixteen = points_to_boxes(grid, lb).astype(np.float32)[None]
     pipe.set_image(rgb)
     return {
-        "encoder": lambda: encode(tensor),
+        "encoder": lambda: backend.encode(tensor),
         "object_decoder": lambda: backend.decode_objects(features),
         "prompt_k1": lambda: backend.decode_prompts(encoded, one),
         "prompt_k16": lambda: backend.decode_prompts(encoded, sixteen),

@@ -84,8 +84,6 @@ def verify_graphs(reference: Backend, candidate: Backend, images: list[Path], po
         tensor, lb = preprocess(load_image(path), policy)
         enc_ref, enc_out = reference.encode(tensor), candidate.encode(tensor)
         boxes = grid_clicks(lb.resized_hw)
-        if "prompt_keys" not in enc_ref:
-            reference.decode_prompts(enc_ref, boxes[:, :1])  # lets the torch backend fill its key/values
         for name in enc_out:
             if name in enc_ref:
                 _merge(acc, f"encoder.{name}", compare(enc_ref[name], enc_out[name]))
@@ -95,8 +93,7 @@ def verify_graphs(reference: Backend, candidate: Backend, images: list[Path], po
             _merge(acc, f"object_decoder.{name}", compare(a, b))
         acc.setdefault("object_decoder.mask_iou", []).append(mask_iou(obj_ref[1], obj_out[1]))
         acc.setdefault("object_decoder.class_agreement", []).append(class_agreement(obj_ref[0], obj_out[0]))
-        full = dict(enc_ref)
-        pr_ref, pr_out = reference.decode_prompts(full, boxes), candidate.decode_prompts(dict(full), boxes)
+        pr_ref, pr_out = reference.decode_prompts(enc_ref, boxes), candidate.decode_prompts(enc_ref, boxes)
         for name, a, b in zip(("mask_logits", "iou"), pr_ref, pr_out, strict=True):
             _merge(acc, f"prompt_decoder.{name}", compare(a, b))
         acc.setdefault("prompt_decoder.mask_iou", []).append(mask_iou(pr_ref[0], pr_out[0]))

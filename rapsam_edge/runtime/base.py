@@ -4,21 +4,26 @@ Every backend (torch, onnxruntime, tensorrt, coreml) implements these three call
 letterboxing, click-to-box, merging and tracking live in ``preprocess``/``postprocess`` and are shared,
 so differences between backends are differences between graphs.
 
-Contract extension (design.md §7): ``encode`` returns named arrays — ``features`` and, where the graph
-computes them, ``prompt_keys`` / ``prompt_values`` (the prompt adapter's key/value projections of every
-pixel, (1, h*w, 256) each). They depend only on the image, so computing them once per image makes a
-click cost only the per-prompt work; ``decode_prompts`` receives the whole ``encode`` result.
+One contract for every backend (design.md §7): ``encode`` returns exactly the encoder graph's outputs,
+:data:`ENCODER_OUTPUTS` — ``features`` and the prompt adapter's key/value projections of every pixel,
+``prompt_keys`` / ``prompt_values`` ((1, h*w, 256) each). They depend only on the image, so computing them once
+per image makes a click cost only the per-prompt work. The decoders are pure functions of their inputs:
+``decode_prompts`` reads the whole ``encode`` result and writes nothing into it.
 """
 
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+
+ENCODER_OUTPUTS = ("features", "prompt_keys", "prompt_values")
+"""What ``encode`` returns, in the encoder graph's output order (``exporters.graphs.GRAPH_IO["encoder"]``)."""
 
 
 class Backend(ABC):
@@ -28,16 +33,18 @@ class Backend(ABC):
 
     @abstractmethod
     def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """image (1, 3, H, W) float32 RGB 0..255, letterboxed -> {"features": (1, 256, H/4, W/4), and
-        optionally "prompt_keys" / "prompt_values": (1, h*w, 256) with h, w = H/4, W/4} float32."""
+        """image (1, 3, H, W) float32 RGB 0..255, letterboxed -> {"features": (1, 256, H/4, W/4),
+        "prompt_keys" / "prompt_values": (1, h*w, 256) with h, w = H/4, W/4} float32: the encoder graph's outputs."""
 
     @abstractmethod
     def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """features (1, 256, h', w) -> cls_logits (1, Q, C+1), mask_logits (1, Q, h', w), queries (1, Q, 256)."""
 
     @abstractmethod
-    def decode_prompts(self, encoded: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``encode`` output + boxes (1, K, 4) normalised cxcywh -> mask_logits (1, K, h, w), iou (1, K)."""
+    def decode_prompts(self, encoded: Mapping[str, np.ndarray],
+                       boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``encode`` output (read, never written) + boxes (1, K, 4) normalised cxcywh -> mask_logits (1, K, h, w),
+        iou (1, K)."""
 
     def describe(self) -> dict[str, Any]:
         """Facts for reports: backend name, device, precision, versions."""
@@ -51,6 +58,16 @@ BACKENDS: dict[str, str] = {
     "tensorrt": "rapsam_edge.runtime.trt_backend:TrtBackend",
     "onnxruntime": "rapsam_edge.runtime.ort_backend:OrtBackend",
 }
+
+
+def encoder_outputs(encoded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The three encoder outputs of an ``encode`` result, in :data:`ENCODER_OUTPUTS` order (a new dict: the
+    caller's is never written); a result missing one is refused (ValueError)."""
+    missing = [k for k in ENCODER_OUTPUTS if k not in encoded]
+    if missing:
+        raise ValueError(f"decode_prompts needs encode()'s outputs ({', '.join(ENCODER_OUTPUTS)}); "
+                         f"{', '.join(missing)} missing.")
+    return {k: encoded[k] for k in ENCODER_OUTPUTS}
 
 
 def backend_factory(name: str) -> Any:

@@ -12,13 +12,14 @@ within them, so ``device`` (other than a compute-unit name) and ``threads`` have
 from __future__ import annotations
 
 import platform
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ..bundle import GRAPHS, Bundle, bundle_canvas
 from ..errors import InputError, UnavailableError
-from .base import Backend
+from .base import ENCODER_OUTPUTS, Backend, encoder_outputs
 
 COMPUTE_UNITS = {"all": "ALL", "cpuAndNeuralEngine": "CPU_AND_NE", "cpuAndGPU": "CPU_AND_GPU", "cpuOnly": "CPU_ONLY"}
 NOT_MACOS = ("the coreml backend runs CoreML models, which needs macOS 13+; on this platform use --backend "
@@ -61,7 +62,7 @@ class CoreMLBackend(Backend):
 
     def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
         out = self._predict("encoder", image=image)
-        return {k: out[k] for k in ("features", "prompt_keys", "prompt_values")}
+        return {k: out[k] for k in ENCODER_OUTPUTS}
 
     def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if tuple(features.shape[2:]) not in {self.feature_hw, *self.canvas_feature_hws}:
@@ -77,18 +78,16 @@ class CoreMLBackend(Backend):
         out = self._predict("object_decoder", features=features)
         return out["cls_logits"], out["mask_logits"], out["queries"]
 
-    def decode_prompts(self, encoded: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if "prompt_keys" not in encoded:
-            raise ValueError("decode_prompts needs this backend's encode() output (features, prompt_keys, "
-                             "prompt_values).")
+    def decode_prompts(self, encoded: Mapping[str, np.ndarray],
+                       boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        memory = encoder_outputs(encoded)
         k = boxes.shape[1]
         masks, ious = [], []
         for start in range(0, max(k, 1), self.slots):
             chunk = boxes[:, start:start + self.slots]
             n = chunk.shape[1]
             pad = np.broadcast_to(np.asarray(PAD_BOX, np.float32), (1, self.slots - n, 4))
-            out = self._predict("prompt_decoder", features=encoded["features"], prompt_keys=encoded["prompt_keys"],
-                                prompt_values=encoded["prompt_values"], boxes=np.concatenate([chunk, pad], axis=1))
+            out = self._predict("prompt_decoder", **memory, boxes=np.concatenate([chunk, pad], axis=1))
             masks.append(out["mask_logits"][:, :n])
             ious.append(out["iou"][:, :n])
         return np.concatenate(masks, axis=1), np.concatenate(ious, axis=1)

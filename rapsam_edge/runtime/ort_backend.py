@@ -3,6 +3,7 @@ when the installed onnxruntime has them)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from ..bundle import GRAPHS, Bundle, BundleError
 from ..errors import InputError, UnavailableError
-from .base import Backend
+from .base import Backend, encoder_outputs
 
 # what each --device asks of onnxruntime, best first; CPU is always the fallback
 DEVICE_PROVIDERS = {
@@ -139,8 +140,9 @@ class OrtBackend(Backend):
         cls, masks, queries = self._run("object_decoder", features=features)
         return cls, masks, queries
 
-    def decode_prompts(self, encoded: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        masks, iou = self._run("prompt_decoder", boxes=boxes, **encoded)
+    def decode_prompts(self, encoded: Mapping[str, np.ndarray],
+                       boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        masks, iou = self._run("prompt_decoder", boxes=boxes, **encoder_outputs(encoded))
         return masks, iou
 
     def describe(self) -> dict[str, Any]:

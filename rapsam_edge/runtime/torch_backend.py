@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..model.rapsam import RapSam
-from .base import Backend
+from .base import ENCODER_OUTPUTS, Backend, encoder_outputs
 
 
 class TorchBackend(Backend):
@@ -31,8 +32,9 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Only ``features``: eager mode computes the prompt key/values lazily, on the first click."""
-        return {"features": self._np(self.model.encode(self._t(image)))[0]}
+        """The encoder graph's computation in eager mode: features and the prompt adapter's key/values."""
+        features = self.model.encode(self._t(image))
+        return dict(zip(ENCODER_OUTPUTS, self._np(features, *self.model.prompt_memory(features)), strict=True))
 
     @torch.inference_mode()
     def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -40,13 +42,11 @@ class TorchBackend(Backend):
         return self._np(cls, masks, queries)  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def decode_prompts(self, encoded: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f = self._t(encoded["features"])
-        if "prompt_keys" not in encoded:  # once per image; cached in the caller's encode result
-            k, v = self.model.prompt_memory(f)
-            encoded["prompt_keys"], encoded["prompt_values"] = self._np(k, v)
-        memory = (self._t(encoded["prompt_keys"]), self._t(encoded["prompt_values"]))
-        masks, iou = self.model.decode_prompts(f, self._t(boxes), memory)
+    def decode_prompts(self, encoded: Mapping[str, np.ndarray],
+                       boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        memory = {k: self._t(v) for k, v in encoder_outputs(encoded).items()}
+        masks, iou = self.model.decode_prompts(memory["features"], self._t(boxes),
+                                               (memory["prompt_keys"], memory["prompt_values"]))
         return self._np(masks, iou)  # type: ignore[return-value]
 
     def describe(self) -> dict[str, Any]:

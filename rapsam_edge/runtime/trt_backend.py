@@ -19,7 +19,7 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from ..bundle import GRAPHS, Bundle, BundleError, load_bundle
 from ..errors import InputError, UnavailableError
-from .base import Backend
+from .base import ENCODER_OUTPUTS, Backend, encoder_outputs
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
@@ -347,7 +347,8 @@ class TrtBackend(Backend):
         return f"its optimization profile takes {lo} to {hi}"
 
     def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        return self._run("encoder", {"image": image})
+        out = self._run("encoder", {"image": image})
+        return {k: out[k] for k in ENCODER_OUTPUTS}
 
     def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         engine = self.engines["object_decoder"]
@@ -364,21 +365,20 @@ class TrtBackend(Backend):
         out = self._run("object_decoder", {"features": features})
         return out["cls_logits"], out["mask_logits"], out["queries"]
 
-    def decode_prompts(self, encoded: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if "prompt_keys" not in encoded:
-            raise ValueError("decode_prompts needs the encoder's prompt_keys / prompt_values (pass encode()'s result).")
+    def decode_prompts(self, encoded: Mapping[str, np.ndarray],
+                       boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        memory = encoder_outputs(encoded)
         k_max = int(self.engines["prompt_decoder"].get_tensor_profile_shape("boxes", 0)[2][1])
         masks, ious = [], []
         for start in range(0, max(boxes.shape[1], 1), k_max):
             chunk = boxes[:, start:start + k_max]
             if chunk.shape[1] == 0:
                 break
-            out = self._run("prompt_decoder", {**{k: encoded[k] for k in ("features", "prompt_keys", "prompt_values")},
-                                               "boxes": chunk})
+            out = self._run("prompt_decoder", {**memory, "boxes": chunk})
             masks.append(out["mask_logits"])
             ious.append(out["iou"])
         if not masks:
-            _, _, h, w = encoded["features"].shape
+            _, _, h, w = memory["features"].shape
             return np.zeros((1, 0, h, w), np.float32), np.zeros((1, 0), np.float32)
         return np.concatenate(masks, axis=1), np.concatenate(ious, axis=1)
 
