@@ -16,6 +16,8 @@ from conftest import ASSET_IMAGES, SHARED_DATA
 from typer.testing import CliRunner
 
 from rapsam_edge.benchmarks import devices, gates, report
+from rapsam_edge.benchmarks.accuracy import GraphStat, drift_summary
+from rapsam_edge.benchmarks.formats import FORMATS, FormatRow
 from rapsam_edge.benchmarks.latency import MEASURES
 from rapsam_edge.bundle import load_bundle
 from rapsam_edge.cli import app
@@ -181,25 +183,26 @@ def test_bad_gates_are_refused_before_work(bench_bundle, tmp_path):
 
 
 def test_max_drop_is_measured_from_the_reference_row():
-    def row(name: str, miou: float) -> dict:
-        return {"format": name, "status": "ok", "metrics": {"miou": miou}, "latency": {}, "reasons": []}
+    def row(name: str, miou: float) -> FormatRow:
+        return FormatRow(name, FORMATS[name].backend, FORMATS[name].precision, status="ok", metrics={"miou": miou},
+                         latency={})
 
     rows = [row("torch", 50.0), row("onnx-fp32", 50.0), row("onnx-int8-cpu", 48.9)]
     section = gates.apply_gates(rows, {}, {"miou": 1.0})
     assert section["max_drop_reference"] == "torch" and not section["passed"]
-    assert rows[2]["status"] == "failed validation" and "drops 1.1 points vs torch" in rows[2]["reasons"][0]
-    assert rows[1]["status"] == "ok"
+    assert rows[2].status == "failed validation" and "drops 1.1 points vs torch" in rows[2].reasons[0]
+    assert rows[1].status == "ok"
     rows = [row("onnx-fp32", 50.0), row("onnx-int8-cpu", 49.5)]
     assert gates.apply_gates(rows, {"miou": 45}, {"miou": 1.0})["passed"]
     assert gates.parse_thresholds(["pq=20,miou=40"], "--floor", gates.FLOOR_METRICS) == {"pq": 20.0, "miou": 40.0}
 
 
 def test_targets_say_by_how_much_they_are_missed():
-    def lat(enc: float, k1: float, k16: float) -> dict:
-        return {m: {"median_ms": v} for m, v in (("encoder", enc), ("prompt_k1", k1), ("prompt_k16", k16))}
+    def row(name: str, enc: float, k1: float, k16: float) -> FormatRow:
+        latency = {m: {"median_ms": v} for m, v in (("encoder", enc), ("prompt_k1", k1), ("prompt_k16", k16))}
+        return FormatRow(name, FORMATS[name].backend, FORMATS[name].precision, latency=latency)
 
-    rows = [{"format": "torch", "latency": lat(300, 10, 20)}, {"format": "onnx-fp32", "latency": lat(160, 5, 10)},
-            {"format": "onnx-int8-cpu", "latency": lat(120, 5, 20)}]
+    rows = [row("torch", 300, 10, 20), row("onnx-fp32", 160, 5, 10), row("onnx-int8-cpu", 120, 5, 20)]
     by = {(t["target"], t["format"]): t for t in report.targets(rows)}
     vs_fp32 = by[("INT8 (cpu flavour) encoder speed-up vs onnxruntime FP32", "onnx-int8-cpu")]
     assert not vs_fp32["met"] and vs_fp32["value"] == pytest.approx(1.333, abs=1e-3)
@@ -207,6 +210,29 @@ def test_targets_say_by_how_much_they_are_missed():
     assert by[("INT8 (cpu flavour) encoder speed-up vs PyTorch eager", "onnx-int8-cpu")]["met"]
     assert not by[("K=16 prompts in one call / one prompt", "onnx-int8-cpu")]["met"]
     assert by[("prompt decoder per click / encoder time", "onnx-fp32")]["met"]
+
+
+@pytest.mark.parametrize("committed", sorted((Path(__file__).parents[1] / "benchmarks" / "results").glob(
+    "*/*/report.json")), ids=lambda p: p.parent.name)
+def test_format_rows_write_the_committed_report_json_shape(committed):
+    """A FormatRow holds exactly a report.json row: the committed reports' rows read into FormatRows and written
+    back are the same JSON (keys in order); a row whose task metrics were not measured has no task_results. The
+    drift's dotted figure keys are read into GraphStat fields and written back unchanged."""
+    for entry in json.loads(committed.read_text())["formats"]:
+        row = FormatRow(**entry)
+        assert json.dumps(row.to_dict()) == json.dumps(entry)
+        drift = entry["drift"]
+        if drift:  # the drift figures are read into fields once and give back the committed keys and summary
+            graphs = {GraphStat.read(k): v for k, v in drift["graphs"].items()}
+            assert [s.key() for s in graphs] == list(drift["graphs"])
+            summary = drift_summary(graphs, drift["pipeline"])
+            assert {k: summary[k] for k in drift["summary"]} == drift["summary"]
+    fresh = FormatRow.of(FORMATS["trt-fp16"])
+    fresh.fail("not available", "no GPU")
+    fresh.device = "cuda"
+    shape = fresh.to_dict()
+    assert list(shape) == [k for k in entry if k not in ("task_results", "video_mode")]
+    assert shape["status"] == "not available" and shape["reasons"] == ["no GPU"] and shape["note"]
 
 
 def test_tegrastats_lines_of_jetpack_4_and_6():

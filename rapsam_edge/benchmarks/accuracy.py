@@ -167,52 +167,88 @@ def task_metrics(pipe: Any, data: EvalData, tasks: tuple[str, ...], video_mode: 
     return {k: float(v) for k, v in flat.items()}, results
 
 
-def _aggregate(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-image verify reports -> worst (max for errors, min for agreements) and mean over images."""
-    out: dict[str, Any] = {}
-    for key in parts[0]:
-        if not isinstance(parts[0][key], dict):
-            continue
-        worsts = [p[key]["worst"] for p in parts]
-        means = [p[key]["mean"] for p in parts]
-        worst = max(worsts) if key.endswith(("max_abs", "mean_abs")) else min(worsts)
-        out[key] = {"worst": worst, "mean": float(np.mean(means))}
-    return out
+@dataclass(frozen=True)
+class GraphStat:
+    """One figure of a per-graph verification (:func:`~rapsam_edge.exporters.verify.verify_graphs`), whose report
+    keys are dotted: ``graph.output.measure`` (an output's max_abs / mean_abs / cosine) or ``graph.measure``
+    (mask_iou, class_agreement). Read once here (:meth:`read`) and written back the same way (:meth:`key`, the
+    report.json shape), so the drift code works on fields, not on strings."""
+
+    graph: str
+    output: str | None
+    measure: str
+
+    @classmethod
+    def read(cls, key: str) -> GraphStat:
+        graph, _, rest = key.partition(".")
+        output, _, measure = rest.rpartition(".")
+        return cls(graph, output or None, measure)
+
+    def key(self) -> str:
+        return ".".join(p for p in (self.graph, self.output, self.measure) if p)
+
+    @property
+    def is_error(self) -> bool:
+        """Errors are worst at their largest, agreements at their smallest."""
+        return self.measure in ("max_abs", "mean_abs")
+
+
+def _over_images(figures: list[dict[str, float]], is_error: bool) -> dict[str, float]:
+    """Per-image {worst, mean} -> worst and mean over the images."""
+    worsts = [f["worst"] for f in figures]
+    return {"worst": max(worsts) if is_error else min(worsts), "mean": float(np.mean([f["mean"] for f in figures]))}
+
+
+def _aggregate_graphs(parts: list[dict[str, Any]]) -> dict[GraphStat, dict[str, float]]:
+    """Per-image verify_graphs reports -> each figure's worst and mean over the images."""
+    keys = [k for k, v in parts[0].items() if isinstance(v, dict)]  # (its "images" count is no figure)
+    return {stat: _over_images([p[k] for p in parts], stat.is_error) for k, stat in
+            ((k, GraphStat.read(k)) for k in keys)}
+
+
+def _aggregate_pipeline(parts: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per-image verify_pipelines reports (agreements only) -> worst and mean over the images."""
+    return {k: _over_images([p[k] for p in parts], False) for k, v in parts[0].items() if isinstance(v, dict)}
 
 
 def drift(reference: Any, pipe: Any, images: list[Path], tolerance: str,
           progress: Progress | None = None) -> dict[str, Any]:
     """Agreement of ``pipe`` with the PyTorch ``reference`` pipeline on ``images`` (one image at a time, so the
     progress bar moves; figures are the worst and the mean over images) and the tolerance failures."""
-    graphs, pipeline = [], []
+    per_graph, per_pipeline = [], []
     for i, path in enumerate(images):
-        graphs.append(verify_graphs(reference.backend, pipe.backend, [path], pipe.policy))
-        pipeline.append(verify_pipelines(reference, pipe, [path]))
+        per_graph.append(verify_graphs(reference.backend, pipe.backend, [path], pipe.policy))
+        per_pipeline.append(verify_pipelines(reference, pipe, [path]))
         if progress:
             progress(i + 1, len(images))
-    report: dict[str, Any] = {"images": [str(p) for p in images], "graphs": _aggregate(graphs),
-                              "pipeline": _aggregate(pipeline), "tolerance": tolerance}
+    graphs, pipeline = _aggregate_graphs(per_graph), _aggregate_pipeline(per_pipeline)
+    report: dict[str, Any] = {"images": [str(p) for p in images], "graphs": {s.key(): v for s, v in graphs.items()},
+                              "pipeline": pipeline, "tolerance": tolerance}
     report["failures"] = check(report, tolerance)
-    report["summary"] = drift_summary(report)
+    report["summary"] = drift_summary(graphs, pipeline)
     return report
 
 
-def drift_summary(report: dict[str, Any]) -> dict[str, Any]:
+def drift_summary(graphs: dict[GraphStat, dict[str, float]], pipeline: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Flat figures for tables and gates: agreement means, and worst max / mean abs error per graph output."""
-    g, p = report["graphs"], report["pipeline"]
 
-    def mean(d: dict[str, Any], key: str) -> float | None:
-        return d[key]["mean"] if key in d else None
+    def graph_mean(graph: str, measure: str) -> float | None:
+        return graphs.get(GraphStat(graph, None, measure), {}).get("mean")
+
+    def mean(key: str) -> float | None:
+        return pipeline[key]["mean"] if key in pipeline else None
 
     out: dict[str, Any] = {
-        "mask_iou": mean(g, "prompt_decoder.mask_iou"), "object_mask_iou": mean(g, "object_decoder.mask_iou"),
-        "class_agreement": mean(g, "object_decoder.class_agreement"),
-        "panoptic_agreement": mean(p, "panoptic_agreement"), "interactive_mask_iou": mean(p, "interactive_mask_iou"),
+        "mask_iou": graph_mean("prompt_decoder", "mask_iou"),
+        "object_mask_iou": graph_mean("object_decoder", "mask_iou"),
+        "class_agreement": graph_mean("object_decoder", "class_agreement"),
+        "panoptic_agreement": mean("panoptic_agreement"), "interactive_mask_iou": mean("interactive_mask_iou"),
         # end to end: queries decoded from the format's own features (an INT8 encoder shows up here)
-        "e2e_object_mask_iou": mean(p, "object_mask_iou"), "e2e_class_agreement": mean(p, "object_class_agreement"),
-        "encoder_cosine": g.get("encoder.features.cosine", {}).get("worst"),
+        "e2e_object_mask_iou": mean("object_mask_iou"), "e2e_class_agreement": mean("object_class_agreement"),
+        "encoder_cosine": graphs.get(GraphStat("encoder", "features", "cosine"), {}).get("worst"),
     }
-    outputs = sorted({k.rsplit(".", 1)[0] for k in g if k.endswith(".max_abs")})
-    out["per_output"] = {o: {"max_abs": g[f"{o}.max_abs"]["worst"], "mean_abs": g[f"{o}.mean_abs"]["mean"],
-                             "cosine": g[f"{o}.cosine"]["worst"]} for o in outputs}
+    outputs = sorted({(s.graph, s.output) for s in graphs if s.output is not None})
+    out["per_output"] = {f"{g}.{o}": {"max_abs": graphs[GraphStat(g, o, "max_abs")]["worst"],
+                                      "mean_abs": graphs[GraphStat(g, o, "mean_abs")]["mean"],
+                                      "cosine": graphs[GraphStat(g, o, "cosine")]["worst"]} for g, o in outputs}
     return out

@@ -10,12 +10,14 @@ Statuses (one per format and run):
 * ``failed to export`` — this run tried to make it (no ``--bundle``, or ``--make-missing``) and that failed;
 * ``not exported`` — the bundle does not hold it; the reason names the command that makes it;
 * ``not available`` — it cannot run on this device profile or host (the reason says what is missing).
+
+A run gives every format a :class:`FormatRow`: its status with the reasons, and what was measured of it.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..bundle import GRAPHS, Bundle, BundleError
@@ -51,6 +53,55 @@ class Format:
     tolerance: str
     make: str
     note: str = ""
+
+
+@dataclass
+class FormatRow:
+    """One format's line of a bench report: its status with the reasons, and what this run measured of it.
+
+    The fields are the keys of an entry of report.json's ``formats`` (schema ``rapsam-edge/bench/1``), in their
+    order; :meth:`to_dict` writes it. Measurements keep their own JSON shapes: ``latency`` per measure
+    (``latency.py``), ``drift`` (``accuracy.drift``), ``cold_start``, ``speedup_vs_onnx_fp32`` per measure,
+    ``gates`` ({passed, missed}), ``made`` (the ``prepare.py`` step record), ``describe`` (``Pipeline.describe``).
+    ``task_results`` (full evaluation results) and ``video_mode`` are set, together, when task metrics were
+    measured.
+    """
+
+    format: str
+    backend: str
+    precision: str
+    status: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    note: str = ""
+    size_mb: float | None = None
+    graphs: dict[str, str] | None = None
+    metrics: dict[str, float] | None = None
+    drift: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
+    cold_start: dict[str, Any] | None = None
+    speedup_vs_onnx_fp32: dict[str, float] | None = None
+    gates: dict[str, Any] | None = None
+    made: dict[str, Any] | None = None
+    describe: dict[str, Any] | None = None
+    device: str | None = None
+    task_results: dict[str, Any] | None = None
+    video_mode: str | None = None
+
+    @classmethod
+    def of(cls, fmt: Format) -> FormatRow:
+        return cls(fmt.name, fmt.backend, fmt.precision, note=fmt.note)
+
+    def fail(self, status: str, reason: str) -> None:
+        self.status = status
+        self.reasons.append(reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report.json entry: every field in order, ``task_results`` / ``video_mode`` only when task metrics
+        were measured (the shape the report had before rows were typed)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.task_results is None:
+            del out["task_results"], out["video_mode"]
+        return out
 
 
 def _f(*args: Any, **kw: Any) -> Format:

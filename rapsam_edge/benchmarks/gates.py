@@ -14,7 +14,7 @@ from typing import Any
 
 from ..calibration.options import parse_metric_values
 from ..errors import InputError
-from .formats import FAILED_VALIDATION, OK
+from .formats import FAILED_VALIDATION, OK, FormatRow
 
 TASK_METRICS = {"pq": "panoptic", "sq": "panoptic", "rq": "panoptic", "pq_official": "panoptic",
                 "sq_official": "panoptic", "rq_official": "panoptic", "miou": "interactive", "ap": "video",
@@ -43,28 +43,27 @@ def check_requested(floors: dict[str, float], max_drops: dict[str, float], tasks
                 raise InputError(f"{flag} {metric} needs annotated data, and --data has none (use --data coco).")
 
 
-def _value(row: dict[str, Any], metric: str) -> float | None:
+def _value(row: FormatRow, metric: str) -> float | None:
     if metric in TASK_METRICS:
-        return (row.get("metrics") or {}).get(metric)
-    return ((row.get("drift") or {}).get("summary") or {}).get(metric)
+        return (row.metrics or {}).get(metric)
+    return ((row.drift or {}).get("summary") or {}).get(metric)
 
 
-def reference_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def reference_row(rows: list[FormatRow]) -> FormatRow | None:
     """The row task-metric drops are measured from: torch when measured, else onnx-fp32."""
     for name in ("torch", "onnx-fp32"):
-        row = next((r for r in rows if r["format"] == name and r["status"] == OK and r.get("metrics")), None)
+        row = next((r for r in rows if r.format == name and r.status == OK and r.metrics), None)
         if row is not None:
             return row
     return None
 
 
-def apply_gates(rows: list[dict[str, Any]], floors: dict[str, float],
-                max_drops: dict[str, float]) -> dict[str, Any]:
+def apply_gates(rows: list[FormatRow], floors: dict[str, float], max_drops: dict[str, float]) -> dict[str, Any]:
     """Judge every measured row; a miss turns its status into ``failed validation``. Returns the gates section."""
     ref = reference_row(rows) if max_drops else None
     failures: list[str] = []
     for row in rows:
-        if row["status"] not in (OK, FAILED_VALIDATION) or row.get("latency") is None and not row.get("metrics"):
+        if row.status not in (OK, FAILED_VALIDATION) or row.latency is None and not row.metrics:
             continue
         missed = []
         for metric, floor in floors.items():
@@ -80,11 +79,11 @@ def apply_gates(rows: list[dict[str, Any]], floors: dict[str, float],
                     continue
                 drop = base - value
                 if drop > budget + 1e-9:
-                    missed.append(f"{metric} drops {drop:.4g} points vs {ref['format']} (max {budget:g})")
-        row["gates"] = {"passed": not missed, "missed": missed}
+                    missed.append(f"{metric} drops {drop:.4g} points vs {ref.format} (max {budget:g})")
+        row.gates = {"passed": not missed, "missed": missed}
         if missed:
-            row["status"] = FAILED_VALIDATION
-            row["reasons"] = [*row.get("reasons", []), *missed]
-            failures.extend(f"{row['format']}: {m}" for m in missed)
-    return {"floor": floors, "max_drop": max_drops, "max_drop_reference": ref["format"] if ref else None,
+            row.status = FAILED_VALIDATION
+            row.reasons = [*row.reasons, *missed]
+            failures.extend(f"{row.format}: {m}" for m in missed)
+    return {"floor": floors, "max_drop": max_drops, "max_drop_reference": ref.format if ref else None,
             "failures": failures, "passed": not failures}

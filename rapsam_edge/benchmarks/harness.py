@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import load_bundle
+from ..calibration.baselines import flavor_sections
 from ..errors import InputError
 from . import accuracy, devices, gates, latency, prepare, report
 from . import protocol as protocol_cost
@@ -34,6 +35,7 @@ from .formats import (
     NOT_EXPORTED,
     OK,
     Format,
+    FormatRow,
     bundle_bytes,
     graph_precisions,
     missing_reason,
@@ -103,48 +105,37 @@ class BenchRequest:
         return self
 
 
-def _row(fmt: Format) -> dict[str, Any]:
-    return {"format": fmt.name, "backend": fmt.backend, "precision": fmt.precision, "status": None, "reasons": [],
-            "note": fmt.note, "size_mb": None, "graphs": None, "metrics": None, "drift": None, "latency": None,
-            "cold_start": None, "speedup_vs_onnx_fp32": None, "gates": None, "made": None, "describe": None}
-
-
-def _fail(row: dict[str, Any], status: str, reason: str) -> None:
-    row["status"] = status
-    row["reasons"].append(reason)
-
-
-def _open_formats(rows: list[dict[str, Any]], fmts: list[Format], bundle: Any, profile: devices.DeviceProfile,
+def _open_formats(rows: list[FormatRow], fmts: list[Format], bundle: Any, profile: devices.DeviceProfile,
                   host: dict[str, Any], req: BenchRequest, made: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Status for every format; returns name -> loaded Pipeline for those that can run."""
     pipes: dict[str, Any] = {}
     for fmt, row in zip(fmts, rows, strict=True):
-        row["made"] = made.get(fmt.name)
+        row.made = made.get(fmt.name)
         device = devices.backend_device(fmt.name, fmt.backend, profile, host, req.compute_units)
-        row["device"] = device
+        row.device = device
         if profile.name not in fmt.devices:
-            _fail(row, NOT_AVAILABLE, f"{fmt.name} does not belong to the {profile.name} profile (it runs on "
-                                      f"{', '.join(fmt.devices)}): {fmt.note or fmt.backend}")
+            row.fail(NOT_AVAILABLE, f"{fmt.name} does not belong to the {profile.name} profile (it runs on "
+                                    f"{', '.join(fmt.devices)}): {fmt.note or fmt.backend}")
             continue
         problem = devices.runtime_problem(fmt.backend, profile, host, device)
         if problem:
-            _fail(row, NOT_AVAILABLE, problem)
+            row.fail(NOT_AVAILABLE, problem)
             continue
         if (made.get(fmt.name) or {}).get("status") == "failed":
-            _fail(row, FAILED_EXPORT, f"{made[fmt.name]['step']}: {made[fmt.name]['reason']}")
+            row.fail(FAILED_EXPORT, f"{made[fmt.name]['step']}: {made[fmt.name]['reason']}")
             continue
         missing = missing_reason(fmt, bundle)
         if missing:
-            _fail(row, NOT_EXPORTED, missing)
+            row.fail(NOT_EXPORTED, missing)
             continue
         try:
-            row["graphs"] = graph_precisions(fmt, bundle)
-            row["size_mb"] = round(bundle_bytes(fmt, bundle, row["graphs"]) / 1e6, 2)
+            row.graphs = graph_precisions(fmt, bundle)
+            row.size_mb = round(bundle_bytes(fmt, bundle, row.graphs) / 1e6, 2)
             pipe = open_pipeline(bundle, fmt, device, req.threads, req.protocol)
-            row["describe"] = pipe.describe()
+            row.describe = pipe.describe()
             pipes[fmt.name] = pipe
         except Exception as e:  # a package that does not load is a validation failure of that package
-            _fail(row, FAILED_VALIDATION, f"could not load: {e}")
+            row.fail(FAILED_VALIDATION, f"could not load: {e}")
     return pipes
 
 
@@ -166,12 +157,12 @@ def _reference(pipes: dict[str, Any], bundle: Any, profile: devices.DeviceProfil
     return None
 
 
-def _accuracy(rows: list[dict[str, Any]], pipes: dict[str, Any], ref: Any, fmts: dict[str, Format],
+def _accuracy(rows: list[FormatRow], pipes: dict[str, Any], ref: Any, fmts: dict[str, Format],
               data: accuracy.EvalData, req: BenchRequest, progress: Progress) -> None:
     drift_images = data.images[: req.drift_images]
-    measured = [r for r in rows if r["format"] in pipes]
+    measured = [r for r in rows if r.format in pipes]
     for i, row in enumerate(measured):
-        name = row["format"]
+        name = row.format
         progress.format(i, len(measured), name)
         pipe, fmt = pipes[name], fmts[name]
 
@@ -180,22 +171,22 @@ def _accuracy(rows: list[dict[str, Any]], pipes: dict[str, Any], ref: Any, fmts:
 
         try:
             if ref is not None and name != "torch" and drift_images:
-                row["drift"] = accuracy.drift(ref, pipe, drift_images, fmt.tolerance,
-                                              lambda d, t: items(d, t, "drift vs PyTorch"))
-                if row["drift"]["failures"]:
-                    _fail(row, FAILED_VALIDATION, "beyond the " + fmt.tolerance + " tolerance vs PyTorch: "
-                          + "; ".join(row["drift"]["failures"]))
+                row.drift = accuracy.drift(ref, pipe, drift_images, fmt.tolerance,
+                                           lambda d, t: items(d, t, "drift vs PyTorch"))
+                if row.drift["failures"]:
+                    row.fail(FAILED_VALIDATION, "beyond the " + fmt.tolerance + " tolerance vs PyTorch: "
+                             + "; ".join(row.drift["failures"]))
             mode = req.video_mode if fmt.backend in ("torch", "onnxruntime") else "stream"
             if data.dataset is not None or data.panoptic is not None or data.video is not None:
-                row["metrics"], row["task_results"] = accuracy.task_metrics(
+                row.metrics, row.task_results = accuracy.task_metrics(
                     pipe, data, req.tasks, mode, lambda d, t: items(d, t, "task metrics"))
-                row["video_mode"] = mode if data.video is not None else None
+                row.video_mode = mode if data.video is not None else None
         except Exception as e:
-            _fail(row, FAILED_VALIDATION, f"failed while evaluating: {e}")
+            row.fail(FAILED_VALIDATION, f"failed while evaluating: {e}")
     progress.format(len(measured), len(measured), "accuracy done")
 
 
-def _latency(rows: list[dict[str, Any]], pipes: dict[str, Any], data: accuracy.EvalData, req: BenchRequest,
+def _latency(rows: list[FormatRow], pipes: dict[str, Any], data: accuracy.EvalData, req: BenchRequest,
              profile: devices.DeviceProfile, bundle_root: Path, progress: Progress) -> dict[str, Any]:
     from ..preprocess import load_image
 
@@ -211,20 +202,20 @@ def _latency(rows: list[dict[str, Any]], pipes: dict[str, Any], data: accuracy.E
         results, run_errors = latency.measure(workloads, req.runs, req.warmup,
                                               lambda d, t: progress.items(d, t, "latency rounds"))
     errors.update(run_errors)
-    by_name = {r["format"]: r for r in rows}
+    by_name = {r.format: r for r in rows}
     for name, res in results.items():
-        by_name[name]["latency"] = res
+        by_name[name].latency = res
     for name, err in errors.items():
-        _fail(by_name[name], FAILED_VALIDATION, err)
+        by_name[name].fail(FAILED_VALIDATION, err)
     if req.cold_start:
         names = list(results)
         for i, name in enumerate(names):
             progress.items(i, len(names), f"cold start: {name}")
-            cold = latency.cold_start(bundle_root, name, by_name[name]["device"], req.threads, image,
+            cold = latency.cold_start(bundle_root, name, by_name[name].device, req.threads, image,
                                       protocol=req.protocol)
-            by_name[name]["cold_start"] = cold
+            by_name[name].cold_start = cold
             if "error" in cold:
-                _fail(by_name[name], FAILED_VALIDATION, f"cold start in a fresh process failed: {cold['error']}")
+                by_name[name].fail(FAILED_VALIDATION, f"cold start in a fresh process failed: {cold['error']}")
         progress.items(len(names), len(names), "cold start done")
     return {"image": str(image), "tegrastats": devices.summarise_tegrastats(samples)}
 
@@ -251,10 +242,10 @@ def _protocol(ref: Any, bundle: Any, data: accuracy.EvalData, req: BenchRequest,
         return None
 
 
-def _finish_statuses(rows: list[dict[str, Any]]) -> None:
+def _finish_statuses(rows: list[FormatRow]) -> None:
     for row in rows:
-        if row["status"] is None:
-            row["status"] = OK if row.get("latency") else FAILED_VALIDATION
+        if row.status is None:
+            row.status = OK if row.latency else FAILED_VALIDATION
 
 
 def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, Any]:
@@ -292,7 +283,7 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
     data = accuracy.resolve_data(req.data, _vocabulary(bundle), req.tasks, req.subset, req.limit, req.video_data)
     if req.floors or req.max_drops:
         gates.check_requested(req.floors, req.max_drops, req.tasks, data.dataset is not None)
-    rows = [_row(f) for f in fmts]
+    rows = [FormatRow.of(f) for f in fmts]
     progress.log(f"loading {len(runnable)} of {len(fmts)} formats on the {profile.name} profile")
     pipes = _open_formats(rows, fmts, bundle, profile, host, req, made)
     notes = list(data.notes)
@@ -325,7 +316,8 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
                      "formats": [f.name for f in fmts], **lat_info,
                      "peak_rss_method": "peak RSS (VmHWM on Linux, ru_maxrss on macOS) of a fresh process per format: "
                                         "imports + bundle load + first panoptic inference + first click"},
-        "data": data.provenance, "protocol": protocol_section, "formats": rows, "targets": report.targets(rows),
+        "data": data.provenance, "protocol": protocol_section, "formats": [r.to_dict() for r in rows],
+        "targets": report.targets(rows),
         "gates": gate_section,
         "notes": notes, "plots": [],
     }
@@ -346,7 +338,7 @@ def _vocabulary(bundle: Any) -> Any:
 
 
 def _calibration_summary(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    cal = manifest.get("calibration") or {}
-    out = {k: {f: v.get(f) for f in ("method", "backend", "precision", "graphs", "data", "latency")}
-           for k, v in cal.items() if isinstance(v, dict) and "precision" in v}
+    """Per calibrated flavour, what the bench report repeats of its ``manifest["calibration"]`` section."""
+    out = {flavor.value: {k: section.get(k) for k in ("method", "backend", "precision", "graphs", "data", "latency")}
+           for flavor, section in flavor_sections(manifest).items() if "precision" in section}
     return out or None

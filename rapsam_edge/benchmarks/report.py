@@ -1,5 +1,9 @@
 """The bench report: speed-up ratios, the issue's latency targets, ``report.json``, ``report.md`` and two PNG
-plots (accuracy vs latency per format; per-graph latency bars), drawn with matplotlib's Agg backend."""
+plots (accuracy vs latency per format; per-graph latency bars), drawn with matplotlib's Agg backend.
+
+Ratios and targets are computed on the run's :class:`~.formats.FormatRow` objects; the Markdown, the plots and
+the terminal table render the report document (rows as report.json holds them), so a saved report.json renders
+the same."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .formats import FormatRow
 from .latency import LABELS
 
 SCHEMA = "rapsam-edge/bench/1"
@@ -17,21 +22,20 @@ RANDOM_LABEL = ("RANDOM WEIGHTS: the bundle was exported without a checkpoint (s
                 "are valid.")
 
 
-def _median(row: dict[str, Any], measure: str) -> float | None:
-    lat = row.get("latency") or {}
+def _median(row: FormatRow, measure: str) -> float | None:
+    lat = row.latency or {}
     return lat[measure]["median_ms"] if measure in lat else None
 
 
-def add_ratios(rows: list[dict[str, Any]]) -> None:
+def add_ratios(rows: list[FormatRow]) -> None:
     """``speedup_vs_onnx_fp32`` per measure (baseline median / row median; > 1 = faster), same run only."""
-    base = next((r for r in rows if r["format"] == BASELINE and r.get("latency")), None)
+    base = next((r.latency for r in rows if r.format == BASELINE and r.latency), None)
     for row in rows:
-        if base is None or not row.get("latency"):
-            row["speedup_vs_onnx_fp32"] = None
+        if base is None or not row.latency:
+            row.speedup_vs_onnx_fp32 = None
             continue
-        row["speedup_vs_onnx_fp32"] = {m: round(base["latency"][m]["median_ms"] / row["latency"][m]["median_ms"], 3)
-                                       for m in row["latency"] if m in base["latency"] and "median_ms" in row[
-                                           "latency"][m]}
+        row.speedup_vs_onnx_fp32 = {m: round(base[m]["median_ms"] / row.latency[m]["median_ms"], 3)
+                                    for m in row.latency if m in base and "median_ms" in row.latency[m]}
 
 
 def _target(name: str, fmt: str, value: float, threshold: float, at_least: bool, unit: str) -> dict[str, Any]:
@@ -46,9 +50,9 @@ def _target(name: str, fmt: str, value: float, threshold: float, at_least: bool,
             "comparison": ">=" if at_least else "<=", "met": met, "missed_by": shortfall}
 
 
-def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def targets(rows: list[FormatRow]) -> list[dict[str, Any]]:
     """The issue's latency targets, for the rows this run measured (each says by how much it is missed)."""
-    by = {r["format"]: r for r in rows if r.get("latency")}
+    by = {r.format: r for r in rows if r.latency}
     out = []
     int8 = by.get("onnx-int8-cpu")
     if int8 and BASELINE in by:
