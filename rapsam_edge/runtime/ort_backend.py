@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import GRAPHS, Bundle, BundleError
+from ..bundle import GRAPHS, Artifact, Bundle, BundleError
 from ..errors import InputError, UnavailableError
 from .base import Backend, encoder_outputs
 
@@ -103,10 +103,13 @@ def resolve_precisions(bundle: Bundle, precision: str) -> dict[str, str]:
 
 
 class OrtBackend(Backend):
+    """A bundle's ONNX graphs in onnxruntime: its ``onnx`` graphs in ``precision`` (:func:`resolve_precisions`),
+    or the ``artifacts`` given (graph -> artifact of any ONNX flavour, e.g. TensorRT's ONNX inputs)."""
+
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", device: str = "cpu", threads: int | None = None,
-                 providers: list[str] | None = None):
+                 providers: list[str] | None = None, artifacts: dict[str, Artifact] | None = None):
         import onnxruntime as ort
 
         if device not in DEVICE_PROVIDERS:
@@ -122,10 +125,10 @@ class OrtBackend(Backend):
             opts.intra_op_num_threads = threads
         self.threads = threads
         self.bundle = bundle
-        self.precisions = resolve_precisions(bundle, precision)
-        self.sessions = {g: open_session(bundle.path(bundle.require(g, "onnx", p)), opts, self.providers,
-                                         f"{p} {g} graph")
-                         for g, p in self.precisions.items()}
+        arts = artifacts or {g: bundle.require(g, "onnx", p) for g, p in resolve_precisions(bundle, precision).items()}
+        self.precisions = {g: a.precision for g, a in arts.items()}
+        self.sessions = {g: open_session(bundle.path(a), opts, self.providers, f"{a.precision} {g} graph")
+                         for g, a in arts.items()}
         self._inputs = {g: [i.name for i in s.get_inputs()] for g, s in self.sessions.items()}
         self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
 
