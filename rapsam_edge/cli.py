@@ -20,7 +20,6 @@ from rich.text import Text
 from typer.exceptions import TyperException
 
 from .errors import RapsamError, os_error_sentence
-from .exporters import CanvasMode  # export --canvas (a light module: the target table, no torch)
 from .fsutil import write_atomic
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -313,7 +312,7 @@ def export(
     workspace: Annotated[int | None, typer.Option(help="tensorrt: builder workspace in MB.")] = None,
     dla: Annotated[int | None, typer.Option(help="tensorrt: DLA core (Jetson).")] = None,
     prompt_slots: Annotated[int | None, typer.Option(help="coreml/tensorrt: fixed prompt slots (16).")] = None,
-    canvas: Annotated[CanvasMode | None, typer.Option(help="tensorrt: fixed (default: one engine shape, --imgsz) | "
+    canvas: Annotated[str | None, typer.Option(help="tensorrt: fixed (default: one engine shape, --imgsz) | "
                                                            "dynamic (optimization profile 32x32..--max-canvas, "
                                                            "for the official per-image canvases). ONNX is "
                                                            "always dynamic.")] = None,
@@ -328,24 +327,24 @@ def export(
 ) -> None:
     """Export the encoder / object-decoder / prompt-decoder graphs into a verified bundle."""
     from .exporters.export import ExportRequest, run_export
+    from .exporters.targets import options_for
 
+    folders: dict[str, list[Path]] = {}
     for flag, folder in (("--calib-images", calib_images), ("--verify-images", verify_images)):
         if folder is not None and not folder.is_dir():
             fail(f"{flag} {folder} {'does not exist' if not folder.exists() else 'is a file'}; give a folder of "
                  ".jpg/.png images.")
-    calib = sorted(p for p in calib_images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
-        if calib_images else None
-    options = {"dcn": dcn, "simplify": False if no_simplify else None, "compress": compress, "device": device,
-               "workspace": workspace, "dla": dla, "prompt_slots": prompt_slots, "calib_images": calib,
-               "canvas": canvas.value if canvas else None, "max_canvas": max_canvas, "canvases": canvases}
-    images = sorted(p for p in verify_images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
-        if verify_images else []
-    if verify_images and not images:
-        fail(f"--verify-images {verify_images} holds no .jpg/.png images.")
-    images = images[:verify_limit]
+        if folder is not None:
+            folders[flag] = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            if not folders[flag]:
+                fail(f"{flag} {folder} holds no .jpg/.png images.")
+    options = options_for(target, dcn=dcn, simplify=False if no_simplify else None, compress=compress,
+                          device=device, workspace=workspace, dla=dla, prompt_slots=prompt_slots,
+                          calib_images=folders.get("--calib-images"), canvas=canvas, max_canvas=max_canvas,
+                          canvases=canvases)
     req = ExportRequest(target=target, config=config, checkpoint=checkpoint, class_embeddings=class_embeddings,
                         precision=precision, imgsz=imgsz, out=out, name=name, force=force, seed=seed,
-                        verify_images=images, options={k: v for k, v in options.items() if v is not None})
+                        verify_images=folders.get("--verify-images", [])[:verify_limit], options=options)
     root, report = run_export(req, log=lambda s: console.print(f"  {s}"))
     console.print(f"[green]bundle[/] {root}")
     print_verification(report)

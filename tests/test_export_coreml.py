@@ -6,7 +6,9 @@ Linux cannot run CoreML models, so these tests check what can be checked here (t
 
 from __future__ import annotations
 
+import dataclasses
 import platform
+import sys
 import warnings
 
 import numpy as np
@@ -19,6 +21,9 @@ from rapsam_edge.bundle import load_bundle  # noqa: E402
 from rapsam_edge.exporters import coreml_compress as cc  # noqa: E402
 from rapsam_edge.exporters.coreml import _judge, artifact_precision, check_package, package_path  # noqa: E402
 from rapsam_edge.exporters.export import ExportRequest, run_export, validate  # noqa: E402
+from rapsam_edge.exporters.options import CoreMLOptions  # noqa: E402
+from rapsam_edge.exporters.targets import TARGETS, options_for  # noqa: E402
+from rapsam_edge.exporters.verify import default_verify_images  # noqa: E402
 from rapsam_edge.preprocess import CanvasSpec  # noqa: E402
 
 IMGSZ = 128
@@ -30,14 +35,12 @@ def _export(out, compress: str, config: str = "rapsam_r18_lite", **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return run_export(ExportRequest(target="coreml", config=config, imgsz=IMGSZ, out=out,
-                                        options={"compress": compress}, **kw))
+                                        options=options_for("coreml", compress=compress), **kw))
 
 
 @pytest.fixture(scope="module")
 def lite_bundle(tmp_path_factory):
     """rapsam_r18_lite at 128: fp16 uncompressed, then int8 weights added to the same bundle."""
-    from rapsam_edge.exporters.export import default_verify_images
-
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("coreml")
     images = default_verify_images(limit=2)[:2]  # two real photos keep the simulated drift quick
@@ -129,9 +132,26 @@ def test_palette4_is_smallest(lite_bundle):
     assert "simulated" in rep and rep["simulated"]["graphs"]["encoder.features.cosine"]["worst"] > 0.5
 
 
+def _exporter_state() -> dict[tuple[str, str], int]:
+    """The size of every module-level dict / list / set of the exporters (a cache grows between export and
+    verify)."""
+    return {(name, k): len(v) for name, mod in list(sys.modules.items()) if name.startswith("rapsam_edge.exporters")
+            for k, v in vars(mod).items() if not k.startswith("__") and isinstance(v, (dict, list, set))}
+
+
 @pytest.mark.slow
-def test_w8a8_quantizes_encoder_activations(tmp_path):
+def test_w8a8_quantizes_encoder_activations(tmp_path, monkeypatch):
+    """... and verify simulates the calibrated encoder the export returned (no module state in between)."""
+    target, seen = TARGETS["coreml"], {}
+
+    def verify(model, bundle, precision, req, result):
+        seen.update(state=_exporter_state(), w8a8=result.w8a8)
+        return target.verify(model, bundle, precision, req, result)
+
+    monkeypatch.setitem(TARGETS, "coreml", dataclasses.replace(target, verify=verify))
+    before = _exporter_state()
     root, rep = _export(tmp_path, "w8a8")
+    assert {k: v for k, v in seen["state"].items() if k in before} == before and seen["w8a8"] is not None
     assert rep["failures"] == []
     enc = load_bundle(root).require("encoder", "coreml", "fp16-w8a8")
     assert enc.details["deployment_target"] == "iOS17" and enc.details["w8a8"]["calibration_images"] > 0
@@ -153,8 +173,8 @@ def test_dcn_config_converts_grid_sample_to_resample(tmp_path):
 # ---- fast checks without conversion ------------------------------------------------------------------
 def test_onnx_refuses_compress():
     with pytest.raises(ValueError, match="--target onnx does not take --compress"):
-        validate(ExportRequest(target="onnx", options={"compress": "int8"}))
-    assert validate(ExportRequest(target="coreml", options={"compress": "int8"})) == "fp16"
+        options_for("onnx", compress="int8")
+    assert validate(ExportRequest(target="coreml", options=options_for("coreml", compress="int8"))) == "fp16"
 
 
 def test_unknown_compress_is_refused(tmp_path):
@@ -259,12 +279,11 @@ def test_enumerated_canvases_convert_and_are_recorded(tmp_path):
     import coremltools as ct
 
     from rapsam_edge.bundle import bundle_canvas
-    from rapsam_edge.exporters.export import default_verify_images
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         root, report = run_export(ExportRequest(target="coreml", config="rapsam_r18_lite", imgsz=64, out=tmp_path,
-                                                options={"canvases": "96x64,64x128"},
+                                                options=options_for("coreml", canvases="96x64,64x128"),
                                                 verify_images=default_verify_images(limit=1)[:1]))
     assert report["failures"] == []
     bundle = load_bundle(root)
@@ -290,5 +309,4 @@ def test_enumerated_canvases_convert_and_are_recorded(tmp_path):
                                                 "mask_logits": [], "queries": [1, 100, 256]}, "none")
     assert any("enumerated input shapes" in f for f in rep["failures"])  # the check can fail
     with pytest.raises(ValueError, match="--canvases takes --compress none, int8 or palette4"):
-        run_export(ExportRequest(target="coreml", config="rapsam_r18_lite", imgsz=64, out=tmp_path / "w",
-                                 options={"canvases": "96x64", "compress": "w8a8"}))
+        CoreMLOptions(canvases=((96, 64),), compress="w8a8")

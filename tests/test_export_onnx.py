@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 
 import rapsam_edge
 from rapsam_edge.bundle import BundleError, bundle_canvas, load_bundle
-from rapsam_edge.exporters import export as export_mod
+from rapsam_edge.exporters import verify as verify_mod
 from rapsam_edge.exporters.canvas import MAX_CANVAS, dynamic_coord_features
 from rapsam_edge.exporters.export import ExportRequest, run_export, validate
+from rapsam_edge.exporters.options import DcnMode, OnnxOptions
+from rapsam_edge.exporters.targets import options_for
 from rapsam_edge.exporters.verify import TOLERANCES, VerificationError, check, compare, mask_iou
 from rapsam_edge.model.rapsam import build_model
 from rapsam_edge.preprocess import CanvasSpec
@@ -111,30 +113,48 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
     def failing_check(report, precision):
         return ["prompt_decoder.mask_iou mean 0.5 < 0.99"]
 
-    monkeypatch.setattr(export_mod, "check", failing_check)
+    monkeypatch.setattr(verify_mod, "check", failing_check)
     req = ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=64, out=tmp_path, verify_images=IMAGES[:1])
     with pytest.raises(VerificationError, match="Nothing was written"):
         run_export(req)
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("req,message", [
-    (ExportRequest(target="tflite"), "unknown export target"),
-    (ExportRequest(target="onnx", precision="int8"), "INT8 comes from `rapsam-edge calibrate`"),
-    (ExportRequest(target="onnx", imgsz=100), "multiple of 32"),
-    (ExportRequest(target="onnx", options={"device": "jetson"}), "does not take --device"),
-    (ExportRequest(target="onnx", options={"canvas": "dynamic"}), "does not take --canvas"),
-    (ExportRequest(target="onnx", options={"max_canvas": "1344"}), "HEIGHTxWIDTH"),
-    (ExportRequest(target="onnx", options={"max_canvas": "1344x1000"}), "multiples of 32"),
-    (ExportRequest(target="onnx", imgsz=640, options={"max_canvas": "512x1344"}), "smaller than the deployment"),
-    (ExportRequest(target="tensorrt", options={"canvas": "ranged"}), "unknown canvas mode"),
-    (ExportRequest(target="tensorrt", options={"canvas": "fixed", "max_canvas": "1344x1344"}), "--canvas fixed"),
-    (ExportRequest(target="tensorrt", options={"canvases": "800x1216"}), "does not take --canvases"),
-    (ExportRequest(target="coreml", options={"canvases": "800x1200"}), "multiples of 32"),
+@pytest.mark.parametrize("target,kw,message", [
+    ("tflite", {}, "unknown export target"),
+    ("onnx", {"precision": "int8"}, "INT8 comes from `rapsam-edge calibrate`"),
+    ("onnx", {"imgsz": 100}, "multiple of 32"),
+    ("onnx", {"device": "jetson"}, "does not take --device; it takes --dcn, --no-simplify, --max-canvas"),
+    ("onnx", {"canvas": "dynamic"}, "does not take --canvas"),
+    ("onnx", {"dcn": "bogus"}, "unknown --dcn mode 'bogus'; choose one of pytorch, deformconv"),
+    ("onnx", {"max_canvas": "1344"}, "HEIGHTxWIDTH"),
+    ("onnx", {"max_canvas": "1344x1000"}, "multiples of 32"),
+    ("onnx", {"imgsz": 640, "max_canvas": "512x1344"}, "smaller than the deployment"),
+    ("tensorrt", {"canvas": "ranged"}, "unknown canvas mode"),
+    ("tensorrt", {"canvas": "fixed", "max_canvas": "1344x1344"}, "--canvas fixed"),
+    ("tensorrt", {"canvases": "800x1216"}, "does not take --canvases"),
+    ("coreml", {"canvases": "800x1200"}, "multiples of 32"),
+    ("coreml", {"calib_images": [ASSET_IMAGES / "coffee.png"]}, "--calib-images calibrates the encoder of --compress"),
 ])
-def test_bad_export_requests_are_refused(req, message):
+def test_bad_export_requests_are_refused(target, kw, message):
+    """A bad request is one sentence naming the flag, from the flags (options_for) or the request (validate)."""
+    request = {k: v for k, v in kw.items() if k in ("precision", "imgsz")}
+    flags = {k: v for k, v in kw.items() if k not in request}
     with pytest.raises(ValueError, match=message):
-        validate(req)
+        validate(ExportRequest(target=target, options=options_for(target, **flags), **request))
+
+
+def test_options_are_typed_and_checked_when_made():
+    """Options built directly (not from flags) are checked too: a bad --dcn never reaches the manifest."""
+    assert OnnxOptions(dcn="deformconv").dcn is DcnMode.DEFORMCONV
+    with pytest.raises(ValueError, match="unknown --dcn mode 'bogus'"):
+        OnnxOptions(dcn="bogus")
+    with pytest.raises(ValueError, match="--max-canvas '1344x1000' must be HEIGHTxWIDTH"):
+        OnnxOptions(max_canvas=(1344, 1000))
+    with pytest.raises(TypeError, match="takes OnnxOptions"):
+        validate(ExportRequest(target="onnx", options=options_for("tensorrt")))
+    with pytest.raises(TypeError, match="no export target has: opset"):
+        options_for("onnx", opset=19)  # not a flag of the export command: a programming error, not a sentence
 
 
 def test_other_checkpoint_into_an_existing_bundle_is_refused(bundle_dir, tmp_path):
@@ -173,7 +193,7 @@ def test_dcn_as_onnx_deformconv_runs_and_matches_torch(tmp_path):
     import onnx
 
     root, report = run_export(ExportRequest(target="onnx", config="rapsam_r18", imgsz=128, out=tmp_path,
-                                            options={"dcn": "deformconv"}, verify_images=IMAGES[:1]))
+                                            options=OnnxOptions(dcn="deformconv"), verify_images=IMAGES[:1]))
     model = onnx.load(str(root / "encoder.onnx"))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("DeformConv") == 3 and "GridSample" not in ops
@@ -182,7 +202,7 @@ def test_dcn_as_onnx_deformconv_runs_and_matches_torch(tmp_path):
     assert load_bundle(root).manifest["model"]["dcn"] == "deformconv"
     with pytest.raises(ValueError, match="no deformable convolutions"):
         run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=64, out=tmp_path / "x",
-                                 options={"dcn": "deformconv"}, verify_images=IMAGES[:1]))
+                                 options=OnnxOptions(dcn="deformconv"), verify_images=IMAGES[:1]))
 
 
 # ---- dynamic canvases (issue 12: graphs that can run the official canvas) -----------------------------------

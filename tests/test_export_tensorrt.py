@@ -1,6 +1,6 @@
 """--target tensorrt on a machine without TensorRT: checked ONNX inputs + trtexec lines land in the bundle, the
-engine build stops with one sentence; fingerprint probes and comparisons on sample outputs (no GPU, no fake
-tensorrt module)."""
+engine build stops with one sentence (no GPU, no fake tensorrt module). The device probes, ``--device`` and engine
+fingerprints are tests/test_devices.py's."""
 
 from __future__ import annotations
 
@@ -16,40 +16,20 @@ from onnx import TensorProto, helper
 
 from rapsam_edge.bundle import BundleError, bundle_canvas, load_bundle
 from rapsam_edge.exporters.export import ExportRequest, run_export
-from rapsam_edge.exporters.tensorrt import (
-    INT8_NEEDS_CALIBRATION,
-    EngineSpec,
-    ShapeProfile,
-    TrtOptions,
-    _check_qdq,
-    engine_specs,
-    shape_profiles,
-    trtexec_line,
-)
+from rapsam_edge.exporters.options import TensorRTOptions
+from rapsam_edge.exporters.targets import options_for
+from rapsam_edge.exporters.tensorrt import INT8_NEEDS_CALIBRATION, build_options
 from rapsam_edge.exporters.tensorrt_build import main, recorded_profiles
+from rapsam_edge.exporters.tensorrt_checks import _check_qdq
+from rapsam_edge.exporters.tensorrt_engines import EngineSpec, ShapeProfile, TrtOptions, engine_specs, shape_profiles
+from rapsam_edge.exporters.tensorrt_script import trtexec_line
 from rapsam_edge.preprocess import CanvasSpec
 from rapsam_edge.runtime.base import backend_factory
-from rapsam_edge.runtime.trt_backend import (
-    TrtBackend,
-    device_fingerprint,
-    engine_precisions,
-    fingerprint_mismatch,
-    parse_device_tree_model,
-    parse_nvidia_smi,
-    parse_nvpmodel,
-    parse_tegra_release,
-    resolve_device,
-)
+from rapsam_edge.runtime.trt_backend import TrtBackend, engine_precisions
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
                                 reason="these tests cover a machine without TensorRT")
 ASTRONAUT = Path(__file__).resolve().parents[1] / "rapsam_edge" / "assets" / "images" / "astronaut.png"
-
-TEGRA_R36 = ("# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, "
-             "DATE: Mon May  6 17:34:21 UTC 2024\n# KERNEL_VARIANT: oot\nTARGET_USERSPACE_LIB_DIR=nvidia\n")
-TEGRA_R35 = "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 2023\n"
-SMI_A100 = "NVIDIA A100-SXM4-40GB, 8.0\nNVIDIA A100-SXM4-40GB, 8.0\n"
-NVPMODEL = "NVPM WARN: fan mode is not set!\nNV Power Mode: MAXN\n0\n"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +37,7 @@ def exported(tmp_path_factory):
     """One fp16 export at 128 px for the Jetson profile; returns (bundle root, the error run_export raised)."""
     out = tmp_path_factory.mktemp("trt")
     req = ExportRequest(target="tensorrt", config="rapsam_r18_lite", imgsz=128, out=out,
-                        options={"device": "jetson"}, verify_images=[ASTRONAUT])
+                        options=TensorRTOptions(device="jetson"), verify_images=[ASTRONAUT])
     with pytest.raises(RuntimeError) as err:
         run_export(req)
     return out / "rapsam_r18_lite", err.value
@@ -112,6 +92,7 @@ def test_build_script_and_manifest_record_trtexec_lines(exported):
     assert build.details["canvas"] == fixed and bundle.manifest["canvas"] == fixed  # the default: one shape
     assert bundle_canvas(bundle, "tensorrt-onnx") == CanvasSpec("fixed", (128, 128))
     assert "rapsam_edge.exporters.tensorrt_build register .. --precision fp16" in script
+    assert script.count("-m rapsam_edge.exporters.tensorrt_build register") == 2  # the echoed hint runs too
 
 
 def test_register_needs_built_engines(exported):
@@ -122,7 +103,7 @@ def test_register_needs_built_engines(exported):
 
 def test_int8_needs_calibrated_encoder(tmp_path):
     req = ExportRequest(target="tensorrt", config="rapsam_r18_lite", imgsz=128, out=tmp_path, precision="int8",
-                        options={"device": "jetson"})
+                        options=TensorRTOptions(device="jetson"))
     with pytest.raises(ValueError) as err:
         run_export(req)
     assert str(err.value) == INT8_NEEDS_CALIBRATION
@@ -144,17 +125,18 @@ def test_trtexec_lines_for_int8_dla_and_a100():
     ({"device": "a100", "dla": 0}, "DLA cores exist only on Jetson"),
     ({"device": "tpu"}, "unknown TensorRT --device"),
     ({"device": "jetson", "workspace": -5}, "positive number of MB"),
-    ({"device": "jetson", "prompt_slots": 65}, r"prompt_slots must be an integer in \[1, 64\]"),
+    ({"device": "jetson", "dla": -1}, r"--dla takes a DLA core index \(0 or 1\), not -1"),
+    ({"device": "jetson", "prompt_slots": 65}, r"--prompt-slots must be an integer in \[1, 64\]"),
 ])
 def test_options_refused_with_one_sentence(options, match):
     with pytest.raises(ValueError, match=match):
-        TrtOptions.from_request(ExportRequest(options=options))
+        build_options(options_for("tensorrt", **options))
 
 
 def test_options_defaults_per_device():
-    assert TrtOptions.from_request(ExportRequest(options={"device": "a100"})).workspace_mb == 4096
-    assert TrtOptions.from_request(ExportRequest(options={"device": "jetson", "workspace": 512})).workspace_mb == 512
-    here = TrtOptions.from_request(ExportRequest(options={}))  # auto on a CPU-only host: Jetson-safe defaults
+    assert build_options(TensorRTOptions(device="a100")).workspace_mb == 4096
+    assert build_options(TensorRTOptions(device="jetson", workspace=512)).workspace_mb == 512
+    here = build_options(TensorRTOptions())  # auto on a CPU-only host: Jetson-safe defaults
     assert (here.device, here.profile, here.workspace_mb) == ("auto", "jetson", 1024)
 
 
@@ -176,76 +158,6 @@ def test_qdq_must_be_symmetric_int8():
         _check_qdq(_qdq_model(TensorProto.INT32))  # onnxruntime's default QuantizeBias
 
 
-def test_parse_probe_outputs():
-    assert parse_tegra_release(TEGRA_R36) == {"l4t": "36.3.0", "l4t_major": 36, "jetpack": "6.0",
-                                              "tegra_board": "generic"}
-    assert parse_tegra_release(TEGRA_R35)["l4t"] == "35.4.1"
-    assert parse_tegra_release("") is None and parse_tegra_release("garbage") is None
-    assert parse_nvidia_smi(SMI_A100) == {"gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0",
-                                          "gpu_count": 2}
-    assert parse_nvidia_smi("Orin (nvgpu), [N/A]\n") == {"gpu_name": "Orin (nvgpu)", "compute_capability": None,
-                                                          "gpu_count": 1}
-    assert parse_nvidia_smi(None) is None and parse_nvidia_smi("No devices were found\n") is None
-    assert parse_nvpmodel(NVPMODEL) == {"power_mode": "MAXN", "power_mode_id": 0}
-    assert parse_nvpmodel("NV Power Mode: 15W\n2\n") == {"power_mode": "15W", "power_mode_id": 2}
-    assert parse_nvpmodel("") is None
-    assert parse_device_tree_model("NVIDIA Jetson AGX Orin Developer Kit\x00") == {
-        "board": "NVIDIA Jetson AGX Orin Developer Kit", "compute_capability": "8.7"}
-
-
-def _fake_run(outputs: dict[str, str]):
-    return lambda cmd: outputs.get(cmd[0])
-
-
-def test_device_fingerprint_on_a_jetson(tmp_path):
-    (tmp_path / "tegra").write_text(TEGRA_R36)
-    (tmp_path / "model").write_text("NVIDIA Jetson Orin Nano Developer Kit\x00")
-    fp = device_fingerprint(run=_fake_run({"nvpmodel": NVPMODEL, "nvidia-smi": "Orin (nvgpu), [N/A]\n"}),
-                            tegra_release=tmp_path / "tegra", device_tree_model=tmp_path / "model",
-                            cuda_gpu=lambda: None, trt_version=lambda: "10.3.0.30")
-    assert fp["jetson"] and fp["l4t"] == "36.3.0" and fp["l4t_major"] == 36 and fp["jetpack"] == "6.0"
-    assert fp["gpu_name"] == "Orin (nvgpu)" and fp["compute_capability"] == "8.7"  # capability from the board
-    assert fp["board"] == "NVIDIA Jetson Orin Nano Developer Kit" and fp["power_mode"] == "MAXN"
-    assert fp["tensorrt"] == "10.3.0.30" and resolve_device("auto", fp) == "jetson"
-
-
-def test_device_fingerprint_on_dgpu_and_cpu_hosts(tmp_path):
-    missing = tmp_path / "absent"
-    dgpu = device_fingerprint(run=_fake_run({"nvidia-smi": SMI_A100}), tegra_release=missing,
-                              device_tree_model=missing, cuda_gpu=lambda: None, trt_version=lambda: "10.13.3")
-    assert (dgpu["gpu_name"], dgpu["compute_capability"], dgpu["jetson"], dgpu["gpu_probe"]) == (
-        "NVIDIA A100-SXM4-40GB", "8.0", False, "nvidia-smi")
-    assert resolve_device("auto", dgpu) == "a100" and resolve_device("a100", dgpu) == "a100"
-    with pytest.raises(RuntimeError, match="not a Jetson"):
-        resolve_device("jetson", dgpu)
-    cpu = device_fingerprint(run=_fake_run({}), tegra_release=missing, device_tree_model=missing,
-                             cuda_gpu=lambda: None, trt_version=lambda: None)
-    assert cpu["gpu_name"] is None and cpu["tensorrt"] is None and not cpu["jetson"]
-    with pytest.raises(RuntimeError, match="needs an NVIDIA GPU but none is visible"):
-        resolve_device("a100", cpu)
-    real = device_fingerprint()  # this machine: no GPU, no TensorRT
-    assert real["gpu_name"] is None and real["tensorrt"] is None
-
-
-ORIN = {"gpu_name": "Orin (nvgpu)", "compute_capability": "8.7", "tensorrt": "10.3.0.30", "l4t_major": 36,
-        "power_mode": "MAXN"}
-
-
-def test_fingerprint_mismatch():
-    assert fingerprint_mismatch(ORIN, dict(ORIN)) is None
-    assert fingerprint_mismatch({"device": ORIN}, {**ORIN, "gpu_name": "Orin", "tensorrt": "10.3.1"}) is None
-    assert fingerprint_mismatch(ORIN, {**ORIN, "power_mode": "15W"}) is None  # recorded, never blocks
-    a100 = {"gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0", "tensorrt": "10.3.0", "l4t_major": None}
-    msg = fingerprint_mismatch(a100, ORIN)
-    assert "'NVIDIA A100-SXM4-40GB' there, 'Orin (nvgpu)' here" in msg and "compute capability 8.0 there, 8.7" in msg
-    assert "TensorRT 10" not in msg and msg.endswith("`rapsam-edge export --target tensorrt`.")
-    msg = fingerprint_mismatch(ORIN, {**ORIN, "tensorrt": "10.7.0"})
-    assert "TensorRT 10.3 there, 10.7 here" in msg and "GPU" not in msg
-    assert "L4T R36 there, R35 here" in fingerprint_mismatch(ORIN, {**ORIN, "l4t_major": 35})
-    msg = fingerprint_mismatch(ORIN, {"gpu_name": None})
-    assert "no NVIDIA GPU is visible here" in msg
-
-
 def test_trt_backend_without_tensorrt(exported):
     root, _ = exported
     assert backend_factory("tensorrt") is TrtBackend
@@ -263,7 +175,7 @@ def exported_dynamic(tmp_path_factory):
     """--canvas dynamic at a 64 px deployment size, max canvas 800x800 (the astronaut's official canvas)."""
     out = tmp_path_factory.mktemp("trt_dynamic")
     req = ExportRequest(target="tensorrt", config="rapsam_r18_lite", imgsz=64, out=out, verify_images=[ASTRONAUT],
-                        options={"device": "jetson", "canvas": "dynamic", "max_canvas": "800x800"})
+                        options=options_for("tensorrt", device="jetson", canvas="dynamic", max_canvas="800x800"))
     with pytest.raises(RuntimeError, match="TensorRT is not installed here"):
         run_export(req)
     return load_bundle(out / "rapsam_r18_lite")
@@ -321,7 +233,6 @@ def test_dynamic_profiles_follow_the_canvas_and_refuse_dla():
     assert keys == ShapeProfile("prompt_keys", (1, 64, 256), (1, 25600, 256), (1, 112896, 256))
     assert shape_profiles("object_decoder", TrtOptions("a100", "a100", 4096, None, 16)) == []  # fixed: static
     with pytest.raises(ValueError, match="needs static shapes"):
-        TrtOptions.from_request(ExportRequest(options={"device": "jetson", "dla": 0, "canvas": "dynamic"}),
-                                size=(640, 640))
-    opts = TrtOptions.from_request(ExportRequest(options={"device": "jetson"}), size=(640, 640))
+        TensorRTOptions(device="jetson", dla=0, canvas="dynamic")
+    opts = build_options(TensorRTOptions(device="jetson"), size=(640, 640))
     assert opts.canvas == CanvasSpec("fixed", (640, 640)) and not opts.dynamic  # fixed is the default

@@ -141,7 +141,7 @@ class EnginePlan:
 def trt_options(bundle: Any, precision: str, workspace: int | None) -> Any:
     """The builder options recorded at export (profile, workspace, DLA, prompt slots), optionally a new workspace."""
     from rapsam_edge.bundle import BundleError
-    from rapsam_edge.exporters.tensorrt import FORMAT, TrtOptions
+    from rapsam_edge.exporters.tensorrt_engines import FORMAT, TrtOptions
 
     build = bundle.find("build", FORMAT, precision)
     if build is None:
@@ -149,15 +149,15 @@ def trt_options(bundle: Any, precision: str, workspace: int | None) -> Any:
         raise BundleError(f"bundle {bundle.root} has no TensorRT ONNX inputs for {precision} (it has "
                           f"{', '.join(have)}); write them with `rapsam-edge export --target tensorrt --device jetson "
                           f"--precision {precision}` first.")
-    opts = TrtOptions(**build.details["options"])
+    opts = TrtOptions.from_record(build.details["options"], build.details.get("canvas"))
     return dataclasses.replace(opts, workspace_mb=workspace) if workspace else opts
 
 
 def engine_plan(bundle: Any, precision: str, device_fp: dict[str, Any], opts: Any, rebuild: bool = False) -> EnginePlan:
     """Reuse the registered engines only if every one exists, was built on this device and TensorRT (fingerprint)
     and from the bundle's current ONNX inputs (sha256) with the same workspace; otherwise build."""
-    from rapsam_edge.exporters.tensorrt import FORMAT, engine_specs
-    from rapsam_edge.runtime.trt_backend import fingerprint_mismatch
+    from rapsam_edge.exporters.tensorrt_engines import FORMAT, engine_specs
+    from rapsam_edge.runtime.devices import fingerprint_mismatch
 
     if rebuild:
         return EnginePlan("build", "--rebuild was given.")
@@ -185,9 +185,10 @@ def engine_plan(bundle: Any, precision: str, device_fp: dict[str, Any], opts: An
 def ensure_engines(bundle: Any, precision: str, workspace: int | None, rebuild: bool,
                    log: Any = print) -> EnginePlan:
     """Check TensorRT, decide, and build + register the engines with the project's builder when needed."""
-    from rapsam_edge.exporters.tensorrt import FORMAT, engine_specs
-    from rapsam_edge.exporters.tensorrt_build import build_engine, register_engines
-    from rapsam_edge.runtime.trt_backend import device_fingerprint, import_tensorrt
+    from rapsam_edge.exporters.tensorrt_build import build_engine, recorded_profiles, register_engines
+    from rapsam_edge.exporters.tensorrt_engines import FORMAT, engine_specs
+    from rapsam_edge.runtime import devices
+    from rapsam_edge.runtime.trt_backend import import_tensorrt
 
     trt = import_tensorrt(hint=TRT_MISSING)
     opts = trt_options(bundle, precision, workspace)
@@ -195,14 +196,15 @@ def ensure_engines(bundle: Any, precision: str, workspace: int | None, rebuild: 
     if tuple(int(x) for x in trt.__version__.split(".")[:2]) < tuple(int(x) for x in need.split(".")):
         raise RuntimeError(f"TensorRT {trt.__version__} here is older than {need}, which these graphs need; "
                            "use JetPack 6.1 or newer.")
-    plan = engine_plan(bundle, precision, device_fingerprint(), opts, rebuild)
+    plan = engine_plan(bundle, precision, devices.probe().fingerprint(), opts, rebuild)
     log(f"engines: {plan.action} — {plan.reason}")
     if plan.action == "build":
         folder = bundle.root / "tensorrt"
+        profiles = recorded_profiles(bundle, precision, opts)  # the optimization profiles export wrote
         builds = {}
         for spec in engine_specs(precision, opts):
             log(f"building {spec.plan} (workspace {opts.workspace_mb} MB) ...")
-            builds[spec.graph] = build_engine(trt, folder, spec, opts)
+            builds[spec.graph] = build_engine(trt, folder, spec, opts, profiles.get(spec.graph, []))
         register_engines(bundle, precision, opts, "apps/jetson", builds)
     return plan
 

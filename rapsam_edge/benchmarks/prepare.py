@@ -87,12 +87,15 @@ def _same_model(manifest: dict[str, Any], spec: MakeSpec) -> str | None:
 
 
 def _export(root: Path | None, spec: MakeSpec, target: str, precision: str, **options: Any) -> Path:
-    from ..exporters.export import ExportRequest, default_verify_images, run_export
+    from ..exporters.export import ExportRequest, run_export
+    from ..exporters.targets import options_for
+    from ..exporters.verify import default_verify_images
 
     req = ExportRequest(target=target, config=spec.config or (None if spec.checkpoint else DEFAULT_CONFIG),
                         checkpoint=spec.checkpoint, precision=precision, imgsz=spec.imgsz,
                         out=root.parent if root else spec.out / "bundles", name=root.name if root else None,
-                        seed=spec.seed, verify_images=default_verify_images()[: spec.verify_limit], options=options)
+                        seed=spec.seed, verify_images=default_verify_images()[: spec.verify_limit],
+                        options=options_for(target, **options))
     path, _ = run_export(req)
     return path
 

@@ -275,8 +275,7 @@ def _verify(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> 
     """PyTorch vs the INT8 graphs (exporters/verify.py, TOLERANCES["int8"]) on ``opts.verify_images``."""
     if not opts.verify_images:
         return None
-    from ..exporters.export import verify_onnx_bundle
-    from ..exporters.verify import VerificationError
+    from ..exporters.verify import VerificationError, verify_onnx_bundle
     from ..runtime.loader import reference_model
 
     precision = opts.flavor.precision

@@ -4,7 +4,7 @@ The official test time pads each image only to a multiple of 32 (a 427x640 COCO 
 canvas), and the outputs depend on the canvas, so graphs that serve the official protocol must take any
 such canvas. This module holds what every target shares for that:
 
-* :class:`CanvasMode` (in ``exporters/__init__``, light enough for the CLI) and the canvas bounds:
+* :class:`CanvasMode` and the canvas bounds:
   ``fixed`` = one canvas (the deployment ``--imgsz``); ``dynamic`` = any multiple of 32 from 32x32 up to
   ``--max-canvas`` (default 1344x1344, the largest canvas the official 1333x800 keep-ratio scale pads to),
   optimised for the deployment size.
@@ -30,13 +30,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..choices import Choice
 from ..errors import InputError
 from ..model.neck import YOSONeck
 from ..model.prompt import sine_encode_coords
 from ..model.rapsam import RapSam
 from ..preprocess import SIZE_DIVISOR, CanvasSpec
-from . import CanvasMode
 from .graphs import example_inputs
+
+
+class CanvasMode(Choice):
+    """``export --canvas``: one fixed canvas (the deployment ``--imgsz``), or any multiple of 32 from 32x32 to
+    ``--max-canvas`` (what the official per-image canvases need)."""
+
+    FIXED = "fixed"
+    DYNAMIC = "dynamic"
+
+    @classmethod
+    def what(cls) -> str:
+        return "canvas mode"
+
 
 MAX_CANVAS = (1344, 1344)
 """Default largest dynamic canvas: keep-ratio (1333, 800) pads a long side of 1333 to 1344."""
@@ -211,25 +224,3 @@ def name_dims(proto: Any, graph: str) -> dict[str, str]:
             if dim.dim_param in mapping:
                 dim.dim_param = mapping[dim.dim_param]
     return mapping
-
-
-def requested_canvas(target: str, options: dict[str, Any], size: tuple[int, int]) -> CanvasSpec:
-    """The canvas an export of ``target`` writes, from its options (the CLI's ``--canvas``, ``--max-canvas``,
-    ``--canvases``) and the deployment size ``size`` (``--imgsz``):
-
-    * onnx: always dynamic, 32x32 up to ``max_canvas`` (default 1344x1344), optimised for ``size``: measured
-      on the 2-core CPU, a dynamic export runs as fast as a fixed one (within 1 %; README, issue 12 note);
-    * tensorrt: ``canvas`` fixed (default) or dynamic (an optimisation profile min/opt/max);
-    * coreml: fixed, or with ``canvases`` exactly those plus ``size`` (``ct.EnumeratedShapes``, default ``size``).
-    """
-    size = (int(size[0]), int(size[1]))
-    max_canvas = options.get("max_canvas")
-    if isinstance(max_canvas, str):
-        max_canvas = parse_hw(max_canvas, "--max-canvas")
-    if target == "coreml":
-        listed = options.get("canvases")
-        if not listed:
-            return CanvasSpec("fixed", size)
-        return CanvasSpec("enumerated", size, sizes=(size, *parse_canvases(listed)))
-    mode = CanvasMode.DYNAMIC if target == "onnx" else CanvasMode.parse(options.get("canvas") or CanvasMode.FIXED)
-    return canvas_spec(mode, size, max_canvas)

@@ -43,6 +43,7 @@ import platform
 import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +51,16 @@ import numpy as np
 import torch
 
 from ..bundle import Artifact, Bundle, TensorSpec, size_path
-from ..errors import InputError
 from ..model.rapsam import RapSam
 from ..preprocess import CanvasSpec
-from ..runtime.base import Backend
-from .canvas import dynamic_coord_features, requested_canvas
-from .coreml_compress import COMPRESSIONS, compress_weights, simulated_model
+from ..runtime.torch_backend import TorchBackend
+from .canvas import dynamic_coord_features
+from .coreml_compress import W8A8Encoder, calibration_images, compress_weights, simulated_model, w8a8_encoder
 from .graphs import GRAPH_IO, build_graph, example_inputs
+from .options import CoreMLOptions
+from .request import ExportRequest, ExportResult
+from .verify import check, default_verify_images, verify_graphs
 
-PROMPT_SLOTS = 16
 TARGETS = {"iOS16": "iOS 16+ / macOS 13+", "iOS17": "iOS 17+ / macOS 14+", "iOS18": "iOS 18+ / macOS 15+"}
 # ops that must show up per compression (coremltools 9 emits the affine form for iOS16/17 targets and
 # the blockwise form from iOS18 on)
@@ -81,14 +83,12 @@ def package_path(graph: str, precision: str, compress: str) -> str:
     return f"coreml/{'.'.join(parts)}.mlpackage"
 
 
-def _options(req: Any) -> tuple[str, int]:
-    compress = req.options.get("compress") or "none"
-    if compress not in COMPRESSIONS:
-        raise InputError(f"--compress {compress!r} is not one of {', '.join(COMPRESSIONS)}.")
-    slots = int(req.options.get("prompt_slots") or PROMPT_SLOTS)
-    if slots < 1:
-        raise InputError(f"prompt_slots must be >= 1, not {slots}.")
-    return compress, slots
+@dataclass(frozen=True)
+class CoreMLExport(ExportResult):
+    """The packages, and for ``--compress w8a8`` the calibrated encoder they were converted from, which the
+    verification simulates (calibrating again would cost as much as the export's own calibration)."""
+
+    w8a8: W8A8Encoder | None = None
 
 
 # ---- fp32 islands inside fp16 graphs -------------------------------------------------------------------
@@ -248,27 +248,23 @@ def _histogram(counts: Counter) -> dict[str, int]:
     return dict(sorted(((k, v) for k, v in counts.items() if k != "const"), key=lambda kv: -kv[1]))
 
 
-def export_target(model: RapSam, root: Path, precision: str, req: Any) -> list[Artifact]:
-    """The ``--target coreml`` entry used by :func:`rapsam_edge.exporters.export.run_export`."""
-    compress, slots = _options(req)
-    canvas = requested_canvas("coreml", req.options, model.config.input_size)
+def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest) -> CoreMLExport:
+    """The ``--target coreml`` entry of :data:`rapsam_edge.exporters.targets.TARGETS`."""
+    opts = req.options_as(CoreMLOptions)
+    compress, slots = opts.compress, opts.prompt_slots
+    canvas = opts.canvas_for(model.config.input_size)
     enumerated = canvas.kind == "enumerated"
-    if enumerated and compress == "w8a8":
-        raise InputError("--canvases takes --compress none, int8 or palette4: the w8a8 encoder is a calibrated fx "
-                         "graph that is exported at the one --imgsz canvas.")
     model = model.eval()
     modules: dict[str, tuple[torch.nn.Module, str]] = {
         g: (build_graph(g, model), "iOS18" if enumerated and g == "prompt_decoder" else "iOS16") for g in GRAPH_IO}
     extra: dict[str, Any] = {}
+    calibrated = None
     if compress == "w8a8":
-        from .coreml_compress import calibration_images, w8a8_encoder
-
-        images, source = calibration_images(req)
+        images, source = calibration_images(opts.calib_images)
         t0 = time.perf_counter()
-        encoder, extra = w8a8_encoder(model, images)
+        calibrated, extra = w8a8_encoder(model, images)
         extra.update(calibration_source=source, calibration_seconds=round(time.perf_counter() - t0, 2))
-        modules["encoder"] = (encoder, "iOS17")
-        _W8A8_CACHE[id(model)] = (model, encoder)
+        modules["encoder"] = (calibrated, "iOS17")
     arts = []
     for graph, (module, target) in modules.items():
         example = example_inputs(graph, model, num_prompts=slots)
@@ -303,10 +299,7 @@ def export_target(model: RapSam, root: Path, precision: str, req: Any) -> list[A
         arts.append(Artifact(graph, "coreml", artifact_precision(precision, compress), rel,
                              _spec_tensors(spec.description.input), _spec_tensors(spec.description.output),
                              details=details))
-    return arts
-
-
-_W8A8_CACHE: dict[int, tuple[RapSam, torch.nn.Module]] = {}  # export -> verify hand-over of the calibration
+    return CoreMLExport(arts, calibrated)
 
 
 # ---- verification --------------------------------------------------------------------------------------
@@ -373,37 +366,11 @@ def check_package(path: Path, art: Artifact, expected: dict[str, list[int]], com
             "size_mb": round(size / 1e6, 2), "failures": fails}
 
 
-class _SimBackend(Backend):
-    """The simulated (PyTorch) counterpart of a CoreML bundle, for ``verify_graphs``."""
-
-    name = "coreml-simulated"
-
-    def __init__(self, model: RapSam, encoder: torch.nn.Module | None):
-        self.enc = encoder or build_graph("encoder", model)
-        self.obj, self.prm = build_graph("object_decoder", model), build_graph("prompt_decoder", model)
-
-    @torch.no_grad()
-    def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.enc(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
-        return dict(zip(GRAPH_IO["encoder"].outputs, (t.float().numpy() for t in out), strict=True))
-
-    @torch.no_grad()
-    def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return tuple(t.numpy() for t in self.obj(torch.from_numpy(features)))  # type: ignore[return-value]
-
-    @torch.no_grad()
-    def decode_prompts(self, encoded: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        args = [torch.from_numpy(encoded[n]) for n in ("features", "prompt_keys", "prompt_values")]
-        return tuple(t.numpy() for t in self.prm(*args, torch.from_numpy(boxes)))  # type: ignore[return-value]
-
-
-def verify_target(model: RapSam, bundle: Bundle, precision: str, req: Any) -> dict[str, Any]:
+def verify_target(model: RapSam, bundle: Bundle, precision: str, req: ExportRequest,
+                  result: ExportResult) -> dict[str, Any]:
     """Package checks + simulated drift (+ measured drift on macOS); ``failures`` non-empty = export fails."""
-    from ..runtime.torch_backend import TorchBackend
-    from .export import default_verify_images
-    from .verify import verify_graphs
-
-    compress, slots = _options(req)
+    opts = req.options_as(CoreMLOptions)
+    compress, slots = opts.compress, opts.prompt_slots
     key = artifact_precision(precision, compress)
     expected = expected_io(model, slots)
     report: dict[str, Any] = {"precision": key, "packages": {}, "failures": [], "warnings": []}
@@ -414,20 +381,12 @@ def verify_target(model: RapSam, bundle: Bundle, precision: str, req: Any) -> di
         report["packages"][graph] = rep
     images = (req.verify_images or default_verify_images(limit=3))[:3]
     policy = model.config.input_policy()
-    sim = simulated_model(model, precision, compress)
-    encoder = None
-    if compress == "w8a8":
-        cached = _W8A8_CACHE.pop(id(model), None)
-        encoder = cached[1] if cached is not None and cached[0] is model else None
-        if encoder is None:
-            from .coreml_compress import calibration_images, w8a8_encoder
-
-            encoder = w8a8_encoder(model, calibration_images(req)[0])[0]
-        from .coreml_compress import W8A8Encoder
-
-        encoder = W8A8Encoder(sim, encoder.qdq)  # int8-weight prompt projections, QDQ encode as exported
+    calibrated = result.w8a8 if isinstance(result, CoreMLExport) else None
+    if compress == "w8a8" and calibrated is None:
+        raise ValueError("the CoreML w8a8 verification needs the calibrated encoder of the export's result.")
+    sim = simulated_model(model, precision, compress, calibrated)
     tol = precision if compress == "none" else "int8"
-    graphs = verify_graphs(TorchBackend(model), _SimBackend(sim, encoder), images, policy)
+    graphs = verify_graphs(TorchBackend(model), TorchBackend(sim), images, policy)
     report["simulated"] = {
         "note": "SIMULATED on the PyTorch side (compression and fp16 rounding applied to the torch graphs), "
                 "not measured in CoreML: there is no CoreML runtime on Linux.",
@@ -448,8 +407,6 @@ def _judge(report: dict[str, Any], graphs: dict[str, Any], tol: str, compress: s
     warnings (the simulation rounds every module output to fp16, and a random-init model's near-zero logits
     exaggerate cosine drift: mask IoU is what users see). Compressed variants trade accuracy for size by
     request, so their drift is a warning."""
-    from .verify import check
-
     bad = [k for k, v in graphs.items() if isinstance(v, dict) and not all(np.isfinite(list(v.values())))]
     report["failures"] += [f"{kind} {k} is not finite (fp16 overflow?)" for k in bad]
     for item in check({"graphs": graphs}, tol):

@@ -19,7 +19,7 @@
   / M4 on, and activation quantization can SLOW DOWN CPU/GPU execution: use w8a8 for Neural-Engine
   deployments on those chips (measure on the device).
 
-Simulation (what ``verify_target`` reports; there is no CoreML runtime on Linux): the same compression
+Simulation (what ``coreml.verify_target`` reports; there is no CoreML runtime on Linux): the same compression
 applied to a copy of the PyTorch model — BatchNorm folded into the convs first (as the CoreML converter
 does), then per-channel symmetric int8 fake-quant, or 4-bit 1-D k-means per tensor, of every weight with
 more than 2048 elements (coremltools' default threshold); fp16 compute is simulated by rounding weights and
@@ -39,8 +39,10 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..model.deform_conv import ModulatedDeformConv2d
 from ..model.rapsam import RapSam
+from ..preprocess import load_image, preprocess
+from ..training.recipes import default_shared_data
+from .verify import default_verify_images
 
-COMPRESSIONS = ("none", "int8", "palette4", "w8a8")
 WEIGHT_THRESHOLD = 2048  # coremltools' default: tensors with <= 2048 elements stay uncompressed
 W8A8_FLOAT_MODULES = ("backbone.conv1",)  # first conv stays float (design.md §5)
 MAX_CALIB_IMAGES = 32
@@ -63,19 +65,14 @@ def compress_weights(mlmodel: Any, compress: str) -> Any:
 
 
 # ---- w8a8: calibration with coremltools.optimize.torch, lowering to quantized_decomposed ops -----------
-def calibration_images(req: Any) -> tuple[list[Path], str]:
-    """``--calib-images`` paths, else ../shared/data/coco_mini/calib_images (disjoint from the evaluation
-    images), else the embedded photos; returns (paths, provenance)."""
-    given = req.options.get("calib_images")
+def calibration_images(given: tuple[Path, ...]) -> tuple[list[Path], str]:
+    """The ``--calib-images`` images (``given``), else ../shared/data/coco_mini/calib_images (disjoint from the
+    evaluation images), else the embedded photos; returns (paths, provenance)."""
     if given:
-        return [Path(p) for p in given][:MAX_CALIB_IMAGES], "user"
-    from ..training.recipes import default_shared_data
-
+        return list(given)[:MAX_CALIB_IMAGES], "user"
     folder = default_shared_data() / "coco_mini" / "calib_images"
     if folder.is_dir() and any(folder.glob("*.jpg")):
         return sorted(folder.glob("*.jpg"))[:MAX_CALIB_IMAGES], str(folder)
-    from .export import default_verify_images
-
     return default_verify_images(limit=0), ("embedded photos (no coco_mini calib_images found; they are also "
                                             "the default verification images)")
 
@@ -181,11 +178,9 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def w8a8_encoder(model: RapSam, images: list[Path]) -> tuple[nn.Module, dict[str, Any]]:
+def w8a8_encoder(model: RapSam, images: list[Path]) -> tuple[W8A8Encoder, dict[str, Any]]:
     """Calibrate activation ranges of ``model.encode`` on ``images`` and return the QDQ encoder graph."""
     from coremltools.optimize.torch.quantization import LinearQuantizer, LinearQuantizerConfig
-
-    from ..preprocess import load_image, preprocess
 
     if not images:
         raise InputError("--compress w8a8 needs calibration images and none were found; pass --calib-images FOLDER.")
@@ -276,9 +271,11 @@ def kmeans_palettize(w: Tensor, nbits: int = 4, iters: int = 25) -> Tensor:
 
 
 @torch.no_grad()
-def simulated_model(model: RapSam, precision: str, compress: str) -> RapSam:
-    """A copy of ``model`` with the weight compression of ``compress`` (w8a8: int8 weights; its encoder's
-    activation quantization is simulated by the exported QDQ module itself) and fp16 rounding."""
+def simulated_model(model: RapSam, precision: str, compress: str, w8a8: W8A8Encoder | None = None) -> RapSam:
+    """A copy of ``model`` with the weight compression of ``compress`` and fp16 rounding. ``w8a8``: the calibrated
+    encoder the package was converted from; the copy's ``encode`` then runs its QDQ module (int8 weights and
+    activations, as exported) while its prompt key/value projections get the copy's int8 weights, so the copy
+    runs in the ordinary torch backend."""
     sim = copy.deepcopy(model).eval()
     fold_batchnorm(sim)
     transposed = {id(m.weight) for m in sim.modules() if isinstance(m, nn.ConvTranspose2d)}
@@ -297,6 +294,8 @@ def simulated_model(model: RapSam, precision: str, compress: str) -> RapSam:
             leaf = not any(True for _ in mod.children())
             if leaf and name.rpartition(".")[2] not in FP32_MODULES:
                 mod.register_forward_hook(_round_fp16)
+    if w8a8 is not None:  # encode = neck(backbone(normalised image)): the QDQ module is both (see _Encode)
+        sim.backbone, sim.neck = w8a8.qdq, nn.Identity()  # type: ignore[assignment]
     return sim
 
 

@@ -5,18 +5,17 @@ with a native kernel (TensorRT >= 10.1, onnxruntime) can take the single ``Defor
 Mechanism: on a copy of the model each ``ModulatedDeformConv2d`` is replaced by a module calling a
 custom torch op, which the dynamo exporter translates to ``DeformConv`` through ``custom_translation_table``.
 ONNX's offset layout (per kernel tap k: channel 2k = dy, 2k+1 = dx) is mmcv's, so tensors pass unchanged.
+The ONNX exporter (onnx.py) uses :func:`with_deformconv_nodes` for the encoder and :func:`deformconv_translation`.
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..bundle import Artifact
 from ..errors import InputError
 from ..model.deform_conv import ModulatedDeformConv2d, modulated_deform_conv2d
 from ..model.rapsam import RapSam
@@ -73,23 +72,6 @@ def with_deformconv_nodes(model: RapSam) -> RapSam:
     return clone
 
 
-def export_with_deformconv(model: RapSam, root: Path, precision: str, req: Any) -> list[Artifact]:
-    """Encoder with ``DeformConv`` nodes (opset 19); decoders as usual (they contain no DCN)."""
-    from .canvas import requested_canvas
-    from .onnx import OnnxOptions, artifact_for, convert_fp16, export_fp32
-
-    opts = OnnxOptions(opset=DEFORMCONV_OPSET, simplify=req.options.get("simplify", True) is not False,
-                       canvas=requested_canvas("onnx", req.options, model.config.input_size))
-    table = {torch.ops.rapsam.modulated_deform_conv2d.default: deform_conv_onnx}
-    arts = []
-    for graph in ("encoder", "object_decoder", "prompt_decoder"):
-        src = with_deformconv_nodes(model) if graph == "encoder" else model
-        rel = f"{graph}.onnx"
-        details = export_fp32(src, graph, root / rel, opts, custom_translation_table=table)
-        if graph == "encoder":
-            details["dcn"] = "deformconv"
-        arts.append(artifact_for(graph, rel, "fp32", details, root))
-        if precision == "fp16":
-            extra = convert_fp16(root / rel, root / f"{graph}.fp16.onnx")
-            arts.append(artifact_for(graph, f"{graph}.fp16.onnx", "fp16", {**details, **extra}, root))
-    return arts
+def deformconv_translation() -> dict[Any, Any]:
+    """``custom_translation_table`` of ``torch.onnx.export``: the custom op -> one ``DeformConv`` node."""
+    return {torch.ops.rapsam.modulated_deform_conv2d.default: deform_conv_onnx}

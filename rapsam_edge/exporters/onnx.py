@@ -12,19 +12,23 @@ import contextlib
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import onnx
 import torch
 
-from ..bundle import Artifact, TensorSpec
+from ..bundle import Artifact, Bundle, TensorSpec
 from ..errors import InputError, UnavailableError
 from ..model.rapsam import RapSam
 from ..preprocess import CanvasSpec
-from .canvas import dynamic_coord_features, dynamic_shapes, name_dims, requested_canvas
+from .canvas import dynamic_coord_features, dynamic_shapes, name_dims
+from .deformconv import DEFORMCONV_OPSET, deformconv_translation, with_deformconv_nodes
 from .graphs import GRAPH_IO, build_graph
+from .options import DcnMode, OnnxOptions
+from .request import ExportRequest, ExportResult
+from .verify import default_verify_images, verify_onnx_bundle
 
 # ops kept in fp32 inside fp16 graphs: normalisations and softmax overflow or lose precision in fp16
 FP16_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceL2", "ReduceSumSquare", "ReduceMean", "Sqrt",
@@ -32,8 +36,9 @@ FP16_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceL2", "ReduceSumSquar
 
 
 @dataclass(frozen=True)
-class OnnxOptions:
-    """``canvas``: the canvases the graphs accept (None = fixed at the model's input size)."""
+class GraphSettings:
+    """How one graph is exported (the ONNX target's options and the TensorRT inputs both map onto it).
+    ``canvas``: the canvases the graphs accept (None = fixed at the model's input size)."""
 
     opset: int = 18
     simplify: bool = True
@@ -55,7 +60,7 @@ def _tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
     return out
 
 
-def export_fp32(model: RapSam, graph: str, path: Path, opts: OnnxOptions,
+def export_fp32(model: RapSam, graph: str, path: Path, opts: GraphSettings,
                 custom_translation_table: dict[Any, Any] | None = None) -> dict[str, Any]:
     """Export one graph to ``path``; returns details (export seconds, simplified, node count)."""
     io = GRAPH_IO[graph]
@@ -222,16 +227,26 @@ def artifact_for(graph: str, rel_path: str, precision: str, details: dict[str, A
                     _tensor_specs(list(proto.graph.output)), details=details)
 
 
-def export_onnx(model: RapSam, root: Path, precision: str = "fp32", opts: OnnxOptions = OnnxOptions(),
-                graphs: tuple[str, ...] = tuple(GRAPH_IO)) -> list[Artifact]:
-    """Write ``<graph>.onnx`` (and ``<graph>.fp16.onnx``) into ``root``; returns unregistered artifacts."""
+def export_onnx(model: RapSam, root: Path, precision: str = "fp32", opts: GraphSettings = GraphSettings(),
+                graphs: tuple[str, ...] = tuple(GRAPH_IO), dcn: DcnMode = DcnMode.PYTORCH) -> list[Artifact]:
+    """Write ``<graph>.onnx`` (and ``<graph>.fp16.onnx``) into ``root``; returns unregistered artifacts.
+
+    ``dcn`` deformconv: the encoder's DCNv2 layers become ONNX ``DeformConv`` nodes (deformconv.py) and every
+    graph is exported at opset 19 (the decoders contain no DCN)."""
     if precision not in ("fp32", "fp16"):
         raise InputError(f"ONNX export precision must be fp32 or fp16 (int8 comes from calibrate), not {precision!r}.")
     model = model.eval()
+    sources = dict.fromkeys(graphs, model)
+    table = None
+    if dcn is DcnMode.DEFORMCONV:
+        sources["encoder"] = with_deformconv_nodes(model)  # refuses a model without DCN before any export
+        opts, table = replace(opts, opset=DEFORMCONV_OPSET), deformconv_translation()
     arts = []
     for graph in graphs:
         fp32_rel = f"{graph}.onnx"
-        details = export_fp32(model, graph, root / fp32_rel, opts)
+        details = export_fp32(sources[graph], graph, root / fp32_rel, opts, custom_translation_table=table)
+        if graph == "encoder" and dcn is DcnMode.DEFORMCONV:
+            details["dcn"] = "deformconv"
         arts.append(artifact_for(graph, fp32_rel, "fp32", details, root))
         if precision == "fp16":
             rel = f"{graph}.fp16.onnx"
@@ -242,18 +257,14 @@ def export_onnx(model: RapSam, root: Path, precision: str = "fp32", opts: OnnxOp
     return arts
 
 
-def export_target(model: RapSam, root: Path, precision: str, req: Any) -> list[Artifact]:
-    """The ``--target onnx`` entry used by :func:`rapsam_edge.exporters.export.run_export`."""
-    if req.options.get("dcn") == "deformconv":
-        from .deformconv import export_with_deformconv
-
-        return export_with_deformconv(model, root, precision, req)
-    opts = OnnxOptions(opset=req.options.get("opset") or 18, simplify=req.options.get("simplify", True) is not False,
-                       canvas=requested_canvas("onnx", req.options, model.config.input_size))
-    return export_onnx(model, root, precision, opts)
+def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest) -> ExportResult:
+    """The ``--target onnx`` entry of :data:`rapsam_edge.exporters.targets.TARGETS`."""
+    opts = req.options_as(OnnxOptions)
+    settings = GraphSettings(simplify=opts.simplify, canvas=opts.canvas_for(model.config.input_size))
+    return ExportResult(export_onnx(model, root, precision, settings, dcn=opts.dcn))
 
 
-def verify_target(model: RapSam, bundle: Any, precision: str, req: Any) -> dict[str, Any]:
-    from .export import default_verify_images, verify_onnx_bundle
-
+def verify_target(model: RapSam, bundle: Bundle, precision: str, req: ExportRequest,
+                  result: ExportResult) -> dict[str, Any]:
+    """The ONNX graphs in onnxruntime against PyTorch (:func:`.verify.verify_onnx_bundle`)."""
     return verify_onnx_bundle(model, bundle, precision, req.verify_images or default_verify_images())

@@ -15,7 +15,10 @@ from typing import Any
 from ..bundle import Artifact, Bundle, load_bundle, write_json_atomic
 from ..errors import InputError, InputNotFoundError, UnavailableError
 from ..runtime.trt_backend import device_fingerprint, import_tensorrt
-from .tensorrt import FORMAT, EngineSpec, ShapeProfile, TrtOptions, engine_specs, shape_profiles
+from .options import TensorRTOptions
+from .request import ExportRequest
+from .tensorrt import build_options
+from .tensorrt_engines import FORMAT, EngineSpec, ShapeProfile, TrtOptions, engine_specs, shape_profiles
 
 
 def recorded_profiles(bundle: Bundle, precision: str, opts: TrtOptions) -> dict[str, list[ShapeProfile]]:
@@ -31,7 +34,8 @@ def recorded_profiles(bundle: Bundle, precision: str, opts: TrtOptions) -> dict[
 
 def build_engine(trt: Any, folder: Path, spec: EngineSpec, opts: TrtOptions,
                  profiles: list[ShapeProfile]) -> dict[str, Any]:
-    """The Python-API twin of :func:`trtexec_line`: parse, configure, build, write ``<graph>.<p>.plan``."""
+    """The Python-API twin of :func:`.tensorrt_script.trtexec_line`: parse, configure, build, write
+    ``<graph>.<p>.plan``."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     weak = bool(spec.weak_flags) and int(trt.__version__.split(".")[0]) < 11
@@ -102,8 +106,9 @@ def register_engines(bundle: Bundle, precision: str, opts: TrtOptions, built_by:
     return arts
 
 
-def post_export(bundle: Bundle, precision: str, req: Any) -> dict[str, Any]:
-    """Build the engines here (after the bundle with the ONNX inputs is committed); needs TensorRT + a GPU."""
+def post_export(bundle: Bundle, precision: str, req: ExportRequest) -> dict[str, Any]:
+    """The ``--target tensorrt`` after-commit step of :data:`rapsam_edge.exporters.targets.TARGETS`: build the
+    engines here (the bundle with the ONNX inputs is committed); needs TensorRT + a GPU."""
     folder, shown = bundle.root / "tensorrt", bundle.home / "tensorrt"  # shown: where the user finds them
     trt = import_tensorrt(hint=(
         f"TensorRT is not installed here: the ONNX inputs and trtexec lines are in {shown}/; build the engines on "
@@ -111,7 +116,7 @@ def post_export(bundle: Bundle, precision: str, req: Any) -> dict[str, Any]:
         "or rerun this command there."))
     fp = device_fingerprint()
     record = bundle.require("build", FORMAT, precision).details
-    opts = dataclasses.replace(TrtOptions.from_request(req, fp=fp), canvas=TrtOptions.from_record(
+    opts = dataclasses.replace(build_options(req.options_as(TensorRTOptions), fp=fp), canvas=TrtOptions.from_record(
         record["options"], record.get("canvas")).canvas)  # the canvas the ONNX inputs were exported with
     need = record["tensorrt_min"]
     have = tuple(int(x) for x in trt.__version__.split(".")[:2])
@@ -128,7 +133,7 @@ def post_export(bundle: Bundle, precision: str, req: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m rapsam_edge.exporters.tensorrt_build register <bundle> --precision fp16``: after build_<p>.sh."""
-    ap = argparse.ArgumentParser(prog="python -m rapsam_edge.exporters.tensorrt")
+    ap = argparse.ArgumentParser(prog="python -m rapsam_edge.exporters.tensorrt_build")
     sub = ap.add_subparsers(dest="cmd", required=True)
     reg = sub.add_parser("register", help="fingerprint and register engines built by build_<precision>.sh")
     reg.add_argument("bundle", type=Path)

@@ -11,14 +11,21 @@ that is the canvas ``official`` runs them at and the deployment images never rea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..bundle import Bundle, bundle_canvas
 from ..errors import RapsamError
+from ..model.rapsam import RapSam
 from ..preprocess import CLICK_BOX_SIZE, CanvasSpec, InputPolicy, compute_letterbox, load_image, preprocess
 from ..runtime.base import Backend
+from ..runtime.ort_backend import OrtBackend
+from ..runtime.pipeline import Pipeline
+from ..runtime.torch_backend import TorchBackend
+from ..training.recipes import default_shared_data
 
 
 @dataclass(frozen=True)
@@ -175,3 +182,38 @@ def check(report: dict[str, Any], precision: str) -> list[str]:
     if e2e and e2e["interactive_mask_iou"]["mean"] < tol.mask_iou:
         fails.append(f"interactive mask IoU {e2e['interactive_mask_iou']['mean']:.4f} < {tol.mask_iou}")
     return fails
+
+
+def default_verify_images(limit: int = 6) -> list[Path]:
+    """The embedded photos plus the first coco_mini images when ../shared/data is present."""
+    folder = Path(str(resources.files("rapsam_edge.assets").joinpath("images")))
+    images = sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg"))
+    coco = default_shared_data() / "coco_mini" / "images"
+    if coco.is_dir():
+        images += sorted(coco.glob("*.jpg"))[: max(0, limit - len(images))]
+    return images
+
+
+def verify_backend(model: RapSam, candidate: Backend, canvas: CanvasSpec, precision: str, images: list[Path],
+                   pipelines: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """A backend over exported graphs against PyTorch on ``images``: per graph, per graph at an official canvas
+    when ``canvas`` is dynamic, end to end through the Pipeline (``pipelines``); ``failures`` judged by
+    :func:`check` with the ``precision``'s tolerance."""
+    policy = model.config.input_policy()
+    reference = TorchBackend(model, threads=threads)
+    report: dict[str, Any] = {"graphs": verify_graphs(reference, candidate, images, policy)}
+    if canvas.kind == "dynamic":
+        report["official_canvas"] = verify_official_canvas(reference, candidate, images, policy, canvas)
+    if pipelines:
+        report["pipeline"] = verify_pipelines(Pipeline(reference, policy, model.vocabulary),
+                                              Pipeline(candidate, policy, model.vocabulary), images)
+    report["failures"] = check(report, precision)
+    report["images"] = [str(p) for p in images]
+    return report
+
+
+def verify_onnx_bundle(model: RapSam, bundle: Bundle, precision: str, images: list[Path],
+                       threads: int | None = None) -> dict[str, Any]:
+    """Per-graph and end-to-end agreement of the bundle's ONNX graphs with PyTorch on ``images``."""
+    return verify_backend(model, OrtBackend(bundle, precision, threads=threads), bundle_canvas(bundle), precision,
+                          images, threads=threads)

@@ -1,0 +1,46 @@
+"""What an export is asked (:class:`ExportRequest`) and what a target's export hands its verification
+(:class:`ExportResult`): the boundary between :func:`~rapsam_edge.exporters.export.run_export` and the targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..bundle import Artifact
+from .options import OptionsT, TargetOptions
+
+
+@dataclass
+class ExportRequest:
+    """One ``rapsam-edge export``. ``options``: the target's typed options (:mod:`.options`; None = its defaults),
+    made from the command's flags by :func:`~rapsam_edge.exporters.targets.options_for`."""
+
+    target: str = "onnx"
+    config: str | None = None
+    checkpoint: Path | None = None
+    class_embeddings: Path | None = None
+    precision: str | None = None
+    imgsz: int | None = None
+    out: Path = Path("bundles")
+    name: str | None = None
+    force: bool = False
+    seed: int = 0
+    verify_images: list[Path] = field(default_factory=list)
+    options: TargetOptions | None = None
+
+    def options_as(self, kind: type[OptionsT]) -> OptionsT:
+        """The request's options as the target's own class (its defaults when none were given)."""
+        if self.options is None:
+            return kind()
+        if not isinstance(self.options, kind):
+            raise TypeError(f"--target {self.target} takes {kind.__name__}, not {type(self.options).__name__}.")
+        return self.options
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What a target's export wrote into the (staging) bundle root: its artifacts, not yet registered. A target
+    whose verification needs more from the export (CoreML's calibrated w8a8 encoder) returns a subclass, so
+    nothing travels from export to verify through module state."""
+
+    artifacts: list[Artifact]
