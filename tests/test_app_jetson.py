@@ -14,8 +14,11 @@ import pytest
 from apps_common import load_app
 
 from rapsam_edge.bundle import Artifact, BundleError, TensorSpec, load_bundle, new_bundle
+from rapsam_edge.config import get_config
 from rapsam_edge.exporters import tensorrt_build
 from rapsam_edge.exporters.tensorrt import FORMAT, TrtOptions
+from rapsam_edge.preprocess import InputPolicy
+from rapsam_edge.runtime import devices
 
 ORIN_NANO = ("RAM 2284/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) CPU [1%@729,2%@729,0%@729,0%@729,0%@729,"
              "0%@729] EMC_FREQ 0%@2133 GR3D_FREQ 37%@[305] NVDEC off NVJPG off NVJPG1 off VIC off OFA off APE 200 "
@@ -84,7 +87,10 @@ def test_tegrastats_reader_runs_the_command(app, tmp_path):
 def _trt_bundle(root: Path) -> Path:
     """A bundle shaped like `export --target tensorrt` output: fp16 ONNX inputs + the build record (tiny files)."""
     opts = TrtOptions("jetson", "jetson", 1024, None, 16)
-    with new_bundle(root, {"name": "tiny"}) as b:
+    manifest = {"name": "tiny", "model": {"config": get_config("rapsam_r18_lite").to_dict()},
+                "classes": {"name": "tiny", "names": ["thing"], "isthing": [True], "dataset_ids": [1]},
+                "input_policy": InputPolicy().to_dict()}
+    with new_bundle(root, manifest) as b:
         (b.root / "tensorrt").mkdir()
         for graph in ("encoder", "object_decoder", "prompt_decoder"):
             (b.root / "tensorrt" / f"{graph}.fp16.onnx").write_bytes(graph.encode())
@@ -102,7 +108,7 @@ def _register(bundle, monkeypatch, fp=ORIN_FP, workspace=1024):
     """Engines as the device would leave them: plan files + fingerprints written by tensorrt_build.register_engines."""
     for graph in ("encoder", "object_decoder", "prompt_decoder"):
         (bundle.root / "tensorrt" / f"{graph}.fp16.plan").write_bytes(b"engine")
-    monkeypatch.setattr(tensorrt_build, "device_fingerprint", lambda: fp)
+    monkeypatch.setattr(devices, "probe", lambda: devices.HostFacts(**fp))
     tensorrt_build.register_engines(bundle, "fp16", TrtOptions("jetson", "jetson", workspace, None, 16), "test")
 
 
@@ -129,6 +135,29 @@ def test_engine_cache_decisions(app, tmp_path, monkeypatch):
     assert plan.action == "build" and "encoder ONNX input changed" in plan.reason
     (bundle.root / "tensorrt" / "encoder.fp16.json").unlink()  # checked before the ONNX hash
     assert "no fingerprint" in app.engine_plan(load_bundle(bundle.root), "fp16", ORIN_FP, opts).reason
+
+
+def test_engines_are_built_with_the_recorded_profiles(app, tmp_path, monkeypatch):
+    """The app builds with the project's builder and the optimization profiles export recorded (the prompt
+    decoder's K range), on this device's fingerprint; TensorRT and the builder are stand-ins (no GPU here)."""
+    from types import SimpleNamespace
+
+    from rapsam_edge.exporters.tensorrt import ShapeProfile
+    from rapsam_edge.runtime import trt_backend
+
+    bundle = load_bundle(_trt_bundle(tmp_path / "b"))
+    built, registered = [], []
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda hint="": SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(tensorrt_build, "build_engine", lambda trt, folder, spec, opts, profiles: built.append(
+        (spec.graph, profiles)) or {"build_seconds": 0.0})
+    monkeypatch.setattr(tensorrt_build, "register_engines", lambda *args: registered.append(args) or [])
+    monkeypatch.setattr(devices, "probe", lambda: devices.HostFacts(**ORIN_FP))
+    plan = app.ensure_engines(bundle, "fp16", None, rebuild=False, log=lambda line: None)
+    assert plan.action == "build" and "first run" in plan.reason
+    assert [graph for graph, _ in built] == ["encoder", "object_decoder", "prompt_decoder"]
+    assert dict(built)["prompt_decoder"] == [ShapeProfile("boxes", (1, 1, 4), (1, 16, 4), (1, 64, 4))]
+    assert registered[0][3] == "apps/jetson" and set(registered[0][4]) == {"encoder", "object_decoder",
+                                                                           "prompt_decoder"}
 
 
 def test_bundle_without_tensorrt_inputs_is_named(app, tmp_path):

@@ -21,6 +21,7 @@ from rapsam_edge.benchmarks.formats import FORMATS, FormatRow
 from rapsam_edge.benchmarks.latency import MEASURES
 from rapsam_edge.bundle import load_bundle
 from rapsam_edge.cli import app
+from rapsam_edge.runtime.devices import DEVICES, HostFacts, missing, probe, resolve
 
 runner = CliRunner()
 HAVE_DATA = (SHARED_DATA / "coco_mini").is_dir()
@@ -121,30 +122,22 @@ def test_formats_that_cannot_run_here_say_why(bench_run):
 @pytest.mark.parametrize("device, words", [("jetson", "/etc/nv_tegra_release"), ("cuda", "NVIDIA GPU"),
                                            ("coreml", "macOS")])
 def test_unavailable_device_is_one_sentence_and_nonzero(device, words, tmp_path):
-    if device == "coreml" and devices.platform.system() == "Darwin" or device != "coreml" and \
-            devices.probe_host()["fingerprint"].get("gpu_name"):
+    if missing(DEVICES[device], probe()) is None:
         pytest.skip("this host has the device")
     res = runner.invoke(app, ["bench", "--device", device, "--out", str(tmp_path)])
     assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
     assert not (tmp_path / "report.json").exists()
 
 
-def test_profile_resolution_from_host_facts():
-    fp = {"jetson": False, "gpu_name": None}
-    host = {"os": "Linux", "fingerprint": fp, "ort_providers": ["CPUExecutionProvider"], "torch_cuda": False,
-            "coremltools": "9.0"}
-    assert devices.resolve_profile("auto", host).name == "cpu"
-    assert devices.resolve_profile("auto", {**host, "fingerprint": {"jetson": True, "gpu_name": "Orin"}}).name == \
-        "jetson"
-    assert devices.resolve_profile("auto", {**host, "fingerprint": {"gpu_name": "NVIDIA A100"}}).name == "cuda"
-    assert devices.resolve_profile("auto", {**host, "os": "Darwin"}).name == "coreml"
-    with pytest.raises(devices.DeviceUnavailable, match="this host is not one"):
-        devices.resolve_profile("jetson", host)
-    with pytest.raises(ValueError, match="unknown --device"):
-        devices.resolve_profile("tpu", host)
-    gpu = {**host, "fingerprint": {"gpu_name": "NVIDIA A100"}}
-    problem = devices.runtime_problem("onnxruntime", devices.PROFILES["a100"], gpu, "cuda")
+def test_runtime_problems_from_host_facts():
+    """What a device needs of the host is runtime/devices' (tests/test_devices.py); a runtime missing on a host that
+    has the device is the bench's own sentence."""
+    gpu = HostFacts(os="Linux", gpu_name="NVIDIA A100", ort_providers=("CPUExecutionProvider",))
+    assert resolve("auto", gpu).name == "cuda"
+    problem = devices.runtime_problem("onnxruntime", DEVICES["a100"], gpu, "cuda")
     assert "CUDAExecutionProvider" in problem
+    assert "TensorRT is not installed" in devices.runtime_problem("tensorrt", DEVICES["cuda"], gpu, "auto")
+    assert devices.runtime_problem("onnxruntime", DEVICES["cpu"], gpu, "cpu") is None
 
 
 @pytest.mark.skipif(not HAVE_DATA, reason="needs ../shared/data/coco_mini for task metrics")

@@ -1,18 +1,11 @@
-"""Device profiles of ``rapsam-edge bench --device`` and the facts every report carries about the host.
-
-A profile says which runtime settings the rows use (onnxruntime device / execution providers, torch device,
-TensorRT device profile, CoreML compute units) and what the host must have. :func:`resolve_profile` refuses,
-with one sentence naming what is missing, a profile this host cannot run (``--device jetson`` on a machine
-without ``/etc/nv_tegra_release``); ``auto`` picks jetson > cuda > coreml > cpu from what is present.
-
-The host probes reuse ``runtime.trt_backend`` (GPU name / compute capability from nvidia-smi or torch.cuda,
-L4T / JetPack from ``/etc/nv_tegra_release``, the nvpmodel power mode). ``tegrastats`` (Jetson) is sampled
-while latency is measured, for GPU (GR3D) / EMC load and power rails; :func:`parse_tegrastats` reads one line.
+"""What ``rapsam-edge bench`` needs of a device beyond :mod:`rapsam_edge.runtime.devices` (which knows the devices,
+probes the host and resolves ``--device``): each row's backend device, why a runtime cannot run here, the host
+facts every report carries, and ``tegrastats`` (Jetson), sampled while latency is measured for GPU (GR3D) / EMC
+load and power rails (:func:`parse_tegrastats` reads one line).
 """
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import platform
 import re
@@ -21,167 +14,56 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, UnavailableError
+from ..runtime.devices import Device, HostFacts, distribution_version
 
 VERSIONED = ("rapsam-edge", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "coremltools", "onnx", "numpy")
-COMPUTE_UNITS = ("all", "cpuAndNeuralEngine", "cpuAndGPU", "cpuOnly")
+RESOLVE_ADVICE = "run the bench on that device, or use --device cpu here"
+"""How a ``--device`` this host lacks ends its sentence (:func:`rapsam_edge.runtime.devices.resolve`)."""
 
 
-class DeviceUnavailable(UnavailableError):
-    """The requested device profile cannot run on this host (the message names what is missing)."""
-
-
-@dataclass(frozen=True)
-class DeviceProfile:
-    """How each backend runs under one ``--device``.
-
-    Attributes:
-        name: cpu | cuda | a100 | jetson | coreml.
-        ort_device: ``OrtBackend`` device for the onnx rows (``tensorrt`` asks for the TensorRT EP).
-        torch_device: device of the PyTorch reference row.
-        trt_device: ``TrtBackend`` device profile (None: TensorRT rows do not belong here).
-        description: one line for the report.
-    """
-
-    name: str
-    ort_device: str
-    torch_device: str
-    trt_device: str | None
-    description: str
-
-
-PROFILES: dict[str, DeviceProfile] = {
-    "cpu": DeviceProfile("cpu", "cpu", "cpu", None, "onnxruntime CPUExecutionProvider and PyTorch on the CPU"),
-    "cuda": DeviceProfile("cuda", "cuda", "cuda", "auto", "onnxruntime CUDA / TensorRT execution providers, native "
-                          "TensorRT engines, PyTorch CUDA"),
-    "a100": DeviceProfile("a100", "cuda", "cuda", "a100", "datacenter GPU: onnxruntime CUDA / TensorRT EPs, native "
-                          "TensorRT engines (4 GiB builder workspace), PyTorch CUDA"),
-    "jetson": DeviceProfile("jetson", "cuda", "cuda", "jetson", "Jetson: native TensorRT engines (JetPack), "
-                            "onnxruntime-gpu when installed, power mode from nvpmodel, load/power from tegrastats"),
-    "coreml": DeviceProfile("coreml", "cpu", "cpu", None, "macOS: CoreML ML Programs (compute units recorded), "
-                            "onnxruntime and PyTorch on the CPU for the baseline rows"),
-}
-DEVICE_CHOICES = (*PROFILES, "auto")
-
-
-def probe_host() -> dict[str, Any]:
-    """What the profiles depend on: OS, the GPU / Jetson fingerprint, onnxruntime providers, torch CUDA."""
-    from ..runtime.trt_backend import device_fingerprint
-
-    try:
-        import onnxruntime as ort
-
-        providers = list(ort.get_available_providers())
-    except ImportError:
-        providers = []
-    try:
-        import torch
-
-        torch_cuda = bool(torch.cuda.is_available())
-    except ImportError:
-        torch_cuda = False
-    return {"os": platform.system(), "fingerprint": device_fingerprint(), "ort_providers": providers,
-            "torch_cuda": torch_cuda, "coremltools": _version("coremltools")}
-
-
-def resolve_profile(requested: str, host: dict[str, Any]) -> DeviceProfile:
-    """``--device`` -> a profile this host can run, or :class:`DeviceUnavailable` with one sentence."""
-    if requested not in DEVICE_CHOICES:
-        raise InputError(f"unknown --device {requested!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
-    fp = host["fingerprint"]
-    if requested == "auto":
-        requested = ("jetson" if fp.get("jetson") else "cuda" if fp.get("gpu_name") else
-                     "coreml" if host["os"] == "Darwin" and host.get("coremltools") else "cpu")
-    if requested == "jetson" and not fp.get("jetson"):
-        raise DeviceUnavailable("--device jetson needs a Jetson, but this host is not one (no /etc/nv_tegra_release); "
-                                "run the bench on the Jetson itself, or use --device cpu here.")
-    if requested in ("cuda", "a100") and not fp.get("gpu_name"):
-        raise DeviceUnavailable(f"--device {requested} needs an NVIDIA GPU, but none is visible here (nvidia-smi and "
-                                "torch.cuda report none); run it on the GPU machine, or use --device cpu here.")
-    if requested == "coreml" and host["os"] != "Darwin":
-        raise DeviceUnavailable(f"--device coreml needs macOS 13+ (CoreML runs models only there), but this host runs "
-                                f"{host['os']}; run it on a Mac, or use --device cpu here.")
-    if requested == "coreml" and not host.get("coremltools"):
-        raise DeviceUnavailable("--device coreml needs coremltools, which is not installed (pip install coremltools).")
-    return PROFILES[requested]
-
-
-def runtime_problem(backend: str, profile: DeviceProfile, host: dict[str, Any], ort_device: str) -> str | None:
-    """Why ``backend`` cannot run under ``profile`` on this host (one clause), or None."""
-    if backend == "torch" and profile.torch_device == "cuda" and not host["torch_cuda"]:
+def runtime_problem(backend: str, device: Device, host: HostFacts, ort_device: str) -> str | None:
+    """Why ``backend`` cannot run on ``device`` on this host (one clause), or None."""
+    if backend == "torch" and device.torch_device == "cuda" and not host.torch_cuda:
         return "this torch has no CUDA (install NVIDIA's torch build for this device)"
     if backend == "onnxruntime":
         from ..runtime.ort_backend import DEVICE_PROVIDERS
 
         first = DEVICE_PROVIDERS[ort_device][0]
-        if first not in host["ort_providers"]:
-            return (f"onnxruntime here has no {first} (it has {', '.join(host['ort_providers']) or 'none'}); "
+        if first not in host.ort_providers:
+            return (f"onnxruntime here has no {first} (it has {', '.join(host.ort_providers) or 'none'}); "
                     "install the matching onnxruntime build")
     if backend == "tensorrt":
-        from ..runtime.trt_backend import tensorrt_version
-
-        if tensorrt_version() is None:
+        if host.tensorrt is None:
             return ("TensorRT is not installed here (it comes with JetPack or NVIDIA's index; engines are built and "
                     "run on the GPU device itself)")
-        if not host["torch_cuda"]:
+        if not host.torch_cuda:
             return "the TensorRT backend needs a CUDA build of torch for its buffers"
-    if backend == "coreml" and host["os"] != "Darwin":
+    if backend == "coreml" and host.os != "Darwin":
         return "CoreML models run only on macOS 13+"
     return None
 
 
-def backend_device(fmt_name: str, backend: str, profile: DeviceProfile, host: dict[str, Any],
-                   compute_units: str = "all") -> str:
-    """The device argument of a row's backend under ``profile``: onnxruntime device (the TensorRT EP for the
-    TensorRT-flavoured INT8 graph when present), torch device, TensorRT device profile or CoreML compute units."""
+def backend_device(fmt_name: str, backend: str, device: Device, host: HostFacts, compute_units: str = "all") -> str:
+    """The device argument of a row's backend on ``device``: onnxruntime device (the TensorRT EP for the
+    TensorRT-flavoured INT8 graph when present), torch device, TensorRT device or CoreML compute units."""
     if backend == "torch":
-        return profile.torch_device
+        return device.torch_device
     if backend == "tensorrt":
-        return profile.trt_device or "auto"
+        return device.tensorrt or "auto"
     if backend == "coreml":
         return compute_units
-    if fmt_name == "onnx-int8-trt" and profile.ort_device == "cuda" and \
-            "TensorrtExecutionProvider" in host["ort_providers"]:
+    if fmt_name == "onnx-int8-trt" and device.ort_device == "cuda" and \
+            "TensorrtExecutionProvider" in host.ort_providers:
         return "tensorrt"
-    return profile.ort_device
+    return device.ort_device
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # host facts for the report
 # ---------------------------------------------------------------------------------------------------------------
-
-def _version(dist: str) -> str | None:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
-
-
-def cpu_model() -> str:
-    """Marketing name of the CPU (/proc/cpuinfo, macOS sysctl), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    if platform.system() == "Darwin" and shutil.which("sysctl"):
-        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, check=False)
-        if out.stdout.strip():
-            return out.stdout.strip()
-    return platform.processor() or platform.machine()
-
-
-def memory_gb() -> float | None:
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        return None
-
 
 def git_commit() -> str | None:
     root = Path(__file__).resolve().parents[2]
@@ -194,41 +76,39 @@ def git_commit() -> str | None:
     return (out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")) or None
 
 
-def system_info(host: dict[str, Any], profile: DeviceProfile, threads: int | None,
-                compute_units: str) -> dict[str, Any]:
-    """CPU / GPU model, cores, memory, OS, runtime versions and the profile's settings."""
-    fp = host["fingerprint"]
-    versions = {d: v for d in VERSIONED if (v := _version(d))}
+def system_info(host: HostFacts, device: Device, threads: int | None, compute_units: str) -> dict[str, Any]:
+    """CPU / GPU model, cores, memory, OS, runtime versions and the device's settings."""
+    versions = {d: v for d in VERSIONED if (v := distribution_version(d))}
     versions["python"] = platform.python_version()
-    if fp.get("tensorrt"):
-        versions["tensorrt"] = fp["tensorrt"]
+    if host.tensorrt:
+        versions["tensorrt"] = host.tensorrt
     if "onnxruntime-gpu" in versions and "onnxruntime" not in versions:
         versions["onnxruntime"] = f"{versions.pop('onnxruntime-gpu')} (onnxruntime-gpu)"
     for runtime in ("torch", "onnxruntime", "tensorrt", "coremltools"):  # always named, even when absent
         versions.setdefault(runtime, "not installed")
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info: dict[str, Any] = {
-        "cpu_model": cpu_model(), "cpu_cores_logical": os.cpu_count(), "cpu_cores_usable": affinity,
-        "memory_gb": memory_gb(), "os": platform.platform(), "machine": platform.machine(),
-        "gpu": {k: fp.get(k) for k in ("gpu_name", "compute_capability", "gpu_count", "gpu_probe")},
-        "versions": versions, "onnxruntime_providers": host["ort_providers"], "rapsam_edge_commit": git_commit(),
+        "cpu_model": host.cpu_model, "cpu_cores_logical": host.cpu_cores, "cpu_cores_usable": host.cpu_cores_usable,
+        "memory_gb": host.memory_gb, "os": platform.platform(), "machine": host.machine,
+        "gpu": {k: getattr(host, k) for k in ("gpu_name", "compute_capability", "gpu_count", "gpu_probe")},
+        "versions": versions, "onnxruntime_providers": list(host.ort_providers), "rapsam_edge_commit": git_commit(),
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
                 if k in os.environ},
     }
     settings: dict[str, Any] = {"threads": threads or "runtime default (all cores)"}
-    if profile.name in ("cuda", "a100", "jetson"):
+    if device.torch_device == "cuda":
         try:
             import torch
 
             settings["cuda"] = torch.version.cuda
         except ImportError:
             pass
-    if profile.name == "jetson":
-        settings["jetson"] = {k: fp.get(k) for k in ("board", "l4t", "jetpack", "power_mode", "power_mode_id")}
-    if profile.name == "coreml":
+    if device.name == "jetson":
+        settings["jetson"] = {k: getattr(host, k) for k in ("board", "l4t", "jetpack", "power_mode", "power_mode_id")}
+    if device.name == "coreml":
         settings["compute_units"] = compute_units
         settings["macos"] = platform.mac_ver()[0]
-    info["profile"] = {**asdict(profile), **settings}
+    info["profile"] = {"name": device.name, "ort_device": device.ort_device, "torch_device": device.torch_device,
+                       "trt_device": device.tensorrt, "description": device.description, **settings}
     return info
 
 

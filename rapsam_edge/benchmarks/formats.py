@@ -22,12 +22,13 @@ from typing import Any
 
 from ..bundle import GRAPHS, Bundle, BundleError
 from ..errors import InputError
+from ..runtime.devices import DEVICES
 
 OK, FAILED_VALIDATION, FAILED_EXPORT, NOT_EXPORTED, NOT_AVAILABLE = (
     "ok", "failed validation", "failed to export", "not exported", "not available")
 STATUSES = (OK, FAILED_VALIDATION, FAILED_EXPORT, NOT_EXPORTED, NOT_AVAILABLE)
-ALL_DEVICES = ("cpu", "cuda", "a100", "jetson", "coreml")
-GPU_DEVICES = ("cuda", "a100", "jetson")
+ALL_DEVICES = tuple(DEVICES)
+GPU_DEVICES = tuple(name for name, device in DEVICES.items() if device.tensorrt)  # the NVIDIA ones
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 from ..bundle import load_bundle
 from ..calibration.baselines import flavor_sections
 from ..errors import InputError
+from ..runtime.devices import COMPUTE_UNITS, Device, HostFacts, probe, resolve
 from . import accuracy, devices, gates, latency, prepare, report
 from . import protocol as protocol_cost
 from .formats import (
@@ -99,14 +100,13 @@ class BenchRequest:
             raise InputError(f"--limit must be at least 1, not {self.limit}.")
         if self.video_mode not in ("clip", "stream"):
             raise InputError(f"--video-mode {self.video_mode!r}: choose clip or stream.")
-        if self.compute_units not in devices.COMPUTE_UNITS:
-            raise InputError(f"--compute-units {self.compute_units!r}: choose one of "
-                             f"{', '.join(devices.COMPUTE_UNITS)}.")
+        if self.compute_units not in COMPUTE_UNITS:
+            raise InputError(f"--compute-units {self.compute_units!r}: choose one of {', '.join(COMPUTE_UNITS)}.")
         return self
 
 
-def _open_formats(rows: list[FormatRow], fmts: list[Format], bundle: Any, profile: devices.DeviceProfile,
-                  host: dict[str, Any], req: BenchRequest, made: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _open_formats(rows: list[FormatRow], fmts: list[Format], bundle: Any, profile: Device,
+                  host: HostFacts, req: BenchRequest, made: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Status for every format; returns name -> loaded Pipeline for those that can run."""
     pipes: dict[str, Any] = {}
     for fmt, row in zip(fmts, rows, strict=True):
@@ -139,7 +139,7 @@ def _open_formats(rows: list[FormatRow], fmts: list[Format], bundle: Any, profil
     return pipes
 
 
-def _reference(pipes: dict[str, Any], bundle: Any, profile: devices.DeviceProfile, host: dict[str, Any],
+def _reference(pipes: dict[str, Any], bundle: Any, profile: Device, host: HostFacts,
                req: BenchRequest, notes: list[str]) -> Any:
     """The PyTorch reference of the drift columns: the torch row when measured, else built for drift only."""
     if "torch" in pipes:
@@ -187,7 +187,7 @@ def _accuracy(rows: list[FormatRow], pipes: dict[str, Any], ref: Any, fmts: dict
 
 
 def _latency(rows: list[FormatRow], pipes: dict[str, Any], data: accuracy.EvalData, req: BenchRequest,
-             profile: devices.DeviceProfile, bundle_root: Path, progress: Progress) -> dict[str, Any]:
+             profile: Device, bundle_root: Path, progress: Progress) -> dict[str, Any]:
     from ..preprocess import load_image
 
     image = data.images[0]
@@ -253,14 +253,15 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
     report (``report["exit_code"]`` is 1 when a gate failed, else 0).
 
     Raises:
-        devices.DeviceUnavailable: the profile cannot run on this host (before anything else happens).
+        rapsam_edge.runtime.devices.DeviceUnavailable: the device cannot run on this host (before anything else
+            happens).
         ValueError / FileNotFoundError: bad arguments, data or bundle (one sentence).
     """
     progress = progress or Progress()
     req = req.validated()
     t_start = time.perf_counter()
-    host = devices.probe_host()
-    profile = devices.resolve_profile(req.device, host)
+    host = probe()
+    profile = resolve(req.device, host, devices.RESOLVE_ADVICE)
     fmts = parse_formats(req.formats, profile.name)
     gates.check_requested(req.floors, req.max_drops, req.tasks, req.data != "none")
     made: dict[str, dict[str, Any]] = {}

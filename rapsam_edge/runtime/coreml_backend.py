@@ -20,8 +20,8 @@ import numpy as np
 from ..bundle import GRAPHS, Bundle, bundle_canvas
 from ..errors import InputError, UnavailableError
 from .base import ENCODER_OUTPUTS, Backend, encoder_outputs
+from .devices import COMPUTE_UNITS
 
-COMPUTE_UNITS = {"all": "ALL", "cpuAndNeuralEngine": "CPU_AND_NE", "cpuAndGPU": "CPU_AND_GPU", "cpuOnly": "CPU_ONLY"}
 NOT_MACOS = ("the coreml backend runs CoreML models, which needs macOS 13+; on this platform use --backend "
              "onnxruntime (or validate the package with rapsam-edge export --target coreml)")
 PAD_BOX = (0.5, 0.5, 0.05, 0.05)  # what unused prompt slots hold (their outputs are discarded)
