@@ -5,6 +5,10 @@ Real-data training behaviour is tested on coco_mini; these only exercise determi
 
 from __future__ import annotations
 
+import struct
+import zlib
+from pathlib import Path
+
 import numpy as np
 
 from rapsam_edge.data.sample import TrainSample
@@ -69,3 +73,15 @@ def synthetic_coco(root, split: str = "val2017", images: int = 2, size: tuple[in
            "categories": [{"id": 1, "name": "person", "supercategory": "person"}]}
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
     return root
+
+
+def bomb_png(path: Path, side: int = 30000, colour_type: int = 0) -> Path:
+    """A ~100-byte PNG whose header declares side x side pixels (900 MP at 30000): a decompression bomb
+    (colour_type 0 grey, 2 RGB)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, colour_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path

@@ -19,16 +19,15 @@ import os
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from conftest import ASSET_IMAGES, REPO
+from synthetic import bomb_png
 from typer.testing import CliRunner
 
 from rapsam_edge.cli import app
@@ -48,6 +47,17 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
+CENSUS = {"refused": 0, "internal_error": 0, "output_checks": 0}  # what the README's reliability figures count
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _census():
+    """With RAPSAM_FAULT_CENSUS=FILE, write the counts of this module's passed checks there (README figures)."""
+    yield
+    if os.environ.get("RAPSAM_FAULT_CENSUS"):
+        Path(os.environ["RAPSAM_FAULT_CENSUS"]).write_text(json.dumps(CENSUS, indent=1) + "\n")
+
+
 def invoke(*args: str | Path):
     return runner.invoke(app, [str(a) for a in args])
 
@@ -64,6 +74,7 @@ def assert_refused(res, *, mentions: str | tuple[str, ...] = (), code: int = 2) 
     sentence = lines[-1]
     for m in (mentions,) if isinstance(mentions, str) else mentions:
         assert m in sentence, f"{m!r} not in {sentence!r}"
+    CENSUS["refused" if code == 2 else "internal_error"] += 1
     return sentence
 
 
@@ -73,6 +84,7 @@ def assert_untouched(root: Path, before: dict[str, str]) -> None:
     added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
     changed = sorted(k for k in set(after) & set(before) if after[k] != before[k])
     assert not (added or removed or changed), f"added {added}, removed {removed}, changed {changed}"
+    CENSUS["output_checks"] += 1
 
 
 # --- silent empties, predict output set, training and evaluation data (helper B) ---
@@ -353,16 +365,6 @@ def test_invalid_polygons_and_bboxes_are_skipped_as_mmdet_does(tmp_path):
 
 IMAGE = ASSET_IMAGES / "coffee.png"
 EXPORT = ("export", "--config", "rapsam_r18_lite", "--imgsz", "128", "--verify-limit", "1")
-
-
-def bomb_png(path: Path, side: int = 30000) -> Path:
-    """A ~100-byte PNG whose header declares side x side grey pixels (900 MP at 30000)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-    return path
 
 
 def cli_process(*args: str | Path, cwd: Path) -> subprocess.Popen:

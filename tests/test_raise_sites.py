@@ -8,14 +8,13 @@ import json
 import os
 import pickle
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import bomb_png
 
 from rapsam_edge.bundle import BundleError, load_bundle
 from rapsam_edge.errors import InputError, InputNotFoundError, RapsamError, ResourceLimitError
@@ -181,13 +180,6 @@ def test_missing_and_folder_checkpoint(tmp_path):
 # ---------------------------------------------------------------------------------------- PNG / JSON files
 
 
-def _bomb_png(path: Path, side: int = 30000) -> Path:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-    return path
 
 
 def test_panoptic_png_failures_are_one_sentence(tmp_path):
@@ -195,7 +187,7 @@ def test_panoptic_png_failures_are_one_sentence(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
     assert read_panoptic_png(good).shape == (8, 8)
     with pytest.raises(ResourceLimitError) as err:  # Pillow's DecompressionBombError is no OSError
-        read_panoptic_png(_bomb_png(tmp_path / "bomb.png"))
+        read_panoptic_png(bomb_png(tmp_path / "bomb.png", colour_type=2))
     one_sentence(err.value, "bomb.png", "--max-pixels")
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:40])
