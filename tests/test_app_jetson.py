@@ -16,7 +16,7 @@ from apps_common import load_app
 from rapsam_edge.bundle import Artifact, BundleError, TensorSpec, load_bundle, new_bundle
 from rapsam_edge.config import get_config
 from rapsam_edge.exporters import tensorrt_build
-from rapsam_edge.exporters.tensorrt import FORMAT, TrtOptions
+from rapsam_edge.exporters.tensorrt_engines import FORMAT, TrtOptions
 from rapsam_edge.preprocess import InputPolicy
 from rapsam_edge.runtime import devices
 
@@ -142,7 +142,7 @@ def test_engines_are_built_with_the_recorded_profiles(app, tmp_path, monkeypatch
     decoder's K range), on this device's fingerprint; TensorRT and the builder are stand-ins (no GPU here)."""
     from types import SimpleNamespace
 
-    from rapsam_edge.exporters.tensorrt import ShapeProfile
+    from rapsam_edge.exporters.tensorrt_engines import ShapeProfile
     from rapsam_edge.runtime import trt_backend
 
     bundle = load_bundle(_trt_bundle(tmp_path / "b"))

@@ -8,8 +8,8 @@ import pytest
 from rapsam_edge.benchmarks import devices as bench_devices
 from rapsam_edge.benchmarks.formats import ALL_DEVICES, GPU_DEVICES
 from rapsam_edge.errors import InputError
-from rapsam_edge.exporters.export import ExportRequest
-from rapsam_edge.exporters.tensorrt import TrtOptions
+from rapsam_edge.exporters.options import TensorRTOptions
+from rapsam_edge.exporters.tensorrt import build_options
 from rapsam_edge.runtime import devices
 from rapsam_edge.runtime.devices import (
     DEVICES,
@@ -125,7 +125,7 @@ def test_auto_means_one_thing_for_bench_backend_and_exporter(host, expected, pro
     (inputs built elsewhere) takes the same profile, or the Jetson-safe one where this host has none."""
     assert resolve("auto", host).name == expected
     monkeypatch.setattr(devices, "probe", lambda: host)  # the exporter probes this host for auto
-    exported = TrtOptions.from_request(ExportRequest(options={"device": "auto"}))
+    exported = build_options(TensorRTOptions(device="auto"))
     if profile is None:
         with pytest.raises(DeviceUnavailable, match="--device auto needs an NVIDIA GPU"):
             tensorrt_profile("auto", host)

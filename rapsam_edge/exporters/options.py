@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 from ..choices import Choice
 from ..errors import InputError
 from ..preprocess import CanvasSpec
-from ..runtime.trt_backend import DEVICES
+from ..runtime.devices import TENSORRT_DEVICES
 from .canvas import CanvasMode, canvas_spec, parse_canvases, parse_hw
 
 COMPRESSIONS = ("none", "int8", "palette4", "w8a8")
@@ -153,8 +153,9 @@ class TensorRTOptions(TargetOptions):
     max_canvas: tuple[int, int] | None = flag("--max-canvas", None, lambda v: parse_hw(v, "--max-canvas"))
 
     def validate(self) -> None:
-        if self.device not in DEVICES:
-            raise InputError(f"unknown TensorRT --device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        if self.device not in TENSORRT_DEVICES:
+            raise InputError(f"unknown TensorRT --device {self.device!r}; choose one of "
+                             f"{', '.join(TENSORRT_DEVICES)}.")
         if self.workspace is not None and (not _is_int(self.workspace) or self.workspace <= 0):
             raise InputError(f"--workspace takes a positive number of MB, not {self.workspace!r}.")
         if self.dla is not None and (not _is_int(self.dla) or self.dla < 0):

@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +53,8 @@ from ..bundle import GRAPHS, Artifact, Bundle, BundleError, bundle_canvas, load_
 from ..errors import InputError
 from ..model.rapsam import RapSam
 from ..preprocess import CanvasSpec
+from ..runtime import devices
 from ..runtime.ort_backend import OrtBackend
-from ..runtime.trt_backend import device_fingerprint, resolve_device
 from .onnx import GraphSettings, artifact_for, convert_fp16, export_fp32
 from .options import PROMPT_MAX, PROMPT_MIN, TensorRTOptions
 from .request import ExportRequest, ExportResult
@@ -69,40 +68,20 @@ INT8_NEEDS_CALIBRATION = ("--precision int8 for TensorRT needs the explicit Q/DQ
                           "--flavor tensorrt` first (TensorRT 10.1+ deprecates implicit calibration).")
 
 
-@dataclass(frozen=True)
-class DeviceProfile:
-    name: str
-    workspace_mb: int
-    dla: bool  # has DLA cores
-    why: str
-
-
-DEVICE_PROFILES = {
-    "jetson": DeviceProfile("jetson", 1024, True, "GPU memory is the shared DRAM: an uncapped builder workspace gets "
-                            "OOM-killed on Orin Nano/NX; 1 GiB is far above this model's largest activation"),
-    "a100": DeviceProfile("a100", 4096, False, "datacenter memory: room for more GEMM/attention tactics without "
-                          "taking a shared GPU over"),
-}
-
-
 def build_options(opts: TensorRTOptions, size: tuple[int, int] | None = None,
-                  fp: dict[str, Any] | None = None) -> TrtOptions:
-    """The build options of ``opts`` on a device profile. With ``fp`` (the build host) ``auto`` and the profile
-    are resolved strictly; without it (export) ``auto`` picks from this host and falls back to the Jetson-safe
-    profile. With ``size`` (the deployment canvas) the canvas is resolved too."""
-    if fp is not None:
-        profile = resolve_device(opts.device, fp)
-    elif opts.device == "auto":
-        here = device_fingerprint()
-        profile = "a100" if here["gpu_name"] and not here["jetson"] else "jetson"
-    else:
-        profile = opts.device
-    if opts.dla is not None and not DEVICE_PROFILES[profile].dla:
-        raise InputError(f"--dla {opts.dla}: DLA cores exist only on Jetson (Xavier/Orin); the {profile} profile "
+                  host: devices.HostFacts | None = None) -> TrtOptions:
+    """The build options of ``opts`` on a device profile. With ``host`` (the build host) the device must be that
+    host's; without it (export, whose inputs are built elsewhere) a named device is taken as named and ``auto`` is
+    this host's device, or the Jetson-safe profile where it has no NVIDIA GPU
+    (:func:`rapsam_edge.runtime.devices.tensorrt_profile`). With ``size`` (the deployment canvas) the canvas is
+    resolved too."""
+    profile = devices.tensorrt_profile(opts.device, host, here=host is not None)
+    if opts.dla is not None and not profile.dla:
+        raise InputError(f"--dla {opts.dla}: DLA cores exist only on Jetson (Xavier/Orin); the {profile.name} profile "
                          "has none.")
-    workspace = opts.workspace or DEVICE_PROFILES[profile].workspace_mb
+    workspace = opts.workspace or profile.workspace_mb
     canvas = opts.canvas_for(size) if size is not None else None
-    return TrtOptions(opts.device, profile, int(workspace), opts.dla, opts.prompt_slots, canvas)
+    return TrtOptions(opts.device, profile.name, int(workspace), opts.dla, opts.prompt_slots, canvas)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,7 +161,7 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
     script.chmod(0o755)
     arts.append(Artifact("build", FORMAT, precision, f"tensorrt/{script.name}", [], [], details={
         "options": opts.record(), "canvas": opts.canvas.to_dict(), "workspace_mb": opts.workspace_mb,
-        "workspace_default": {p.name: {"mb": p.workspace_mb, "why": p.why} for p in DEVICE_PROFILES.values()},
+        "workspace_default": {p.name: {"mb": p.workspace_mb, "why": p.why} for p in devices.TENSORRT_PROFILES.values()},
         "prompt_profile": {"input": "boxes", "min": PROMPT_MIN, "opt": opts.prompt_slots, "max": PROMPT_MAX},
         "shape_profiles": {s.graph: [dataclasses.asdict(p) for p in shape_profiles(s.graph, opts, hidden)]
                            for s in specs},

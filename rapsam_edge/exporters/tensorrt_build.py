@@ -14,7 +14,8 @@ from typing import Any
 
 from ..bundle import Artifact, Bundle, load_bundle, write_json_atomic
 from ..errors import InputError, InputNotFoundError, UnavailableError
-from ..runtime.trt_backend import device_fingerprint, import_tensorrt
+from ..runtime import devices
+from ..runtime.trt_backend import import_tensorrt
 from .options import TensorRTOptions
 from .request import ExportRequest
 from .tensorrt import build_options
@@ -78,7 +79,7 @@ def build_engine(trt: Any, folder: Path, spec: EngineSpec, opts: TrtOptions,
 def register_engines(bundle: Bundle, precision: str, opts: TrtOptions, built_by: str,
                      builds: dict[str, dict[str, Any]] | None = None) -> list[Artifact]:
     """Write ``<graph>.<p>.json`` (device fingerprint + build record) beside each engine and register it."""
-    fp = device_fingerprint()
+    fp = devices.probe().fingerprint()
     folder = bundle.root / "tensorrt"
     build_record = bundle.require("build", FORMAT, precision).details
     # build records written before the trtexec lines were recorded have none: the fingerprint then says so
@@ -114,9 +115,9 @@ def post_export(bundle: Bundle, precision: str, req: ExportRequest) -> dict[str,
         f"TensorRT is not installed here: the ONNX inputs and trtexec lines are in {shown}/; build the engines on "
         f"the target device (TensorRT from JetPack or NVIDIA's index) with `bash {shown / f'build_{precision}.sh'}` "
         "or rerun this command there."))
-    fp = device_fingerprint()
+    host = devices.probe()
     record = bundle.require("build", FORMAT, precision).details
-    opts = dataclasses.replace(build_options(req.options_as(TensorRTOptions), fp=fp), canvas=TrtOptions.from_record(
+    opts = dataclasses.replace(build_options(req.options_as(TensorRTOptions), host=host), canvas=TrtOptions.from_record(
         record["options"], record.get("canvas")).canvas)  # the canvas the ONNX inputs were exported with
     need = record["tensorrt_min"]
     have = tuple(int(x) for x in trt.__version__.split(".")[:2])
@@ -127,7 +128,7 @@ def post_export(bundle: Bundle, precision: str, req: ExportRequest) -> dict[str,
     builds = {s.graph: build_engine(trt, folder, s, opts, profiles.get(s.graph, []))
               for s in engine_specs(precision, opts)}
     arts = register_engines(bundle, precision, opts, "python-api", builds)
-    return {"engines": [a.path for a in arts], "device": {k: fp.get(k) for k in ("gpu_name", "tensorrt", "l4t")},
+    return {"engines": [a.path for a in arts], "device": {k: getattr(host, k) for k in ("gpu_name", "tensorrt", "l4t")},
             "builds": builds}
 
 

@@ -10,7 +10,6 @@ deserialisation error. Nothing in this module imports TensorRT at import time.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,20 +21,6 @@ from ..bundle import GRAPHS, Bundle, BundleError, load_bundle
 from ..errors import InputError, UnavailableError
 from . import devices
 from .base import ENCODER_OUTPUTS, Backend, encoder_outputs
-from .devices import fingerprint_mismatch  # noqa: F401  (a former name, see below)
-
-# The names exporters/ imported from here before runtime/devices.py existed, kept only while the exporters are
-# being reorganised (issue 14): removed once they import runtime.devices.
-DEVICES = devices.TENSORRT_DEVICES
-
-
-def device_fingerprint(**probes: Any) -> dict[str, Any]:
-    return devices.probe(**probes).fingerprint()
-
-
-def resolve_device(device: str, fp: dict[str, Any]) -> str:
-    known = {f.name for f in dataclasses.fields(devices.HostFacts)}
-    return devices.tensorrt_profile(device, devices.HostFacts(**{k: v for k, v in fp.items() if k in known})).name
 
 
 def import_tensorrt(hint: str = "") -> Any:
