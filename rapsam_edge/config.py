@@ -3,6 +3,10 @@
 Configs are frozen dataclasses, not YAML: they serialise into checkpoints and bundle manifests with
 ``to_dict`` and come back with ``from_dict``, so a model's hyper-parameters live in exactly one place.
 The R50 numbers reproduce ``configs/rap_sam/rap_sam_r50_12e_adaptor.py`` of the official repository.
+
+The constants the model and the host code must agree on live here too, the lowest layer both import: the pixel
+mean / std (normalised inside the model, and the host pads with the mean so a padded pixel becomes exactly 0)
+and the canvas rule (:func:`canvas_size`: sides are multiples of :data:`SIZE_DIVISOR`).
 """
 
 from __future__ import annotations
@@ -11,12 +15,40 @@ import dataclasses
 import difflib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from .errors import InputError
-from .preprocess import InputPolicy
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+"""Per-channel RGB mean (ImageNet, 0..255) the model subtracts inside its graph; the host pads with it."""
+PIXEL_STD = (58.395, 57.12, 57.375)
+"""Per-channel RGB std (0..255) the model divides by inside its graph."""
+SIZE_DIVISOR = 32
+"""Canvas sides are multiples of this: the backbone's stride, whose features the neck upsamples x2/x4/x8."""
+
+
+def canvas_size(value: int | str | Sequence[int], what: str) -> tuple[int, int]:
+    """The canvas (H, W) of a square's side (``640``), a pair (``(800, 1216)``) or text (``"800x1216"``), both
+    sides positive multiples of :data:`SIZE_DIVISOR`; anything else is one :class:`InputError` naming ``what``
+    (the flag or field it came from). The one canvas rule of configs, input policies and every ``--imgsz`` /
+    ``--max-canvas`` / ``--canvases``."""
+    square = isinstance(value, int) and not isinstance(value, bool)
+    parts: Any = [value, value] if square else str(value).lower().replace(" ", "").split("x") \
+        if isinstance(value, str) else value
+    try:
+        hw = tuple(int(p) for p in parts)
+        exact = isinstance(value, str) or all(int(p) == p for p in parts)
+    except (TypeError, ValueError):
+        hw, exact = (), False
+    if len(hw) != 2 or not exact or any(v <= 0 or v % SIZE_DIVISOR for v in hw):
+        if square:
+            raise InputError(f"{what} {value} must be a positive multiple of {SIZE_DIVISOR} (e.g. 256 or 640).")
+        raise InputError(f"{what} {value!r} must be HEIGHTxWIDTH in pixels, both positive multiples of "
+                         f"{SIZE_DIVISOR} (e.g. 800x1216).")
+    return hw  # type: ignore[return-value]
 
 BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
     "resnet18": (64, 128, 256, 512),
@@ -103,7 +135,7 @@ class ModelConfig:
     neck: str = "dcn"
     classifier: str = "text"
     vocabulary: str = "coco_panoptic"
-    input_size: tuple[int, int] = (640, 640)
+    input_size: tuple[int, int] = (640, 640)  # the default deployment canvas (the model itself takes any)
     agg_dim: int = 128
     hidden_dim: int = 256
     num_queries: int = 100
@@ -126,10 +158,7 @@ class ModelConfig:
         for what, value, allowed in checks:
             if value not in allowed:
                 raise InputError(f"unknown {what} {value!r} in config {self.name!r}; choose one of {allowed}.")
-        h, w = self.input_size
-        if h % 32 or w % 32 or h <= 0 or w <= 0:
-            raise InputError(f"input_size {self.input_size} must be positive multiples of 32 (the neck "
-                             "upsamples by fixed factors 2/4/8).")
+        object.__setattr__(self, "input_size", canvas_size(self.input_size, "input_size"))
 
     @property
     def backbone_channels(self) -> tuple[int, int, int, int]:
@@ -150,10 +179,6 @@ class ModelConfig:
         trained on the fixed `input_size` canvas), whose features depend on that canvas by design.
         """
         return "deployment" if self.coord_encoding == "sine" else "official"
-
-    def input_policy(self) -> InputPolicy:
-        """The host preprocessing this model expects at its `input_size`."""
-        return InputPolicy(size=self.input_size, prompt_frame=self.prompt_frame)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

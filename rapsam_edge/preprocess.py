@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .choices import Choice
+from .config import PIXEL_MEAN, PIXEL_STD, SIZE_DIVISOR, ModelConfig, canvas_size
 from .errors import InputError, ResourceLimitError
 
 CLICK_BOX_SIZE = 6
@@ -36,8 +37,6 @@ CLICK_BOX_SIZE = 6
 
 _RESIZE_MODES = ("longest", "keep_ratio")
 CANVASES = ("fixed", "divisor")
-SIZE_DIVISOR = 32
-"""Canvas sides are multiples of this: the neck upsamples stride-32 features by x2/x4/x8."""
 OFFICIAL_SCALE = (1333, 800)
 """Official test-time keep-ratio scale (long edge, short edge): mmdet ``Resize(scale=(1333, 800), keep_ratio=True)``."""
 PROMPT_FRAMES = ("resized", "padded")
@@ -100,8 +99,8 @@ class InputPolicy:
     """
 
     size: tuple[int, int] = (640, 640)
-    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
-    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    mean: tuple[float, float, float] = PIXEL_MEAN
+    std: tuple[float, float, float] = PIXEL_STD
     pad_value: tuple[float, float, float] | None = field(default=None)
     resize: str = "longest"
     scale: tuple[int, int] | None = None
@@ -111,13 +110,7 @@ class InputPolicy:
     prompt_frame: str = "resized"
 
     def __post_init__(self) -> None:
-        try:
-            size = tuple(int(v) for v in self.size)
-        except (TypeError, ValueError):
-            raise InputError(f"InputPolicy.size must be (H, W) integers, got {self.size!r}.") from None
-        if len(size) != 2 or any(v <= 0 or v % 32 for v in size) or size != tuple(self.size):
-            raise InputError(f"InputPolicy.size must be (H, W) positive multiples of 32, got {self.size!r}.")
-        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "size", canvas_size(self.size, "InputPolicy.size"))
         object.__setattr__(self, "mean", _triple(self.mean, "mean"))
         std = _triple(self.std, "std")
         if min(std) <= 0:
@@ -139,6 +132,12 @@ class InputPolicy:
                               ("interpolation", _INTERPOLATIONS), ("prompt_frame", PROMPT_FRAMES)):
             if getattr(self, name) not in allowed:
                 raise InputError(f"InputPolicy.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+
+    @classmethod
+    def for_model(cls, config: ModelConfig, size: tuple[int, int] | None = None) -> InputPolicy:
+        """The host preprocessing a model expects, at the canvas ``size`` (default: the config's deployment
+        ``input_size``): the model's prompt frame, the shared mean/std."""
+        return cls(size=size or config.input_size, prompt_frame=config.prompt_frame)
 
     def replace(self, **changes: Any) -> InputPolicy:
         return replace(self, **changes)

@@ -149,3 +149,51 @@ def test_every_backend_encodes_exactly_the_encoder_graph_outputs(tiny_onnx_bundl
         assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.9999, name
     with pytest.raises(ValueError, match="prompt_keys, prompt_values missing"):
         ort_backend.decode_prompts({"features": encoded["torch"]["features"]}, boxes)
+
+
+# ---- constants defined once (issue 14) -------------------------------------------------------------------------
+
+def test_pixel_mean_is_one_definition_so_mean_padding_normalises_to_zero(small_pipeline):
+    """The host pads with the mean pixel because the graph normalises inside: the model's buffers and the input
+    policy's defaults are the same objects from config, and a padded pixel becomes exactly 0 in the model."""
+    import dataclasses
+
+    import torch
+
+    from rapsam_edge import config
+    from rapsam_edge.model import rapsam
+    from rapsam_edge.preprocess import InputPolicy, preprocess
+
+    defaults = {f.name: f.default for f in dataclasses.fields(InputPolicy)}
+    assert rapsam.PIXEL_MEAN is config.PIXEL_MEAN is defaults["mean"]
+    assert rapsam.PIXEL_STD is config.PIXEL_STD is defaults["std"]
+    model = small_pipeline.backend.model
+    assert torch.equal(model.pixel_mean.flatten(), torch.tensor(config.PIXEL_MEAN))
+    tensor, lb = preprocess(np.zeros((100, 50, 3), np.uint8), small_pipeline.policy)
+    pad = torch.from_numpy(tensor[:, :, :, lb.resized_hw[1]:])  # the right-hand padding
+    assert pad.numel() and torch.count_nonzero((pad - model.pixel_mean) / model.pixel_std) == 0
+
+
+@pytest.mark.parametrize("value, what, sentence", [
+    (100, "--imgsz", "--imgsz 100 must be a positive multiple of 32"),
+    (0, "--imgsz", "--imgsz 0 must be a positive multiple of 32"),
+    ((640, 100), "input_size", "input_size (640, 100) must be HEIGHTxWIDTH in pixels, both positive multiples of 32"),
+    ("800x1000", "--max-canvas", "--max-canvas '800x1000' must be HEIGHTxWIDTH in pixels, both positive multiples"),
+    ("1344", "--max-canvas", "--max-canvas '1344' must be HEIGHTxWIDTH"),
+])
+def test_one_canvas_size_rule(value, what, sentence):
+    """One rule (config.canvas_size) for every canvas size a user or a config gives: the config, the input policy,
+    export's --imgsz and --max-canvas / --canvases, train and eval's --imgsz."""
+    from rapsam_edge.config import ModelConfig, canvas_size
+    from rapsam_edge.errors import InputError
+    from rapsam_edge.preprocess import InputPolicy
+
+    assert canvas_size(64, "--imgsz") == (64, 64) and canvas_size("800x1216", "x") == (800, 1216)
+    assert canvas_size((96, 160), "x") == (96, 160)
+    with pytest.raises(InputError) as err:
+        canvas_size(value, what)
+    assert str(err.value).startswith(sentence)
+    with pytest.raises(InputError, match="multiples of 32"):
+        ModelConfig("x", "resnet18", input_size=(640, 100))
+    with pytest.raises(InputError, match="multiples of 32"):
+        InputPolicy(size=(640, 100))

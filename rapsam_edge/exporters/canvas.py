@@ -31,11 +31,12 @@ import torch
 from torch import Tensor
 
 from ..choices import Choice
+from ..config import SIZE_DIVISOR, canvas_size
 from ..errors import InputError
 from ..model.neck import YOSONeck
 from ..model.prompt import sine_encode_coords
 from ..model.rapsam import RapSam
-from ..preprocess import SIZE_DIVISOR, CanvasSpec
+from ..preprocess import CanvasSpec
 from .graphs import example_inputs
 
 
@@ -59,15 +60,7 @@ MIN_CANVAS = (SIZE_DIVISOR, SIZE_DIVISOR)
 
 def parse_hw(text: str, what: str = "canvas") -> tuple[int, int]:
     """``"800x1216"`` (height x width) -> (800, 1216); both positive multiples of 32, else one sentence."""
-    parts = str(text).lower().replace(" ", "").split("x")
-    try:
-        hw = tuple(int(p) for p in parts)
-    except ValueError:
-        hw = ()
-    if len(hw) != 2 or min(hw) <= 0 or hw[0] % SIZE_DIVISOR or hw[1] % SIZE_DIVISOR:
-        raise InputError(f"{what} {text!r} must be HEIGHTxWIDTH in pixels, both positive multiples of "
-                         f"{SIZE_DIVISOR} (e.g. 800x1216).")
-    return hw  # type: ignore[return-value]
+    return canvas_size(str(text), what)
 
 
 def parse_canvases(text: str | tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
@@ -175,12 +168,12 @@ def dynamic_shapes(graph: str, model: RapSam, spec: CanvasSpec, max_prompts: int
     ``Dim.AUTO`` (torch.export cannot state a product of two dims; it derives it from the graph).
     """
     Dim = torch.export.Dim
-    ex = example_inputs(graph, model)
+    ex = example_inputs(graph, model, spec.size)
     k = Dim("num_prompts", min=1, max=max_prompts)
     if spec.kind != "dynamic":
         if graph == "object_decoder":
             frames = Dim("frames", min=1, max=max_frames)
-            return {"features": {2: (model.config.input_size[0] // 4) * frames}}, (torch.cat([ex[0], ex[0]], dim=2),)
+            return {"features": {2: (spec.size[0] // 4) * frames}}, (torch.cat([ex[0], ex[0]], dim=2),)
         if graph == "prompt_decoder":
             return {"features": None, "prompt_keys": None, "prompt_values": None, "boxes": {1: k}}, ex
         return None, ex

@@ -52,7 +52,7 @@ import torch
 
 from ..bundle import Artifact, Bundle, TensorSpec, size_path
 from ..model.rapsam import RapSam
-from ..preprocess import CanvasSpec
+from ..preprocess import CanvasSpec, InputPolicy
 from ..runtime.torch_backend import TorchBackend
 from .canvas import dynamic_coord_features
 from .coreml_compress import W8A8Encoder, calibration_images, compress_weights, simulated_model, w8a8_encoder
@@ -252,7 +252,7 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
     """The ``--target coreml`` entry of :data:`rapsam_edge.exporters.targets.TARGETS`."""
     opts = req.options_as(CoreMLOptions)
     compress, slots = opts.compress, opts.prompt_slots
-    canvas = opts.canvas_for(model.config.input_size)
+    canvas = opts.canvas_for(req.deployment_size(model.config))
     enumerated = canvas.kind == "enumerated"
     model = model.eval()
     modules: dict[str, tuple[torch.nn.Module, str]] = {
@@ -262,12 +262,12 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
     if compress == "w8a8":
         images, source = calibration_images(opts.calib_images)
         t0 = time.perf_counter()
-        calibrated, extra = w8a8_encoder(model, images)
+        calibrated, extra = w8a8_encoder(model, images, req.deployment_policy(model.config))
         extra.update(calibration_source=source, calibration_seconds=round(time.perf_counter() - t0, 2))
         modules["encoder"] = (calibrated, "iOS17")
     arts = []
     for graph, (module, target) in modules.items():
-        example = example_inputs(graph, model, num_prompts=slots)
+        example = example_inputs(graph, model, canvas.size, num_prompts=slots)
         mlmodel, details = convert_graph(module, graph, example, precision, target, canvas, model)
         t0 = time.perf_counter()
         # w8a8: the decoders get int8 weights only; the encoder's convs already carry int8 weights, this
@@ -303,14 +303,15 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
 
 
 # ---- verification --------------------------------------------------------------------------------------
-def expected_io(model: RapSam, slots: int) -> dict[str, dict[str, list[int]]]:
-    """Name -> shape of every input and output, from the PyTorch graphs (decoders run once, cheap)."""
-    h, w = model.config.input_size
+def expected_io(model: RapSam, slots: int, size: tuple[int, int]) -> dict[str, dict[str, list[int]]]:
+    """Name -> shape of every input and output at the canvas ``size``, from the PyTorch graphs (decoders run once,
+    cheap)."""
+    h, w = size
     c, hw = model.config.hidden_dim, (h // 4) * (w // 4)
     out = {"encoder": {"image": [1, 3, h, w], "features": [1, c, h // 4, w // 4], "prompt_keys": [1, hw, c],
                        "prompt_values": [1, hw, c]}}
     for graph in ("object_decoder", "prompt_decoder"):
-        ex = example_inputs(graph, model, num_prompts=slots)
+        ex = example_inputs(graph, model, size, num_prompts=slots)
         with torch.no_grad():
             res = build_graph(graph, model)(*ex)
         io = GRAPH_IO[graph]
@@ -372,7 +373,8 @@ def verify_target(model: RapSam, bundle: Bundle, precision: str, req: ExportRequ
     opts = req.options_as(CoreMLOptions)
     compress, slots = opts.compress, opts.prompt_slots
     key = artifact_precision(precision, compress)
-    expected = expected_io(model, slots)
+    policy = InputPolicy.from_dict(bundle.manifest["input_policy"])  # the bundle's deployment canvas
+    expected = expected_io(model, slots, policy.size)
     report: dict[str, Any] = {"precision": key, "packages": {}, "failures": [], "warnings": []}
     for graph in GRAPH_IO:
         art = bundle.require(graph, "coreml", key)
@@ -380,7 +382,6 @@ def verify_target(model: RapSam, bundle: Bundle, precision: str, req: ExportRequ
         report["failures"] += rep.pop("failures")
         report["packages"][graph] = rep
     images = (req.verify_images or default_verify_images(limit=3))[:3]
-    policy = model.config.input_policy()
     calibrated = result.w8a8 if isinstance(result, CoreMLExport) else None
     if compress == "w8a8" and calibrated is None:
         raise ValueError("the CoreML w8a8 verification needs the calibrated encoder of the export's result.")

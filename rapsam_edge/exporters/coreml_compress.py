@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..model.deform_conv import ModulatedDeformConv2d
 from ..model.rapsam import RapSam
-from ..preprocess import load_image, preprocess
+from ..preprocess import InputPolicy, load_image, preprocess
 from ..training.recipes import default_shared_data
 from .verify import default_verify_images
 
@@ -178,13 +178,13 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def w8a8_encoder(model: RapSam, images: list[Path]) -> tuple[W8A8Encoder, dict[str, Any]]:
-    """Calibrate activation ranges of ``model.encode`` on ``images`` and return the QDQ encoder graph."""
+def w8a8_encoder(model: RapSam, images: list[Path], policy: InputPolicy) -> tuple[W8A8Encoder, dict[str, Any]]:
+    """Calibrate activation ranges of ``model.encode`` on ``images`` (read under the export's input ``policy``)
+    and return the QDQ encoder graph."""
     from coremltools.optimize.torch.quantization import LinearQuantizer, LinearQuantizerConfig
 
     if not images:
         raise InputError("--compress w8a8 needs calibration images and none were found; pass --calib-images FOLDER.")
-    policy = model.config.input_policy()
     mean, std = model.pixel_mean, model.pixel_std
     tensors = [(torch.from_numpy(preprocess(load_image(p), policy)[0]) - mean) / std for p in images]
     spec = {"quantization_scheme": "symmetric", "activation_observer": "min_max", "weight_observer": "min_max",

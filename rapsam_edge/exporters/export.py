@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from ..bundle import Bundle, BundleError, edit_bundle, is_bundle, load_bundle, new_bundle
+from ..config import canvas_size
 from ..errors import InputError
 from ..model.checkpoint import load_model
 from ..model.rapsam import RapSam
-from ..preprocess import CanvasSpec
+from ..preprocess import CanvasSpec, InputPolicy
 from .canvas import MIN_CANVAS
 from .options import OnnxOptions
 from .request import ExportRequest
@@ -60,8 +61,8 @@ def validate(req: ExportRequest) -> str:
     opts = req.options_as(t.options)  # validated when it was made (options.py)
     if req.out.exists() and not req.out.is_dir():
         raise InputError(f"--out {req.out} is a file; give the folder that holds bundles.")
-    if req.imgsz is not None and (req.imgsz <= 0 or req.imgsz % 32):
-        raise InputError(f"--imgsz {req.imgsz} must be a positive multiple of 32.")
+    if req.imgsz is not None:
+        canvas_size(req.imgsz, "--imgsz")
     # check the canvas options now (one sentence, nothing built); without --imgsz the deployment size is the
     # config's, known after the model is built, and the export checks --max-canvas against it again
     opts.canvas_for((req.imgsz, req.imgsz) if req.imgsz else MIN_CANVAS)
@@ -74,11 +75,9 @@ def prepare_model(req: ExportRequest) -> tuple[RapSam, dict[str, Any]]:
         torch.manual_seed(req.seed)
     model, _ = load_model(req.config or (None if req.checkpoint else "rapsam_r18_lite"), req.checkpoint,
                           req.class_embeddings)
-    if req.imgsz:
-        model.config = model.config.replace(input_size=(req.imgsz, req.imgsz))
     model.eval()
     section = {
-        "config": model.config.to_dict(),
+        "config": req.deployment_config(model.config).to_dict(),
         "checkpoint": None if req.checkpoint is None else {"path": str(req.checkpoint),
                                                             "sha256": sha256_file(req.checkpoint)},
         "random_init": req.checkpoint is None, "seed": req.seed if req.checkpoint is None else None,
@@ -90,10 +89,9 @@ def prepare_model(req: ExportRequest) -> tuple[RapSam, dict[str, Any]]:
     return model, section
 
 
-def base_manifest(model: RapSam, name: str, section: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "model": section, "classes": model.vocabulary.to_dict(),
-            "input_policy": model.config.input_policy().to_dict(), "tools": tool_versions(),
-            "verification": {}, "calibration": None}
+def base_manifest(model: RapSam, name: str, section: dict[str, Any], policy: InputPolicy) -> dict[str, Any]:
+    return {"name": name, "model": section, "classes": model.vocabulary.to_dict(), "input_policy": policy.to_dict(),
+            "tools": tool_versions(), "verification": {}, "calibration": None}
 
 
 def _same_model(bundle: Bundle, section: dict[str, Any]) -> bool:
@@ -110,7 +108,8 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = lambda s: None) 
     name = req.name or model.config.name
     root = req.out / name
     if req.force or not is_bundle(root):  # a new bundle (new_bundle refuses to replace anything but a bundle)
-        with new_bundle(root, base_manifest(model, name, section), overwrite=req.force, log=log) as bundle:
+        manifest = base_manifest(model, name, section, req.deployment_policy(model.config))
+        with new_bundle(root, manifest, overwrite=req.force, log=log) as bundle:
             report = _export_into(bundle, bundle.root, model, precision, req, target, log, record_canvas=True)
         return root, _post(target, root, precision, req, report, log)
     if not _same_model(load_bundle(root), section):  # before the work; checked again under the bundle's lock

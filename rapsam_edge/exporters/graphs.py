@@ -75,11 +75,9 @@ WRAPPERS: dict[str, type[nn.Module]] = {
 }
 
 
-def example_inputs(graph: str, model: RapSam, num_prompts: int = 4,
-                   size: tuple[int, int] | None = None) -> tuple[Tensor, ...]:
-    """Deterministic example inputs of the graph at the canvas ``size`` (default: the model's input size),
-    used for export and checks."""
-    h, w = size or model.config.input_size
+def example_inputs(graph: str, model: RapSam, size: tuple[int, int], num_prompts: int = 4) -> tuple[Tensor, ...]:
+    """Deterministic example inputs of the graph at the canvas ``size`` (H, W), used for export and checks."""
+    h, w = size
     hf, wf, c = h // 4, w // 4, model.config.hidden_dim
     g = torch.Generator().manual_seed(0)
     if graph == "encoder":

@@ -38,16 +38,13 @@ FP16_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceL2", "ReduceSumSquar
 @dataclass(frozen=True)
 class GraphSettings:
     """How one graph is exported (the ONNX target's options and the TensorRT inputs both map onto it).
-    ``canvas``: the canvases the graphs accept (None = fixed at the model's input size)."""
+    ``canvas``: the canvases the graphs accept (its ``size``: the deployment canvas, traced at)."""
 
+    canvas: CanvasSpec
     opset: int = 18
     simplify: bool = True
     max_prompts: int = 256
     max_frames: int = 8
-    canvas: CanvasSpec | None = None
-
-    def canvas_for(self, model: RapSam) -> CanvasSpec:
-        return self.canvas or CanvasSpec("fixed", model.config.input_size)
 
 
 def _tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
@@ -64,12 +61,10 @@ def export_fp32(model: RapSam, graph: str, path: Path, opts: GraphSettings,
                 custom_translation_table: dict[Any, Any] | None = None) -> dict[str, Any]:
     """Export one graph to ``path``; returns details (export seconds, simplified, node count)."""
     io = GRAPH_IO[graph]
-    canvas = opts.canvas_for(model)
+    canvas = opts.canvas
     if canvas.kind not in ("fixed", "dynamic"):
         raise ValueError(f"ONNX graphs take a fixed or a dynamic canvas, not {canvas.kind!r} (CoreML's enumerated "
                          "shapes).")
-    if canvas.kind == "fixed" and tuple(canvas.size) != tuple(model.config.input_size):
-        raise ValueError(f"a fixed ONNX canvas is the model's input size {model.config.input_size}, not {canvas.size}.")
     dyn, ex = dynamic_shapes(graph, model, canvas, opts.max_prompts, opts.max_frames)
     coords = dynamic_coord_features(model, canvas.max_size or canvas.size) if canvas.kind == "dynamic" and \
         graph == "encoder" else contextlib.nullcontext()
@@ -227,7 +222,7 @@ def artifact_for(graph: str, rel_path: str, precision: str, details: dict[str, A
                     _tensor_specs(list(proto.graph.output)), details=details)
 
 
-def export_onnx(model: RapSam, root: Path, precision: str = "fp32", opts: GraphSettings = GraphSettings(),
+def export_onnx(model: RapSam, root: Path, precision: str, opts: GraphSettings,
                 graphs: tuple[str, ...] = tuple(GRAPH_IO), dcn: DcnMode = DcnMode.PYTORCH) -> list[Artifact]:
     """Write ``<graph>.onnx`` (and ``<graph>.fp16.onnx``) into ``root``; returns unregistered artifacts.
 
@@ -260,7 +255,7 @@ def export_onnx(model: RapSam, root: Path, precision: str = "fp32", opts: GraphS
 def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest) -> ExportResult:
     """The ``--target onnx`` entry of :data:`rapsam_edge.exporters.targets.TARGETS`."""
     opts = req.options_as(OnnxOptions)
-    settings = GraphSettings(simplify=opts.simplify, canvas=opts.canvas_for(model.config.input_size))
+    settings = GraphSettings(simplify=opts.simplify, canvas=opts.canvas_for(req.deployment_size(model.config)))
     return ExportResult(export_onnx(model, root, precision, settings, dcn=opts.dcn))
 
 

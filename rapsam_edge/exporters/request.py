@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..bundle import Artifact
+from ..config import ModelConfig
+from ..preprocess import InputPolicy
 from .options import OptionsT, TargetOptions
 
 
@@ -35,6 +37,19 @@ class ExportRequest:
         if not isinstance(self.options, kind):
             raise TypeError(f"--target {self.target} takes {kind.__name__}, not {type(self.options).__name__}.")
         return self.options
+
+    def deployment_size(self, config: ModelConfig) -> tuple[int, int]:
+        """The deployment canvas (H, W) this export writes: ``--imgsz`` (square), else the config's default. Passed
+        to the targets explicitly; the built model is never resized (it takes any canvas)."""
+        return (self.imgsz, self.imgsz) if self.imgsz else (int(config.input_size[0]), int(config.input_size[1]))
+
+    def deployment_policy(self, config: ModelConfig) -> InputPolicy:
+        """The input policy of the bundle this export writes (its manifest's ``input_policy``)."""
+        return InputPolicy.for_model(config, self.deployment_size(config))
+
+    def deployment_config(self, config: ModelConfig) -> ModelConfig:
+        """The config the manifest records: the model's, with the deployment canvas as its ``input_size``."""
+        return config.replace(input_size=self.deployment_size(config))
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from .request import ExportRequest, ExportResult
 from .tensorrt_checks import MIN_TRT_STRONGLY_TYPED, check_onnx, version_text
 from .tensorrt_engines import FORMAT, TrtOptions, engine_specs, shape_profiles
 from .tensorrt_script import build_script, trtexec_line
-from .verify import default_verify_images, verify_backend
+from .verify import bundle_policy, default_verify_images, verify_backend
 
 INT8_SOURCE = ("encoder", "onnx", "int8-trt")
 INT8_NEEDS_CALIBRATION = ("--precision int8 for TensorRT needs the explicit Q/DQ encoder from `rapsam-edge calibrate "
@@ -103,13 +103,13 @@ def _calibrated_encoder(bundle_root: Path, model: RapSam, req: ExportRequest) ->
     checkpoint = section.get("checkpoint") or {}
     same_checkpoint = (req.checkpoint is None and checkpoint == {}) or (
         req.checkpoint is not None and checkpoint.get("sha256") == sha256_path(Path(req.checkpoint)))
-    if section.get("config") != model.config.to_dict() or not same_checkpoint:
+    if section.get("config") != req.deployment_config(model.config).to_dict() or not same_checkpoint:
         raise BundleError(f"the calibrated encoder in {bundle_root} belongs to another model, checkpoint or input "
                           "size; calibrate this one with `rapsam-edge calibrate --flavor tensorrt` first.")
     return bundle.path(art)
 
 
-def _write_fp16(model: RapSam, graph: str, tmp: Path, dst: Path, canvas: CanvasSpec | None = None) -> dict[str, Any]:
+def _write_fp16(model: RapSam, graph: str, tmp: Path, dst: Path, canvas: CanvasSpec) -> dict[str, Any]:
     """fp32 export (shared exporter), single-frame static object decoder (fixed canvas; a dynamic canvas's
     profile keeps it to one frame), then the mixed fp16 graph."""
     fp32 = tmp / f"{graph}.onnx"
@@ -117,7 +117,7 @@ def _write_fp16(model: RapSam, graph: str, tmp: Path, dst: Path, canvas: CanvasS
     if graph == "object_decoder" and (canvas is None or canvas.kind == "fixed"):
         import onnxsim
 
-        h, w = (s // 4 for s in model.config.input_size)
+        h, w = (s // 4 for s in canvas.size)
         proto, ok = onnxsim.simplify(onnx.load(str(fp32)),
                                      overwrite_input_shapes={"features": [1, model.config.hidden_dim, h, w]})
         if not ok:
@@ -130,7 +130,7 @@ def _write_fp16(model: RapSam, graph: str, tmp: Path, dst: Path, canvas: CanvasS
 def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest) -> ExportResult:
     """Write ``root/tensorrt/``: the engines' ONNX inputs (checked) and ``build_<precision>.sh``; returns
     unregistered artifacts of format ``tensorrt-onnx``."""
-    opts = build_options(req.options_as(TensorRTOptions), size=model.config.input_size)
+    opts = build_options(req.options_as(TensorRTOptions), size=req.deployment_size(model.config))
     assert opts.canvas is not None
     name = req.name or model.config.name
     qdq = _calibrated_encoder(req.out / name, model, req) if precision == "int8" else None
@@ -177,7 +177,7 @@ def verify_target(model: RapSam, bundle: Bundle, precision: str, req: ExportRequ
     images; the engines' own numerics are checked on the device."""
     graphs = {g: bundle.find(g, FORMAT, precision) or bundle.require(g, FORMAT, "fp16") for g in GRAPHS}
     inputs = OrtBackend(bundle, artifacts=graphs)
-    report = verify_backend(model, inputs, bundle_canvas(bundle, FORMAT), precision,
+    report = verify_backend(model, inputs, bundle_policy(bundle), bundle_canvas(bundle, FORMAT), precision,
                             req.verify_images or default_verify_images(), pipelines=False)
     report["note"] = ("the TensorRT ONNX inputs in onnxruntime (CPU) vs PyTorch; the engines' own numerics are "
                       "checked on the device (rapsam-edge bench / eval with --backend tensorrt).")

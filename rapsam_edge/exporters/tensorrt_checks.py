@@ -54,7 +54,7 @@ def _check_qdq(proto: onnx.ModelProto) -> dict[str, Any]:
     return {"qdq_nodes": form.qdq_nodes, "symmetric_int8": True}
 
 
-def _ort_check(model: RapSam, graph: str, path: Path, slots: int, canvas: CanvasSpec | None = None) -> dict[str, Any]:
+def _ort_check(model: RapSam, graph: str, path: Path, slots: int, canvas: CanvasSpec) -> dict[str, Any]:
     """Run in onnxruntime (CPU) on example inputs — K at the profile's min/opt/max for the prompt decoder, and
     for a dynamic canvas also the profile's min canvas (its max is only bounded: 1344x1344 would cost more
     than the rest of the export) — and require finite outputs; cosine with PyTorch on the same inputs is
@@ -64,7 +64,7 @@ def _ort_check(model: RapSam, graph: str, path: Path, slots: int, canvas: Canvas
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     io = GRAPH_IO[graph]
     ks = (PROMPT_MIN, slots, PROMPT_MAX) if graph == "prompt_decoder" else (4,)
-    sizes = [tuple(model.config.input_size)]
+    sizes = [tuple(canvas.size)]
     if canvas is not None and canvas.kind == "dynamic" and canvas.min_size not in sizes:
         sizes.append(tuple(canvas.min_size))
     cosines = []

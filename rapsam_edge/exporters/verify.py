@@ -194,12 +194,12 @@ def default_verify_images(limit: int = 6) -> list[Path]:
     return images
 
 
-def verify_backend(model: RapSam, candidate: Backend, canvas: CanvasSpec, precision: str, images: list[Path],
-                   pipelines: bool = True, threads: int | None = None) -> dict[str, Any]:
+def verify_backend(model: RapSam, candidate: Backend, policy: InputPolicy, canvas: CanvasSpec, precision: str,
+                   images: list[Path], pipelines: bool = True, threads: int | None = None) -> dict[str, Any]:
     """A backend over exported graphs against PyTorch on ``images``: per graph, per graph at an official canvas
     when ``canvas`` is dynamic, end to end through the Pipeline (``pipelines``); ``failures`` judged by
-    :func:`check` with the ``precision``'s tolerance."""
-    policy = model.config.input_policy()
+    :func:`check` with the ``precision``'s tolerance. ``policy``: the bundle's input policy (its deployment
+    canvas), which the images are read under."""
     reference = TorchBackend(model, threads=threads)
     report: dict[str, Any] = {"graphs": verify_graphs(reference, candidate, images, policy)}
     if canvas.kind == "dynamic":
@@ -212,8 +212,13 @@ def verify_backend(model: RapSam, candidate: Backend, canvas: CanvasSpec, precis
     return report
 
 
+def bundle_policy(bundle: Bundle) -> InputPolicy:
+    """The input policy a bundle's manifest records: what its graphs are verified under."""
+    return InputPolicy.from_dict(bundle.manifest["input_policy"])
+
+
 def verify_onnx_bundle(model: RapSam, bundle: Bundle, precision: str, images: list[Path],
                        threads: int | None = None) -> dict[str, Any]:
     """Per-graph and end-to-end agreement of the bundle's ONNX graphs with PyTorch on ``images``."""
-    return verify_backend(model, OrtBackend(bundle, precision, threads=threads), bundle_canvas(bundle), precision,
-                          images, threads=threads)
+    return verify_backend(model, OrtBackend(bundle, precision, threads=threads), bundle_policy(bundle),
+                          bundle_canvas(bundle), precision, images, threads=threads)

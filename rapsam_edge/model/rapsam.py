@@ -14,15 +14,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig, Vocabulary, get_config, get_vocabulary
+from ..config import PIXEL_MEAN, PIXEL_STD, ModelConfig, Vocabulary, get_config, get_vocabulary
 from .backbone import ResNet
 from .classifier import Classifier, load_text_embeddings
 from .decoder import Decoder, StageOutput
 from .neck import SINE_COORD_PAIRS, YOSONeck
 from .prompt import SINE_FEATS, PromptEncoder
-
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 class RapSam(nn.Module):

@@ -61,24 +61,23 @@ def load(model: str | Path | ModelConfig | None = None, checkpoint: str | Path |
         "random_init": checkpoint is None, "classifier": net.classifier.source,
         "load_report": str(report) if report else None, "protocol": chosen.value,
     }
-    return Pipeline(TorchBackend(net, device=device, threads=threads), chosen.policy(net.config.input_policy()),
-                    net.vocabulary, meta)
+    return Pipeline(TorchBackend(net, device=device, threads=threads),
+                    chosen.policy(InputPolicy.for_model(net.config)), net.vocabulary, meta)
 
 
 def reference_model(bundle: Bundle) -> RapSam:
-    """The PyTorch model a bundle was exported from (its checkpoint, or its seeded random init)."""
+    """The PyTorch model a bundle was exported from (its checkpoint, or its seeded random init). The model takes
+    any canvas: the bundle's input size is its input policy's (``manifest["input_policy"]``), not the model's."""
     section = bundle.manifest["model"]
-    cfg = ModelConfig.from_dict(section["config"])
     ckpt = section.get("checkpoint")
     if ckpt is None:
         torch.manual_seed(section.get("seed") or 0)
-        model, _ = load_model(cfg.replace(input_size=cfg.input_size))
+        model, _ = load_model(ModelConfig.from_dict(section["config"]))
     else:
         path = Path(ckpt["path"])
         if not path.is_file():
             raise BundleError(f"the torch reference of {bundle.root} needs its checkpoint {path}, which is missing.")
         model, _ = load_model(None, path, section.get("class_embeddings"), strict=True)
-        model.config = cfg
     return model
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from ..config import get_config, get_vocabulary
+from ..config import canvas_size, get_config, get_vocabulary
 from ..data.streams import CocoPseudoVideoStream, PromptStream, VideoClipStream
 from ..errors import InputError, InputNotFoundError
+from ..preprocess import InputPolicy
 from .recipes import PRESETS, Preset, default_shared_data, open_coco, open_video
 from .trainer import TrainConfig, Trainer, init_distributed
 
@@ -35,7 +36,7 @@ def build_streams(spec: DataSpec, cfg: TrainConfig) -> dict[str, Any]:
     model_cfg = get_config(cfg.model)
     vocab = get_vocabulary(model_cfg.vocabulary)
     size = (cfg.imgsz, cfg.imgsz)
-    policy = dataclasses.replace(model_cfg.input_policy(), size=size)
+    policy = InputPolicy.for_model(model_cfg, size)
     streams: dict[str, Any] = {}
     if spec.coco_root is not None and (spec.use_coco or spec.use_prompts):
         coco = open_coco(spec.coco_root, vocab, spec.coco_split, spec.coco_subset)
@@ -98,8 +99,8 @@ def validate_request(req: TrainRequest) -> None:
     for flag, value in positive.items():
         if value is not None and value < 1:
             raise InputError(f"{flag} {value} must be a positive whole number (at least 1).")
-    if req.imgsz is not None and (req.imgsz < 32 or req.imgsz % 32):
-        raise InputError(f"--imgsz {req.imgsz} must be a positive multiple of 32 (e.g. 256, 640).")
+    if req.imgsz is not None:
+        canvas_size(req.imgsz, "--imgsz")
     if req.lr is not None and not (math.isfinite(req.lr) and req.lr > 0):
         raise InputError(f"--lr {req.lr} must be a positive finite learning rate (e.g. 1e-4).")
 
@@ -186,8 +187,7 @@ def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: 
         raise InputError(f"--clicks places interactive clicks; it does not apply to --task {task}.")
     chosen = None if protocol is None else Protocol.parse(protocol)
     if imgsz:
-        if imgsz % 32 or imgsz <= 0:
-            raise InputError(f"--imgsz {imgsz} must be a positive multiple of 32.")
+        canvas_size(imgsz, "--imgsz")
         if chosen is Protocol.OFFICIAL:
             raise InputError("--imgsz sets a fixed deployment canvas, which the official protocol does not use; "
                              "drop --imgsz or pass --protocol deployment.")
