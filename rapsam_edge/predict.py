@@ -14,8 +14,10 @@ panopticapi) scores it as it is::
 
 The output set is written atomically: every file goes into a hidden staging folder inside ``<out>``
 (``.predict.staging.<pid>.<random>``) and is moved into place only once every image succeeded, so a failed or
-killed run leaves ``<out>`` as it was (files there byte-identical, nothing new). A killed run's staging folder
-is recognised by its name and removed by the next run once its process is gone (or after an hour).
+killed run leaves ``<out>`` as it was (files there byte-identical, nothing new). The run holds ``<out>``'s
+output lock (``<out>/.predict.lock``) from start to end, as bundle writers hold theirs (``fsutil``): two runs
+into one folder take turns, and the holder removes every staging folder there, since no other writer can be alive
+(a killed run's leftovers go at the next run, with no pid or age guess).
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +34,10 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError, InputNotFoundError
+from .fsutil import OutputLock, remove_stale, staging_dir
 from .runtime.pipeline import Pipeline
 
 PANOPTIC_RESULTS = "panoptic.json"  # its PNG folder is the same name without .json (panopticapi convention)
-STAGING_PREFIX = ".predict.staging."  # + "<pid>.<random>": a run's files until all images succeeded
-STALE_AFTER_S = 3600  # a staging folder this old is stale even if its pid was reused by another process
 DEFAULT_SCORE_THR = 0.8  # the official panoptic merge's object_mask_thr
 
 
@@ -98,42 +97,6 @@ def check_inputs(image_paths: Sequence[Path]) -> None:
         stems[path.stem] = path
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
-def remove_stale_staging(out: Path) -> list[Path]:
-    """Remove staging folders of killed runs in ``out``: recognised by name, their pid gone (or older than
-    ``STALE_AFTER_S``); a live run's folder is left alone. Returns what was removed."""
-    removed = []
-    if not out.is_dir():
-        return removed
-    for p in out.iterdir():
-        if not (p.name.startswith(STAGING_PREFIX) and p.is_dir() and not p.is_symlink()):
-            continue
-        pid = p.name[len(STAGING_PREFIX):].split(".")[0]
-        try:
-            old = time.time() - p.stat().st_mtime > STALE_AFTER_S
-        except FileNotFoundError:
-            continue
-        if not pid.isdigit():
-            stale = old  # our prefix, a malformed pid: only once it is old
-        else:
-            stale = int(pid) != os.getpid() and (old or not _pid_alive(int(pid)))  # this process's: in use
-        if stale:
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    return removed
-
-
 def _commit(staging: Path, out: Path, files: list[Path]) -> list[Path]:
     """Move the staged ``files`` into ``out`` (same file system: renames), in order; returns their new paths."""
     moved = []
@@ -187,6 +150,12 @@ def run_prediction(pipe: Pipeline, image_path: Path, task: str, points: list | N
     return predict_image(pipe, image_path, task, points, boxes, out, overlay).written
 
 
+def output_key(out: Path) -> Path:
+    """The name ``fsutil`` locks and stages under for a predict folder: ``<out>/predict`` (never created itself),
+    so the lock is ``<out>/.predict.lock`` and staging folders ``<out>/.predict.staging.*``."""
+    return out / "predict"
+
+
 def run_predictions(pipe: Pipeline, image_paths: Sequence[Path], task: str, points: list | None,
                     boxes: list | None, out: Path, overlay: Callable[..., np.ndarray],
                     on_image: Callable[[Path, list[Path]], None] | None = None,
@@ -204,37 +173,38 @@ def run_predictions(pipe: Pipeline, image_paths: Sequence[Path], task: str, poin
             break
         created = parent
     out.mkdir(parents=True, exist_ok=True)
-    staging = None
-    try:
-        remove_stale_staging(out)
-        staging = Path(tempfile.mkdtemp(dir=out, prefix=f"{STAGING_PREFIX}{os.getpid()}."))
-        per_image, annotations, images = [], [], []
-        for path in image_paths:
-            result = predict_image(pipe, path, task, points, boxes, staging, overlay, score_thr)
-            per_image.append((path, result.written))
-            if result.annotation is not None and result.image is not None:
-                annotations.append(result.annotation)
-                images.append(result.image)
-            if result.segments == 0 and on_note:
-                on_note(f"{path.name}: no segment scored above --score-thr {score_thr:g}, so its panoptic PNG is "
-                        "all void; lower --score-thr (e.g. --score-thr 0.5) to keep less confident segments.")
-        if task == "panoptic":
-            _write_json(staging / PANOPTIC_RESULTS, {"info": {"model": pipe.describe()}, "images": images,
-                                                     "annotations": annotations,
-                                                     "categories": pipe.vocabulary.coco_categories()})
-        written = []
-        for path, files in per_image:
-            moved = _commit(staging, out, files)
-            written += moved
-            if on_image:
-                on_image(path, moved)
-        if task == "panoptic":
-            written += _commit(staging, out, [staging / PANOPTIC_RESULTS])
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)  # nothing but this run's files can be in it
-        elif staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
-    return written
+    with OutputLock(output_key(out), on_wait=on_note or (lambda s: None)):
+        staging = None
+        try:
+            remove_stale(output_key(out))
+            staging = staging_dir(output_key(out), "staging")
+            per_image, annotations, images = [], [], []
+            for path in image_paths:
+                result = predict_image(pipe, path, task, points, boxes, staging, overlay, score_thr)
+                per_image.append((path, result.written))
+                if result.annotation is not None and result.image is not None:
+                    annotations.append(result.annotation)
+                    images.append(result.image)
+                if result.segments == 0 and on_note:
+                    on_note(f"{path.name}: no segment scored above --score-thr {score_thr:g}, so its panoptic PNG is "
+                            "all void; lower --score-thr (e.g. --score-thr 0.5) to keep less confident segments.")
+            if task == "panoptic":
+                _write_json(staging / PANOPTIC_RESULTS, {"info": {"model": pipe.describe()}, "images": images,
+                                                         "annotations": annotations,
+                                                         "categories": pipe.vocabulary.coco_categories()})
+            written = []
+            for path, files in per_image:
+                moved = _commit(staging, out, files)
+                written += moved
+                if on_image:
+                    on_image(path, moved)
+            if task == "panoptic":
+                written += _commit(staging, out, [staging / PANOPTIC_RESULTS])
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)  # nothing but this run's files can be in it
+            elif staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        return written

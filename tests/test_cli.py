@@ -94,22 +94,3 @@ def test_predict_score_thr_reaches_the_panoptic_merge(tmp_path):
     doc = json.loads((tmp_path / "b" / "coffee.json").read_text())
     assert doc["score_thr"] == 0 and doc["segments_info"]
     assert json.loads((tmp_path / "a" / "coffee.json").read_text())["segments_info"] == []
-
-
-def test_stale_predict_staging_folders_are_recognised_by_name(tmp_path):
-    import os
-    import time
-
-    from rapsam_edge.predict import STAGING_PREFIX, remove_stale_staging
-
-    assert remove_stale_staging(tmp_path / "missing") == []
-    dead = tmp_path / f"{STAGING_PREFIX}999999999.a"
-    mine = tmp_path / f"{STAGING_PREFIX}{os.getpid()}.b"  # this process: in use
-    alive = tmp_path / f"{STAGING_PREFIX}{os.getppid()}.c"
-    old = tmp_path / f"{STAGING_PREFIX}{os.getppid()}.d"
-    user = tmp_path / ".predict.mine"  # not a staging name: never touched
-    for p in (dead, mine, alive, old, user):
-        p.mkdir()
-    os.utime(old, (time.time() - 3 * 3600,) * 2)
-    assert sorted(remove_stale_staging(tmp_path)) == sorted([dead, old])
-    assert mine.is_dir() and alive.is_dir() and user.is_dir()

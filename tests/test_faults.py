@@ -278,29 +278,57 @@ def test_predict_output_set_is_atomic_on_failure(tmp_path):
 
 
 def test_predict_commits_its_output_set_and_removes_stale_staging(tmp_path):
+    """predict holds <out>'s output lock for the whole run, so every staging folder it finds there is a killed
+    run's (whatever its pid or age) and goes; the user's files stay; the lock file does not outlive the run."""
     import json
     import os
-    import time
 
     out = _user_folder(tmp_path / "out")
-    dead = out / ".predict.staging.999999999.abc"  # a pid that cannot be alive
+    dead = out / ".predict.staging.999999999.abc"  # a killed run's
     dead.mkdir()
     (dead / "x.json").write_text("{}")
-    live = out / f".predict.staging.{os.getppid()}.xyz"  # a live process's: kept
-    live.mkdir()
-    old = out / f".predict.staging.{os.getppid()}.old"  # live pid, but older than an hour: stale
-    old.mkdir()
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    reused = out / f".predict.staging.{os.getppid()}.xyz"  # a killed run's whose pid now names a live process
+    reused.mkdir()
+    user = out / ".predict.mine"  # not a staging name: never touched
+    user.mkdir()
     res = invoke("predict", _tiny_image(tmp_path / "a.png"), "--config", "rapsam_r18_lite", "--out", out)
     assert res.exit_code == 0, res.output
     assert "no segment scored above --score-thr 0.8" in res.stderr and "note:" in res.stderr
-    assert not dead.exists() and not old.exists() and live.is_dir()
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [live.name]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [user.name]
     assert (out / "notes.txt").read_text() == "mine" and (out / "panoptic" / "old.png").read_bytes() == b"png"
     doc = json.loads((out / "panoptic.json").read_text())
     assert [a["file_name"] for a in doc["annotations"]] == ["a.png"]
     assert (out / "panoptic" / "a.png").is_file() and (out / "a.json").is_file() and (out / "a.overlay.png").is_file()
     assert json.loads((out / "a.json").read_text())["score_thr"] == 0.8
+
+
+def test_predict_waits_for_another_run_writing_the_same_folder(tmp_path):
+    """Two predict runs into one folder take turns (the second waits for the lock and says so) instead of
+    interleaving their output sets; the live run's staging folder is not removed under it."""
+    import threading
+
+    from rapsam_edge.fsutil import OutputLock, staging_dir
+    from rapsam_edge.predict import output_key
+
+    out = tmp_path / "out"
+    lock = OutputLock(output_key(out)).__enter__()  # another run, alive, mid-write
+    live = staging_dir(output_key(out), "staging")
+    seen = []
+
+    def finish_other_run() -> None:
+        seen.append(live.is_dir())  # still there while the other run holds the lock
+        live.rmdir()
+        lock.__exit__(None, None, None)
+
+    timer = threading.Timer(2.0, finish_other_run)
+    timer.start()
+    try:
+        res = invoke("predict", _tiny_image(tmp_path / "a.png"), "--config", "rapsam_r18_lite", "--out", out)
+    finally:
+        timer.join()
+    assert res.exit_code == 0, res.output
+    assert "waiting for another rapsam-edge run" in res.stderr
+    assert seen == [True] and (out / "a.json").is_file() and not (out / ".predict.lock").exists()
 
 
 def test_train_refuses_bad_numbers_before_writing_anything(tmp_path, monkeypatch):
