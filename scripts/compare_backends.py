@@ -4,7 +4,7 @@
         --precision fp32 --out benchmarks/results/cpu/compare_rapsam_r18_fp32.json
 
 End-to-end agreement through the shared host code: panoptic per-pixel class agreement and interactive mask
-IoU on a 3x3 click grid per image (rapsam_edge.exporters.verify.verify_pipelines). Prints a JSON summary.
+IoU on a 3x3 click grid per image (rapsam_edge.verify.verify_pipelines). Prints a JSON summary.
 ``rapsam-edge bench`` reports this agreement, per-graph drift and speed for every format of a bundle in one run.
 """
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import rapsam_edge
-from rapsam_edge.exporters.verify import verify_pipelines
+from rapsam_edge.verify import verify_pipelines
 
 
 def main() -> None:
