@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import rapsam_edge
+from rapsam_edge.data.coco import list_images
 from rapsam_edge.verify import verify_pipelines
 
 
@@ -29,7 +30,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".png"))[: args.limit]
+    images = list_images(args.images)[: args.limit]
     ref = rapsam_edge.load(args.bundle, backend="torch", threads=args.threads)
     cand = rapsam_edge.load(args.bundle, backend="onnxruntime", precision=args.precision, threads=args.threads)
     t0 = time.perf_counter()
