@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import runtime
 from .config import canvas_size
 from .data.coco import CocoInstances, CocoPanoptic, things_panoptic
 from .data.locate import open_coco, open_video, video_split
@@ -26,7 +27,6 @@ from .metrics.interactive import InteractiveEvaluator
 from .metrics.panoptic import PanopticEvaluator
 from .metrics.video import VideoEvaluator
 from .preprocess import Letterbox, Protocol, compute_letterbox
-from .runtime.loader import load
 from .runtime.pipeline import Pipeline
 
 Progress = Callable[[int, int], None]
@@ -246,7 +246,7 @@ def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: 
             raise InputError("--imgsz sets a fixed deployment canvas, which the official protocol does not use; "
                              "drop --imgsz or pass --protocol deployment.")
         chosen = Protocol.DEPLOYMENT
-    pipe = load(config, checkpoint, class_embeddings=class_embeddings, protocol=chosen)
+    pipe = runtime.load(config, checkpoint, class_embeddings=class_embeddings, protocol=chosen)  # the public entry
     if imgsz:
         pipe.policy = dataclasses.replace(pipe.policy, size=(imgsz, imgsz))  # torch takes any multiple of 32
     if task == "video":

@@ -11,9 +11,9 @@ from conftest import ASSET_IMAGES
 from typer.testing import CliRunner
 
 import rapsam_edge
+from rapsam_edge import verify as verify_mod
 from rapsam_edge.agreement import TOLERANCES, check, compare, mask_iou
 from rapsam_edge.bundle import BundleError, bundle_canvas, load_bundle
-from rapsam_edge.exporters import verify as verify_mod
 from rapsam_edge.exporters.canvas import MAX_CANVAS, dynamic_coord_features
 from rapsam_edge.exporters.export import ExportRequest, run_export, validate
 from rapsam_edge.exporters.options import DcnMode, OnnxOptions
