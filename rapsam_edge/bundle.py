@@ -17,7 +17,6 @@ regular files) and matches its sha256, so nothing is ever read from outside a bu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .fsutil import OutputLock, exchange, remove_stale, rename_noreplace, staging_dir, write_json_atomic
-from .preprocess import CanvasSpec, InputPolicy
+from .fsutil import OutputLock, exchange, remove_stale, rename_noreplace, sha256_path, staging_dir, write_json_atomic
+from .postprocess import panoptic_merge
+from .preprocess import CLICK_BOX_SIZE, CanvasSpec, InputPolicy
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -172,17 +172,17 @@ def resolve_inside(root: Path, rel: str, what: str) -> Path:
     return path
 
 
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents, sorted) for .mlpackage."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+def artifact_precision(precision: str, compress: str = "none") -> str:
+    """Manifest precision of an artifact whose weights may be compressed (CoreML): ``fp16``, ``fp16-int8``,
+    ``fp32-palette4`` ... — what the exporter records and the backend asks :meth:`Bundle.require` for."""
+    return precision if compress in (None, "none") else f"{precision}-{compress}"
+
+
+def coreml_package_path(graph: str, precision: str, compress: str) -> str:
+    """Where a CoreML graph lives in a bundle: ``coreml/<graph>[.fp32][.<compress>].mlpackage`` (fp32 compute gets
+    its own name so an fp32 export never overwrites the fp16 package the manifest points to)."""
+    parts = [graph] + (["fp32"] if precision == "fp32" else []) + ([compress] if compress != "none" else [])
+    return f"coreml/{'.'.join(parts)}.mlpackage"
 
 
 def size_path(path: Path) -> int:
@@ -229,7 +229,7 @@ class Bundle:
         return resolve_inside(self.root, rel, what)
 
     def manifest_hash(self) -> str:
-        return hashlib.sha256((self.root / MANIFEST).read_bytes()).hexdigest()
+        return sha256_path(self.root / MANIFEST)
 
     def add(self, art: Artifact, replace: bool = True) -> Artifact:
         """Record an artifact whose file already sits in the bundle (hash and size computed here)."""
@@ -317,9 +317,6 @@ def host_contract() -> dict[str, Any]:
     app hard-codes them: the click box side, the mask-logit threshold and the panoptic merge thresholds
     (the defaults of :func:`rapsam_edge.postprocess.panoptic_merge`)."""
     import inspect
-
-    from .postprocess import panoptic_merge
-    from .preprocess import CLICK_BOX_SIZE
 
     merge = inspect.signature(panoptic_merge).parameters
     return {"click_box_size": CLICK_BOX_SIZE, "mask_threshold": 0.0,

@@ -9,7 +9,6 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -94,12 +93,6 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., None]], Callab
     return lambda fn: app.command(*args, **kwargs)(guarded(fn))
 
 
-def embedded_images() -> list[Path]:
-    """The public-domain / CC0 photos shipped in the package (the default input of the main job)."""
-    folder = resources.files("rapsam_edge.assets").joinpath("images")
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith((".png", ".jpg")))
-
-
 def parse_prompts(text: str | None, width: int, what: str) -> list[list[float]] | None:
     """'x,y;x,y' (points) or 'x0,y0,x1,y1;...' (boxes) -> list of float lists."""
     if not text:
@@ -143,6 +136,7 @@ def predict(
     is written atomically: a failed run leaves --out as it was."""
     import warnings
 
+    from .data.locate import embedded_images
     from .postprocess import overlay
     from .predict import DEFAULT_SCORE_THR, check_inputs, run_predictions
 
@@ -202,7 +196,8 @@ def train(
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the end-of-run evaluation.")] = False,
 ) -> None:
     """Train RAP-SAM (single process, or DDP: torchrun --nproc_per_node N -m rapsam_edge.cli train ...)."""
-    from .training.run import DataSpec, TrainRequest, run_request
+    from .train_job import run_request
+    from .training.run import DataSpec, TrainRequest
 
     data = DataSpec(coco_root, coco_split, coco_subset, video_root, use_coco=not no_coco, use_prompts=not no_prompts)
     req = TrainRequest(out=out, preset=preset, config=config, data=data, epochs=epochs, imgsz=imgsz,
@@ -262,7 +257,7 @@ def eval_cmd(
             table.add_row(f"{predictions.name} ({result['format']})", k, f"{v:.2f}")
         Console().print(table)
     else:
-        from .training.run import evaluate_checkpoint  # imports torch; scoring a file above does not
+        from .evaluate import evaluate_checkpoint  # imports torch; scoring a file above does not
 
         if task is None:
             fail("give --task (panoptic, interactive or video) to evaluate a checkpoint, or --predictions FILE.")

@@ -9,19 +9,24 @@ pixel of each ground-truth segment, see :class:`~rapsam_edge.data.prompts.ClickP
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import runtime
+from .config import canvas_size
 from .data.coco import CocoInstances, CocoPanoptic, things_panoptic
+from .data.locate import open_coco, open_video, video_split
 from .data.prompts import ClickProtocol, approx_interior_clicks, interior_click, rescale_masks_nearest
-from .data.video import YTVISDataset
+from .data.video import YTVISDataset, video_ground_truth
 from .errors import InputError
 from .metrics.interactive import InteractiveEvaluator
 from .metrics.panoptic import PanopticEvaluator
 from .metrics.video import VideoEvaluator
-from .preprocess import Letterbox, compute_letterbox
+from .preprocess import Letterbox, Protocol, compute_letterbox
 from .runtime.pipeline import Pipeline
 
 Progress = Callable[[int, int], None]
@@ -187,21 +192,6 @@ def evaluate_interactive(pipe: Pipeline, dataset: CocoInstances | CocoPanoptic, 
     return {"task": "interactive", "clicks": protocol.value, "images": len(idx), **metrics}
 
 
-def video_ground_truth(video: Any) -> list[dict[str, Any]]:
-    """YouTube-VIS ground-truth tracks of a :class:`~rapsam_edge.data.video.VideoRecord`: per-frame RLE (or None)
-    segmentations as stored; polygon frames are rasterised (the evaluator takes RLE only)."""
-    import pycocotools.mask as mask_util
-
-    out, masks = [], None
-    for n, segs in enumerate(video.segmentations):
-        if not all(s is None or isinstance(s, dict) for s in segs):
-            masks = video.masks() if masks is None else masks
-            segs = [mask_util.encode(np.asfortranarray(m.astype(np.uint8))) if m.any() else None for m in masks[n]]
-        out.append({"id": int(video.track_ids[n]), "category_id": int(video.category_ids[n]),
-                    "iscrowd": int(video.iscrowd[n]), "segmentations": segs})
-    return out
-
-
 def evaluate_video(pipe: Pipeline, dataset: YTVISDataset, limit: int | None = None, mode: str = "clip",
                    progress: Progress | None = None) -> dict[str, Any]:
     """YouTube-VIS 2019 AP / AR with ``pipe.track`` (clip or stream mode)."""
@@ -229,3 +219,43 @@ def summarise(results: Iterable[dict[str, Any]]) -> dict[str, float]:
         elif r["task"] == "video":
             out.update(ap=r["AP"], ap50=r["AP50"])
     return out
+
+
+def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: str | None,
+                        class_embeddings: Path | None, split: str, subset: str | None, limit: int | None,
+                        mode: str, imgsz: int | None = None, protocol: str | None = None,
+                        clicks: str | None = None) -> dict[str, Any]:
+    """The library function behind ``rapsam-edge eval``.
+
+    ``protocol`` None = the config's default (official for the official configs); ``imgsz`` asks for a
+    deployment canvas of that square size, so it implies ``deployment`` and contradicts ``official``.
+    ``clicks`` (interactive only) None = ``official``; see :class:`~rapsam_edge.data.prompts.ClickProtocol`.
+    """
+    tasks = ("panoptic", "interactive", "video")
+    if limit is not None and limit < 1:  # before the model loads: it would evaluate nothing
+        raise InputError(f"--limit {limit} selects no {'videos' if task == 'video' else 'images'} to evaluate; "
+                         "give a positive number (or leave --limit out to evaluate all).")
+    if task not in tasks:
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(tasks)}.")
+    if clicks is not None and task != "interactive":
+        raise InputError(f"--clicks places interactive clicks; it does not apply to --task {task}.")
+    chosen = None if protocol is None else Protocol.parse(protocol)
+    if imgsz:
+        canvas_size(imgsz, "--imgsz")
+        if chosen is Protocol.OFFICIAL:
+            raise InputError("--imgsz sets a fixed deployment canvas, which the official protocol does not use; "
+                             "drop --imgsz or pass --protocol deployment.")
+        chosen = Protocol.DEPLOYMENT
+    pipe = runtime.load(config, checkpoint, class_embeddings=class_embeddings, protocol=chosen)  # the public entry
+    if imgsz:
+        pipe.policy = dataclasses.replace(pipe.policy, size=(imgsz, imgsz))  # torch takes any multiple of 32
+    if task == "video":
+        result = evaluate_video(pipe, open_video(data, pipe.vocabulary, video_split(split)), limit, mode)
+    else:
+        dataset = open_coco(data, pipe.vocabulary, split, subset)
+        if task == "panoptic":
+            result = evaluate_panoptic(pipe, dataset, limit)
+        else:
+            result = evaluate_interactive(pipe, dataset, limit, clicks=clicks or "official")
+    # which protocol produced the numbers travels with them (official numbers are only comparable to official)
+    return {**result, "protocol": pipe.meta.get("protocol"), "input_policy": pipe.policy.to_dict()}

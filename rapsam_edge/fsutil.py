@@ -2,7 +2,9 @@
 an inter-process lock per output, staging folders a later run recognises, and the user's umask.
 
 Why here, in the lowest layer: the bundle, ``predict``'s output set and the metrics files all need the same
-four guarantees, and each written once is one thing to get right.
+four guarantees, and each written once is one thing to get right. The two readers every layer shares live here for
+the same reason: :func:`read_json` / :func:`read_json_object` (a user's JSON file, each failure one sentence of
+``errors.py``) and :func:`sha256_path` (the one content hash of bundles, checkpoints and calibration images).
 
 - :func:`rename_noreplace` / :func:`exchange`: Linux ``renameat2`` (RENAME_NOREPLACE / RENAME_EXCHANGE), so a
   commit never replaces a folder that appeared meanwhile and a swap of two folders is one atomic step; elsewhere a
@@ -20,6 +22,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +30,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .errors import InputError, InputNotFoundError
 
 STAGING_KINDS = ("partial", "staging", "old", "calibrate")
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
@@ -168,3 +173,39 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def read_json(path: str | Path, what: str, fix: str = "", invalid: type[InputError] = InputError,
+              missing: type[InputError] = InputNotFoundError) -> Any:
+    """The parsed content of a user's JSON file. Each failure is one sentence naming ``what`` and the file:
+    ``missing`` when it is not a file, ``invalid`` when it is not UTF-8 JSON; ``fix`` (e.g. ``"; give a COCO
+    panoptic JSON file"``) ends the sentences about content with what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise missing(f"{what} {str(path)!r} does not exist.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid(f"{what} {str(path)!r} is not valid JSON ({exc}){fix}.") from None
+
+
+def read_json_object(path: str | Path, what: str, fix: str = "", invalid: type[InputError] = InputError,
+                     missing: type[InputError] = InputNotFoundError) -> dict[str, Any]:
+    """:func:`read_json` of a file that must hold a JSON object (annotation files, panoptic JSON, splits)."""
+    doc = read_json(path, what, fix, invalid, missing)
+    if not isinstance(doc, dict):
+        raise invalid(f"{what} {str(path)!r} must hold a JSON object, not a JSON {type(doc).__name__}{fix}.")
+    return doc
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file's bytes, or of a folder's files (relative names and contents, sorted) for .mlpackage."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

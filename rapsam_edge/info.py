@@ -10,7 +10,7 @@ from .config import CONFIGS
 
 
 def config_rows() -> list[dict[str, Any]]:
-    from .model.rapsam import build_model, parameter_counts
+    from .model.rapsam import build_model, parameter_counts  # torch: only the config table needs it (start-up time)
 
     rows = []
     for cfg in CONFIGS.values():

@@ -431,6 +431,11 @@ def max_pixels() -> int:
         raise InputError(f"{MAX_PIXELS_ENV}={text!r} is not a whole number of pixels.") from None
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+"""File suffixes (lower case) that folder listings treat as images: formats :func:`load_image` decodes. The one
+list of the package, its commands and the apps."""
+
+
 @contextmanager
 def open_image(path: Path) -> Iterator[Image.Image]:
     """``PIL.Image.open`` refusing, from the header alone, an image above :func:`max_pixels` (a decompression

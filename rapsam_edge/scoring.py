@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,8 +38,10 @@ import pycocotools.mask as mask_utils
 
 from .config import Vocabulary, coco_panoptic_vocabulary
 from .data.coco import CocoInstances, CocoPanoptic, quiet_pycocotools, things_panoptic
-from .data.video import YTVISDataset
+from .data.locate import open_coco, open_video, video_split
+from .data.video import YTVISDataset, video_ground_truth
 from .errors import InputError, InputNotFoundError
+from .fsutil import read_json
 from .metrics.panoptic import PanopticEvaluator, read_panoptic_png
 from .metrics.video import VideoEvaluator, to_rle
 
@@ -94,7 +95,7 @@ class ScoreRequest:
 
 def score_predictions(req: ScoreRequest) -> dict[str, Any]:
     """Read ``req.predictions``, recognise its format, score it; the dict has ``task`` and ``format`` first."""
-    doc = _read_json(req.predictions)
+    doc = read_json(req.predictions, "predictions file")  # an object or a list: detect_format tells
     fmt = detect_format(doc, req.predictions, req.task)
     if fmt is PredictionFormat.COCO_PANOPTIC:
         body = _score_panoptic(doc, req)
@@ -119,15 +120,6 @@ _LIST_KEYS = {
     PredictionFormat.COCO_INSTANCES: ("image_id", "category_id", "segmentation", "score"),
     PredictionFormat.YTVIS: ("video_id", "category_id", "segmentations", "score"),
 }
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise InputNotFoundError(f"predictions file {str(path)!r} does not exist.")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"predictions file {str(path)!r} is not valid JSON ({exc}).") from None
 
 
 def detect_format(doc: Any, path: Path, task: str | None = None) -> PredictionFormat:
@@ -184,8 +176,6 @@ def _gt_vocabulary(categories: Sequence[Mapping[str, Any]], what: Path) -> Vocab
 
 
 def _open_images(req: ScoreRequest) -> CocoInstances | CocoPanoptic:
-    from .training.recipes import open_coco
-
     probe = open_coco(req.data, coco_panoptic_vocabulary(), req.split, req.subset)  # finds the layout
     cats = probe.categories if isinstance(probe, CocoPanoptic) else probe.coco.dataset["categories"]
     return open_coco(req.data, _gt_vocabulary(cats, req.data), req.split, req.subset)
@@ -401,16 +391,12 @@ def _instance_rle(entry: Mapping[str, Any], hw: tuple[int, int], n: int, req: Sc
 
 
 def _open_videos(req: ScoreRequest) -> YTVISDataset:
-    from .training.recipes import open_video
-
-    split = req.split if req.split != "val2017" else "valid"  # eval's default split names COCO's
+    split = video_split(req.split)
     probe = open_video(req.data, coco_panoptic_vocabulary(), split)
     return open_video(req.data, _gt_vocabulary(probe.categories, req.data), split)
 
 
 def _score_video(results: list[Mapping[str, Any]], req: ScoreRequest) -> dict[str, Any]:
-    from .evaluate import video_ground_truth  # the same GT tracks as evaluate_video (imports torch: lazily)
-
     dataset = _open_videos(req)
     cat_ids = {int(c["id"]) for c in dataset.categories}
     by_video = _group(results, "video_id", {dataset[i].video_id for i in range(len(dataset))}, req, "video")

@@ -4,7 +4,7 @@
         --precision fp32 --out benchmarks/results/cpu/compare_rapsam_r18_fp32.json
 
 End-to-end agreement through the shared host code: panoptic per-pixel class agreement and interactive mask
-IoU on a 3x3 click grid per image (rapsam_edge.exporters.verify.verify_pipelines). Prints a JSON summary.
+IoU on a 3x3 click grid per image (rapsam_edge.verify.verify_pipelines). Prints a JSON summary.
 ``rapsam-edge bench`` reports this agreement, per-graph drift and speed for every format of a bundle in one run.
 """
 
@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import rapsam_edge
-from rapsam_edge.exporters.verify import verify_pipelines
+from rapsam_edge.data.coco import list_images
+from rapsam_edge.verify import verify_pipelines
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".png"))[: args.limit]
+    images = list_images(args.images)[: args.limit]
     ref = rapsam_edge.load(args.bundle, backend="torch", threads=args.threads)
     cand = rapsam_edge.load(args.bundle, backend="onnxruntime", precision=args.precision, threads=args.threads)
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for the two README commands; each creates the environment it needs.
 #   bash scripts/dev.sh main   -> the main job: export -> calibrate -> bench the embedded default
-#   bash scripts/dev.sh test   -> ruff + the whole test suite (what CI runs)
+#   bash scripts/dev.sh test   -> ruff + the import-layer contract + the whole test suite (what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${RAPSAM_VENV:-.venv}
@@ -55,6 +55,7 @@ case "$cmd" in
     "$VENV/bin/rapsam-edge" bench --out runs/main "$@" ;;
   test)
     "$VENV/bin/ruff" check rapsam_edge tests apps
+    "$VENV/bin/lint-imports"   # the layer map of pyproject.toml [tool.importlinter] (README "Layout")
     web_deps
     "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@" ;;
   *)

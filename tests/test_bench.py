@@ -244,9 +244,9 @@ def test_tegrastats_lines_of_jetpack_4_and_6():
 def test_video_ground_truth_scores_itself_perfectly(shared_data):
     """evaluate_video's ground truth (the VIS AP rows of the bench): GT tracks as predictions give AP 100."""
     from rapsam_edge.config import coco_panoptic_vocabulary
-    from rapsam_edge.evaluate import video_ground_truth
+    from rapsam_edge.data.locate import open_video
+    from rapsam_edge.data.video import video_ground_truth
     from rapsam_edge.metrics.video import VideoEvaluator
-    from rapsam_edge.training.recipes import open_video
 
     vocabulary = coco_panoptic_vocabulary()
     video = open_video(shared_data / "video_mini", vocabulary)[0]

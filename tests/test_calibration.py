@@ -483,8 +483,8 @@ def test_dynamic_canvas_bundle_calibrates_at_its_deployment_size(bundle, calib_d
     deployment canvas of the input policy, and the INT8 encoder keeps the dynamic H/W."""
     import onnxruntime as ort
 
+    from rapsam_edge.agreement import compare
     from rapsam_edge.bundle import bundle_canvas
-    from rapsam_edge.exporters.verify import compare
 
     before = load_bundle(bundle)
     assert bundle_canvas(before).kind == "dynamic"

@@ -17,13 +17,14 @@ import torch
 
 pytest.importorskip("coremltools")
 
-from rapsam_edge.bundle import load_bundle  # noqa: E402
+from rapsam_edge.bundle import artifact_precision, load_bundle  # noqa: E402
+from rapsam_edge.bundle import coreml_package_path as package_path  # noqa: E402
+from rapsam_edge.data.locate import default_verify_images  # noqa: E402
 from rapsam_edge.exporters import coreml_compress as cc  # noqa: E402
-from rapsam_edge.exporters.coreml import _judge, artifact_precision, check_package, package_path  # noqa: E402
+from rapsam_edge.exporters.coreml import _judge, check_package  # noqa: E402
 from rapsam_edge.exporters.export import ExportRequest, run_export, validate  # noqa: E402
 from rapsam_edge.exporters.options import CoreMLOptions  # noqa: E402
 from rapsam_edge.exporters.targets import TARGETS, options_for  # noqa: E402
-from rapsam_edge.exporters.verify import default_verify_images  # noqa: E402
 from rapsam_edge.preprocess import CanvasSpec  # noqa: E402
 
 IMGSZ = 128

@@ -11,17 +11,18 @@ from conftest import ASSET_IMAGES
 from typer.testing import CliRunner
 
 import rapsam_edge
+from rapsam_edge import verify as verify_mod
+from rapsam_edge.agreement import TOLERANCES, check, compare, mask_iou
 from rapsam_edge.bundle import BundleError, bundle_canvas, load_bundle
-from rapsam_edge.exporters import verify as verify_mod
 from rapsam_edge.exporters.canvas import MAX_CANVAS, dynamic_coord_features
 from rapsam_edge.exporters.export import ExportRequest, run_export, validate
 from rapsam_edge.exporters.options import DcnMode, OnnxOptions
 from rapsam_edge.exporters.targets import options_for
-from rapsam_edge.exporters.verify import TOLERANCES, VerificationError, check, compare, mask_iou
 from rapsam_edge.model.rapsam import build_model
 from rapsam_edge.preprocess import CanvasSpec
 from rapsam_edge.runtime.ort_backend import OrtBackend
 from rapsam_edge.runtime.torch_backend import TorchBackend
+from rapsam_edge.verify import VerificationError
 
 IMAGES = sorted(ASSET_IMAGES.glob("*.png"))[:2]
 

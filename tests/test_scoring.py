@@ -72,10 +72,10 @@ def test_predict_panoptic_output_scores_like_evaluate_panoptic(shared_data, smal
 
     A random model keeps no query at the default 0.8 score threshold, so both paths use the same pipeline with
     the merge thresholds at 0 (real segments: dozens per image, all false positives)."""
+    from rapsam_edge.data.locate import open_coco
     from rapsam_edge.evaluate import evaluate_panoptic
     from rapsam_edge.postprocess import overlay
     from rapsam_edge.predict import run_predictions
-    from rapsam_edge.training.recipes import open_coco
 
     class AllQueries:  # the same pipeline; only panoptic()'s thresholds differ
         def __init__(self, pipe):

@@ -93,8 +93,8 @@ def test_resume_continues_bit_exactly(tmp_path):
 
 def _coco_streams(shared_data, size=128):
     from rapsam_edge.config import get_vocabulary
+    from rapsam_edge.data.locate import open_coco
     from rapsam_edge.data.streams import CocoPseudoVideoStream, PromptStream
-    from rapsam_edge.training.recipes import open_coco
 
     coco = open_coco(shared_data / "coco_mini", get_vocabulary("coco_panoptic"),
                      subset="eval_val2017_one_per_category_from_COCO_Tiny")

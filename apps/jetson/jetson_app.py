@@ -33,7 +33,6 @@ import numpy as np
 
 TRT_MISSING = ("TensorRT is not installed here: this app runs on a Jetson with JetPack 6.1 or 6.2 (TensorRT 10.3, "
                "CUDA 12.6) and its python3-libnvinfer; on other machines use apps/video with onnxruntime.")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -218,7 +217,7 @@ def open_source(source: str) -> Iterator[np.ndarray]:
     """RGB frames from a folder of images (Pillow), or a camera / video file (OpenCV, as JetPack ships it)."""
     path = Path(source)
     if path.is_dir():
-        from rapsam_edge.preprocess import load_image
+        from rapsam_edge.preprocess import IMAGE_SUFFIXES, load_image
 
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:

@@ -39,8 +39,6 @@ import numpy as np
 
 from rapsam_edge.errors import InputError, InputNotFoundError, RapsamError, UnavailableError, os_error_sentence
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
 
 def parse_click(text: str) -> tuple[float, float]:
     try:
@@ -70,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------ frames
 def read_frames(source: str, max_frames: int | None = None) -> tuple[list[np.ndarray], list[str]]:
     """RGB frames and their names (file stems, or 00000... for a video)."""
-    from rapsam_edge.preprocess import load_image
+    from rapsam_edge.preprocess import IMAGE_SUFFIXES, load_image
 
     if max_frames is not None and max_frames < 1:
         raise InputError(f"--max-frames {max_frames} must be at least 1 (leave it out to track every frame).")

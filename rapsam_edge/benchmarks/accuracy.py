@@ -2,13 +2,13 @@
 
 * task metrics against ground truth — :mod:`rapsam_edge.evaluate` (PQ, things-only on instance data; interactive
   mIoU@1 click and NoC; YouTube-VIS AP), the same functions for every backend;
-* drift against the PyTorch reference on the same images — :func:`rapsam_edge.exporters.verify.verify_graphs`
+* drift against the PyTorch reference on the same images — :func:`rapsam_edge.verify.verify_graphs`
   (per graph with identical inputs: max / mean abs error and cosine per output, mask IoU, top-1 class agreement)
-  and :func:`~rapsam_edge.exporters.verify.verify_pipelines` (end to end: panoptic per-pixel class agreement,
-  interactive mask IoU), judged with the export tolerances (``verify.TOLERANCES`` / ``verify.check``).
+  and :func:`~rapsam_edge.verify.verify_pipelines` (end to end: panoptic per-pixel class agreement,
+  interactive mask IoU), judged with the export tolerances (``agreement.TOLERANCES`` / ``agreement.check``).
 
 Data (``--data``): ``coco`` = ``../shared/data/coco_mini`` restricted to its held-out evaluation split
-(``extra_val2017_from_COCO_MINI`` in ``splits.json``; the calibration images are train2017, so they never
+(``data.locate.HELDOUT_SPLIT`` in ``splits.json``; the calibration images are train2017, so they never
 overlap) plus, for the panoptic task, the official COCO panoptic images of ``coco_panoptic_mini`` (``pq_official``)
 and, for the video task, the DAVIS clips of ``video_mini``; ``panoptic`` = the official panoptic images only;
 a folder = a COCO layout (``open_coco``) or a plain image folder (drift and latency only); ``none`` = the
@@ -24,12 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from ..data.coco import IMAGE_SUFFIXES
+from ..agreement import check
+from ..data.coco import list_images
+from ..data.locate import (
+    dataset_image_paths,
+    default_shared_data,
+    embedded_images,
+    heldout_subset,
+    open_coco,
+    open_video,
+)
 from ..errors import InputError, InputNotFoundError
-from ..exporters.verify import check, verify_graphs, verify_pipelines
+from ..evaluate import evaluate_interactive, evaluate_panoptic, evaluate_video, summarise
+from ..verify import verify_graphs, verify_pipelines
 
 TASKS = ("panoptic", "interactive", "video")
-EVAL_SPLIT = "extra_val2017_from_COCO_MINI"
 Progress = Callable[[int, int], None]
 
 
@@ -54,24 +63,9 @@ class EvalData:
     notes: list[str] = field(default_factory=list)
 
 
-def _embedded_images() -> list[Path]:
-    from importlib import resources
-
-    folder = Path(str(resources.files("rapsam_edge.assets").joinpath("images")))
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _image_paths(dataset: Any, limit: int | None) -> list[Path]:
-    from ..calibration.readers import dataset_image_paths
-
-    return dataset_image_paths(dataset, limit)
-
-
 def resolve_data(data: str, vocabulary: Any, tasks: tuple[str, ...], subset: str | None = None,
                  limit: int | None = None, video_root: Path | None = None) -> EvalData:
     """``--data`` -> :class:`EvalData` (see the module doc); refuses a missing folder with one sentence."""
-    from ..training.recipes import default_shared_data, open_coco, open_video
-
     shared = default_shared_data()
     notes: list[str] = []
     dataset = panoptic = video = None
@@ -82,8 +76,7 @@ def resolve_data(data: str, vocabulary: Any, tasks: tuple[str, ...], subset: str
         data = "none"
     if data == "coco":
         root = shared / "coco_mini"
-        if subset is None and (root / "splits.json").is_file() and EVAL_SPLIT in (root / "splits.json").read_text():
-            subset = EVAL_SPLIT
+        subset = subset or heldout_subset(root)
         dataset = open_coco(root, vocabulary, subset=subset)
         prov.update(path=str(root), subset=subset)
         if "panoptic" in tasks and (shared / "coco_panoptic_mini").is_dir():
@@ -103,7 +96,7 @@ def resolve_data(data: str, vocabulary: Any, tasks: tuple[str, ...], subset: str
             dataset = open_coco(root, vocabulary, split="val2017", subset=subset)
             prov.update(path=str(root), subset=subset)
         except FileNotFoundError:
-            files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = list_images(root)
             if not files:
                 raise InputError(f"--data {root} is neither a COCO layout nor a folder of images.") from None
             notes.append(f"--data {root} has no COCO annotations: drift and latency only, no task metrics.")
@@ -116,10 +109,10 @@ def resolve_data(data: str, vocabulary: Any, tasks: tuple[str, ...], subset: str
         video = open_video(vroot, vocabulary)
         prov["video"] = str(vroot)
     if dataset is None:
-        images = _embedded_images()
+        images = embedded_images()
         prov.update(path="embedded photos", kind="images")
     else:
-        images = _image_paths(dataset, limit)
+        images = dataset_image_paths(dataset, limit)
         if not images:  # every task metric would be NaN
             raise InputError(f"--data {data}{f' --subset {subset}' if subset else ''} selects no images; check the "
                              "annotation file and --subset.")
@@ -142,8 +135,6 @@ def planned_items(data: EvalData, tasks: tuple[str, ...]) -> int:
 def task_metrics(pipe: Any, data: EvalData, tasks: tuple[str, ...], video_mode: str = "clip",
                  progress: Progress | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Headline metrics (flat: pq, sq, rq, miou, noc@0.85 ..., pq_official ..., ap, ap50) and full results."""
-    from ..evaluate import evaluate_interactive, evaluate_panoptic, evaluate_video, summarise
-
     done = [0]
     total = planned_items(data, tasks)
 
@@ -169,7 +160,7 @@ def task_metrics(pipe: Any, data: EvalData, tasks: tuple[str, ...], video_mode: 
 
 @dataclass(frozen=True)
 class GraphStat:
-    """One figure of a per-graph verification (:func:`~rapsam_edge.exporters.verify.verify_graphs`), whose report
+    """One figure of a per-graph verification (:func:`~rapsam_edge.verify.verify_graphs`), whose report
     keys are dotted: ``graph.output.measure`` (an output's max_abs / mean_abs / cosine) or ``graph.measure``
     (mask_iou, class_agreement). Read once here (:meth:`read`) and written back the same way (:meth:`key`, the
     report.json shape), so the drift code works on fields, not on strings."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.devices import Device, HostFacts, distribution_version
+from ..runtime.ort_backend import DEVICE_PROVIDERS
 
 VERSIONED = ("rapsam-edge", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "coremltools", "onnx", "numpy")
 RESOLVE_ADVICE = "run the bench on that device, or use --device cpu here"
@@ -29,8 +30,6 @@ def runtime_problem(backend: str, device: Device, host: HostFacts, ort_device: s
     if backend == "torch" and device.torch_device == "cuda" and not host.torch_cuda:
         return "this torch has no CUDA (install NVIDIA's torch build for this device)"
     if backend == "onnxruntime":
-        from ..runtime.ort_backend import DEVICE_PROVIDERS
-
         first = DEVICE_PROVIDERS[ort_device][0]
         if first not in host.ort_providers:
             return (f"onnxruntime here has no {first} (it has {', '.join(host.ort_providers) or 'none'}); "

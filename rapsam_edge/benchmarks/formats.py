@@ -6,7 +6,7 @@ Statuses (one per format and run):
 
 * ``ok`` — measured, and within its precision's agreement tolerance with PyTorch (and every gate);
 * ``failed validation`` — present and loaded, but it crashed, disagreed with PyTorch beyond
-  ``exporters.verify.TOLERANCES`` or missed a ``--floor`` / ``--max-drop`` gate;
+  ``agreement.TOLERANCES`` or missed a ``--floor`` / ``--max-drop`` gate;
 * ``failed to export`` — this run tried to make it (no ``--bundle``, or ``--make-missing``) and that failed;
 * ``not exported`` — the bundle does not hold it; the reason names the command that makes it;
 * ``not available`` — it cannot run on this device profile or host (the reason says what is missing).
@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from ..bundle import GRAPHS, Bundle, BundleError
 from ..errors import InputError
+from ..preprocess import Protocol
 from ..runtime.devices import DEVICES
+from ..runtime.loader import load_from_bundle
+from ..runtime.ort_backend import resolve_precisions
+from ..runtime.trt_backend import engine_precisions
 
 OK, FAILED_VALIDATION, FAILED_EXPORT, NOT_EXPORTED, NOT_AVAILABLE = (
     "ok", "failed validation", "failed to export", "not exported", "not available")
@@ -41,7 +46,7 @@ class Format:
         precision: the bundle precision the backend is asked for (INT8 sets keep some graphs in float).
         artifact_format: the manifest ``format`` of its graphs (None: torch, rebuilt from the manifest).
         devices: device profiles it belongs to.
-        tolerance: key of ``exporters.verify.TOLERANCES`` its PyTorch agreement is judged with.
+        tolerance: key of ``agreement.TOLERANCES`` its PyTorch agreement is judged with.
         make: how it is produced (``{bundle}`` is filled in), for the ``not exported`` reason.
         note: what a reader must know about its numbers.
     """
@@ -176,12 +181,8 @@ def graph_precisions(fmt: Format, bundle: Bundle) -> dict[str, str]:
     if fmt.backend == "torch":
         return {g: "fp32" for g in GRAPHS}
     if fmt.backend == "onnxruntime":
-        from ..runtime.ort_backend import resolve_precisions
-
         return resolve_precisions(bundle, fmt.precision)
     if fmt.backend == "tensorrt":
-        from ..runtime.trt_backend import engine_precisions
-
         return engine_precisions(bundle, fmt.precision)
     return {g: bundle.require(g, fmt.artifact_format or "", fmt.precision).precision for g in GRAPHS}
 
@@ -190,8 +191,6 @@ def missing_reason(fmt: Format, bundle: Bundle) -> str | None:
     """Why the bundle cannot serve ``fmt`` (with the command that makes it), or None when it can."""
     if fmt.backend == "torch":
         ckpt = bundle.manifest.get("model", {}).get("checkpoint")
-        from pathlib import Path
-
         if ckpt and not Path(ckpt["path"]).is_file():
             return (f"the PyTorch reference needs the bundle's checkpoint {ckpt['path']}, which is not there "
                     "(run from the folder the bundle was exported in, or restore the file)")
@@ -207,9 +206,6 @@ def missing_reason(fmt: Format, bundle: Bundle) -> str | None:
 def open_pipeline(bundle: Bundle, fmt: Format, device: str, threads: int | None, protocol: str | None = None) -> Any:
     """The Pipeline of one format (``device``: the backend's device argument, see ``devices.backend_device``;
     ``protocol``: official | deployment, None = the bundle's default, see ``runtime.loader.choose_protocol``)."""
-    from ..preprocess import Protocol
-    from ..runtime.loader import load_from_bundle
-
     return load_from_bundle(bundle, fmt.backend, fmt.precision, device, threads,
                             None if protocol is None else Protocol.parse(protocol))
 
@@ -217,8 +213,6 @@ def open_pipeline(bundle: Bundle, fmt: Format, device: str, threads: int | None,
 def bundle_bytes(fmt: Format, bundle: Bundle, precisions: dict[str, str]) -> int:
     """Bytes on disk of what this format loads (torch: the checkpoint, else the fp32 ONNX graphs' size)."""
     if fmt.backend == "torch":
-        from pathlib import Path
-
         ckpt = bundle.manifest.get("model", {}).get("checkpoint")
         if ckpt and Path(ckpt["path"]).is_file():
             return Path(ckpt["path"]).stat().st_size

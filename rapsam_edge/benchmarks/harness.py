@@ -22,10 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..bundle import load_bundle
+from ..bundle import bundle_canvas, load_bundle
 from ..calibration.baselines import flavor_sections
+from ..config import Vocabulary
 from ..errors import InputError
+from ..preprocess import InputPolicy, Protocol, load_image
 from ..runtime.devices import COMPUTE_UNITS, Device, HostFacts, probe, resolve
+from ..runtime.loader import choose_protocol
+from ..runtime.pipeline import Pipeline
 from . import accuracy, devices, gates, latency, prepare, report
 from . import protocol as protocol_cost
 from .formats import (
@@ -91,8 +95,6 @@ class BenchRequest:
         if self.runs < 1 or self.warmup < 0:
             raise InputError(f"--runs must be >= 1 and --warmup >= 0 (got {self.runs} and {self.warmup}).")
         if self.protocol is not None:
-            from ..preprocess import Protocol
-
             Protocol.parse(self.protocol)
         if self.protocol_images < 0:
             raise InputError(f"--protocol-images must be >= 0 (0 skips the comparison), not {self.protocol_images}.")
@@ -188,8 +190,6 @@ def _accuracy(rows: list[FormatRow], pipes: dict[str, Any], ref: Any, fmts: dict
 
 def _latency(rows: list[FormatRow], pipes: dict[str, Any], data: accuracy.EvalData, req: BenchRequest,
              profile: Device, bundle_root: Path, progress: Progress) -> dict[str, Any]:
-    from ..preprocess import load_image
-
     image = data.images[0]
     rgb = load_image(image)
     workloads, errors = {}, {}
@@ -228,9 +228,6 @@ def _protocol(ref: Any, bundle: Any, data: accuracy.EvalData, req: BenchRequest,
     if ref is None or ref.backend.name != "torch":
         notes.append("no PyTorch reference: the deployment-vs-official protocol comparison is not reported.")
         return None
-    from ..preprocess import InputPolicy
-    from ..runtime.pipeline import Pipeline
-
     deployment = Pipeline(ref.backend, InputPolicy.from_dict(bundle.manifest["input_policy"]), ref.vocabulary,
                           {**ref.meta, "protocol": "deployment"})
     progress.log(f"deployment canvas vs official protocol on {min(req.protocol_images, len(data.images))} images")
@@ -275,10 +272,6 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
         root = req.bundle
     bundle = load_bundle(root)  # sha256 of every artifact
     if req.protocol is not None:  # a protocol the graphs cannot run is one sentence before any work
-        from ..bundle import bundle_canvas
-        from ..preprocess import InputPolicy, Protocol
-        from ..runtime.loader import choose_protocol
-
         policy = InputPolicy.from_dict(bundle.manifest["input_policy"])
         choose_protocol(bundle, policy, bundle_canvas(bundle), Protocol.parse(req.protocol))
     data = accuracy.resolve_data(req.data, _vocabulary(bundle), req.tasks, req.subset, req.limit, req.video_data)
@@ -333,8 +326,6 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
 
 
 def _vocabulary(bundle: Any) -> Any:
-    from ..config import Vocabulary
-
     return Vocabulary.from_dict(bundle.manifest["classes"])
 
 

@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..preprocess import points_to_boxes, preprocess
+from ..timing import interleaved
 
 MEASURES = ("encoder", "object_decoder", "prompt_k1", "prompt_k16", "click", "panoptic_e2e", "click_e2e")
 LABELS = {"encoder": "encoder", "object_decoder": "object decoder", "prompt_k1": "prompt decoder K=1",
@@ -81,30 +81,14 @@ def workload(pipe: Any, rgb: np.ndarray) -> Workload:
 
 def measure(workloads: dict[str, Workload], runs: int, warmup: int,
             on_round: Callable[[int, int], None] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Interleaved rounds over the formats; returns (format -> measure -> stats, format -> error sentence).
+    """Interleaved rounds over the formats (:func:`rapsam_edge.timing.interleaved`); returns (format -> measure ->
+    stats, format -> error sentence).
 
     A format that raises is dropped from later rounds and reported in the errors, the others go on. After
     every measure of a round the ``panoptic_e2e`` call leaves the pipeline on the same image, so ``click``
     always runs on an image that is set."""
-    times: dict[str, dict[str, list[float]]] = {f: {m: [] for m in w} for f, w in workloads.items()}
-    errors: dict[str, str] = {}
-    total = warmup + runs
-    for r in range(total):
-        for name, calls in workloads.items():
-            if name in errors:
-                continue
-            for m, fn in calls.items():
-                try:
-                    t0 = time.perf_counter()
-                    fn()
-                    dt = (time.perf_counter() - t0) * 1000.0
-                except Exception as e:  # a backend failing at run time is a result, not a crash of the bench
-                    errors[name] = f"{LABELS[m]} failed: {e}"
-                    break
-                if r >= warmup:
-                    times[name][m].append(dt)
-        if on_round:
-            on_round(r + 1, total)
+    times, raised = interleaved(workloads, runs, warmup, on_round)
+    errors = {name: f"{LABELS[m]} failed: {e}" for name, (m, e) in raised.items()}
     out = {}
     for name, per in times.items():
         if name in errors:

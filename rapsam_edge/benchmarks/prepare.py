@@ -19,8 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import load_bundle
+from ..calibration import CalibrationOptions, calibrate, calibration_context
 from ..calibration.choices import Flavor
+from ..config import get_config
+from ..data.locate import default_verify_images, embedded_images, shared_calib_images
 from ..errors import InputError
+from ..exporters.export import ExportRequest, run_export
+from ..exporters.targets import options_for
 from .formats import Format, missing_reason
 
 DEFAULT_CONFIG = "rapsam_r18_lite"
@@ -54,14 +59,10 @@ def _calib_images(spec: MakeSpec) -> tuple[Path, str]:
     """--calib-images, else coco_mini's train2017 calibration images, else the embedded photos."""
     if spec.calib_images is not None:
         return spec.calib_images, "folder"
-    from ..training.recipes import default_shared_data
-
-    calib = default_shared_data() / "coco_mini" / "calib_images"
-    if calib.is_dir():
+    calib = shared_calib_images()
+    if calib is not None:
         return calib, "folder"
-    from .accuracy import _embedded_images
-
-    return _embedded_images()[0].parent, "folder"
+    return embedded_images()[0].parent, "folder"
 
 
 def _same_model(manifest: dict[str, Any], spec: MakeSpec) -> str | None:
@@ -73,8 +74,6 @@ def _same_model(manifest: dict[str, Any], spec: MakeSpec) -> str | None:
         return f"config {cfg.get('name')}, not {want}"
     size = [spec.imgsz, spec.imgsz] if spec.imgsz else None
     if size is None and want:
-        from ..config import get_config
-
         size = list(get_config(want).input_size)
     if size and cfg.get("input_size") != size:
         return f"input size {cfg.get('input_size')}, not {size}"
@@ -87,10 +86,6 @@ def _same_model(manifest: dict[str, Any], spec: MakeSpec) -> str | None:
 
 
 def _export(root: Path | None, spec: MakeSpec, target: str, precision: str, **options: Any) -> Path:
-    from ..exporters.export import ExportRequest, run_export
-    from ..exporters.targets import options_for
-    from ..exporters.verify import default_verify_images
-
     req = ExportRequest(target=target, config=spec.config or (None if spec.checkpoint else DEFAULT_CONFIG),
                         checkpoint=spec.checkpoint, precision=precision, imgsz=spec.imgsz,
                         out=root.parent if root else spec.out / "bundles", name=root.name if root else None,
@@ -101,8 +96,6 @@ def _export(root: Path | None, spec: MakeSpec, target: str, precision: str, **op
 
 
 def _calibrate(root: Path, spec: MakeSpec, flavor: Flavor) -> None:
-    from ..calibration import CalibrationOptions, calibrate, calibration_context
-
     images, kind = _calib_images(spec)
     evalset, verify = calibration_context(root, spec.eval_data, spec.eval_subset, None, spec.verify_limit)
     opts = CalibrationOptions(images=images, data=kind, num=spec.calib_num, flavor=flavor, threads=spec.threads or 2,

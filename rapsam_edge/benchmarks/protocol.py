@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..exporters.verify import category_map, class_agreement
+from ..agreement import category_map, class_agreement
 from ..preprocess import Protocol, load_image
 from ..runtime.pipeline import Pipeline
 from .accuracy import EvalData, task_metrics

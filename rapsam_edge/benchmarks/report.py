@@ -13,6 +13,7 @@ from typing import Any
 
 from .formats import FormatRow
 from .latency import LABELS
+from .protocol import summary_line
 
 SCHEMA = "rapsam-edge/bench/1"
 BASELINE = "onnx-fp32"
@@ -164,8 +165,6 @@ def _protocol_md(section: dict[str, Any] | None) -> list[str]:
     """Deployment canvas vs the official protocol (same weights, torch): what the input policy costs."""
     if not section:
         return []
-    from .protocol import summary_line
-
     out = ["## Input protocol: deployment canvas vs official", "", summary_line(section) + ".", ""]
     m = section.get("metrics") or {}
     if m:

@@ -10,6 +10,7 @@ precision="int8-cpu")`` will run once the files are registered.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,9 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
-from ..bundle import Artifact, Bundle
+from ..bundle import Artifact, Bundle, load_bundle
+from ..config import Vocabulary
+from ..data.locate import HELDOUT_SPLIT, dataset_image_paths, default_shared_data, open_coco
 from ..errors import InputError, RapsamError
+from ..evaluate import evaluate_interactive, evaluate_panoptic, summarise
+from ..runtime.loader import load_from_bundle
+from ..runtime.ort_backend import open_session
+from ..timing import interleaved
+from ..verify import verify_pipelines
 
 AGREEMENT_IMAGES = 8  # evaluation images of the end-to-end INT8-vs-FP32 agreement (calibrate and its sweep)
 TASK_OF = {"pq": "panoptic", "sq": "panoptic", "rq": "panoptic", "miou": "interactive"}
@@ -41,9 +50,6 @@ class EvalSet:
 
 
 def open_eval_set(root: Path, subset: str | None, limit: int | None, vocabulary: Any) -> EvalSet:
-    from ..training.recipes import open_coco
-    from .readers import dataset_image_paths
-
     if limit is not None and limit < 1:
         raise InputError(f"--eval-limit {limit} selects no evaluation images; give a positive number (or leave it "
                          "out to evaluate on the whole split).")
@@ -57,20 +63,16 @@ def open_eval_set(root: Path, subset: str | None, limit: int | None, vocabulary:
 
 def calibration_context(bundle: str | Path, eval_data: Path | None = None, subset: str | None = None,
                         limit: int | None = None, verify_limit: int = 4) -> tuple[EvalSet | None, list[Path]]:
-    """The evaluation split — ``eval_data``, or coco_mini's 48 held-apart images (the ``extra_val2017_from_
-    COCO_MINI`` id list) when ../shared/data is present — and up to ``verify_limit`` of the images the bundle's
-    FP32 export was verified on."""
-    from ..bundle import load_bundle
-    from ..config import Vocabulary
-    from ..training.recipes import default_shared_data
-
+    """The evaluation split — ``eval_data``, or coco_mini's 48 held-apart images (the
+    :data:`~rapsam_edge.data.locate.HELDOUT_SPLIT` id list) when ../shared/data is present — and up to
+    ``verify_limit`` of the images the bundle's FP32 export was verified on."""
     manifest = load_bundle(bundle).manifest
     if limit is not None and limit < 1:
         raise InputError(f"--eval-limit {limit} selects no evaluation images; give a positive number (or leave it "
                          "out to evaluate on the whole split).")
     if eval_data is None and (default_shared_data() / "coco_mini" / "splits.json").is_file():
         eval_data = default_shared_data() / "coco_mini"
-        subset = subset or "extra_val2017_from_COCO_MINI"
+        subset = subset or HELDOUT_SPLIT
     evalset = None
     if eval_data is not None:
         evalset = open_eval_set(eval_data, subset, limit, Vocabulary.from_dict(manifest["classes"]))
@@ -91,15 +93,11 @@ def candidate_view(bundle: Bundle, files: dict[str, str], precision: str) -> Bun
 
 def candidate_pipeline(bundle: Bundle, files: dict[str, str], precision: str, threads: int | None) -> Any:
     """The Pipeline ``rapsam_edge.load(bundle, precision=...)`` would build once ``files`` are registered."""
-    from ..runtime.loader import load_from_bundle
-
     return load_from_bundle(candidate_view(bundle, files, precision), "onnxruntime", precision, "cpu", threads)
 
 
 def task_metrics(pipe: Any, evalset: EvalSet, metrics: tuple[str, ...]) -> dict[str, float]:
     """Headline numbers (:func:`rapsam_edge.evaluate.summarise`) of the tasks ``metrics`` need."""
-    from ..evaluate import evaluate_interactive, evaluate_panoptic, summarise
-
     tasks = {TASK_OF[m] for m in metrics}
     results = []
     if "panoptic" in tasks:
@@ -120,8 +118,6 @@ def within_budget(drop: dict[str, float], budget: dict[str, float]) -> bool:
 
 def agreement(reference: Any, candidate: Any, paths: list[Path]) -> dict[str, Any]:
     """INT8 vs FP32 end to end on ``paths`` (panoptic category-map agreement, interactive mask IoU)."""
-    from ..exporters.verify import verify_pipelines
-
     return verify_pipelines(reference, candidate, paths)
 
 
@@ -191,23 +187,16 @@ def encoder_latencies(paths: dict[str, Path], size: tuple[int, int], threads: in
                       warmup: int = 3) -> dict[str, dict[str, float]]:
     """Median / min onnxruntime CPU latency (ms) of encoder graphs on one letterboxed image, warm-up excluded.
 
-    The graphs run in turns (a, b, a, b, ...) so a load change on a shared machine hits all of them alike and
-    the speed-up stays fair even when absolute numbers move.
+    The graphs run in turns (:func:`rapsam_edge.timing.interleaved`) so the speed-up stays fair on a shared machine.
     """
-    import onnxruntime as ort
-
-    from ..runtime.ort_backend import open_session
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sessions = {k: open_session(p, opts, ["CPUExecutionProvider"], f"{k} encoder graph") for k, p in paths.items()}
     x = np.random.default_rng(0).uniform(0, 255, (1, 3, *size)).astype(np.float32)
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for i in range(warmup + runs):
-        for k, sess in sessions.items():
-            t0 = time.perf_counter()
-            sess.run(None, {sess.get_inputs()[0].name: x})
-            if i >= warmup:
-                times[k].append((time.perf_counter() - t0) * 1000)
-    return {k: {"median_ms": round(float(np.median(t)), 1), "min_ms": round(float(np.min(t)), 1), "runs": runs,
-                "warmup": warmup, "threads": threads} for k, t in times.items()}
+    calls = {k: {"encoder": functools.partial(sess.run, None, {sess.get_inputs()[0].name: x})}
+             for k, sess in sessions.items()}
+    times, errors = interleaved(calls, runs, warmup)
+    for _, error in errors.values():
+        raise error
+    return {k: {"median_ms": round(float(np.median(t["encoder"])), 1), "min_ms": round(float(np.min(t["encoder"])), 1),
+                "runs": runs, "warmup": warmup, "threads": threads} for k, t in times.items()}

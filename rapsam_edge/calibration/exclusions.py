@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..errors import InputError
+from ..onnx_graph import shape_only_nodes
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Expand"})
 SCALE_OPS = frozenset({"Mul", "Div", "Add", "Sub"})  # with a constant other operand
@@ -244,8 +245,6 @@ def shape_only(ix: GraphIndex, _: Context) -> list[str]:
     """Nodes computed from the canvas shape alone (the CoordConv coordinate channels of a dynamic-canvas
     graph, sliced from a constant linspace table): constants for any given canvas, nothing to calibrate, and
     NNCF cannot place a quantizer on the edge out of the table initializer."""
-    from ..exporters.onnx import shape_only_nodes
-
     return [n for n in shape_only_nodes(ix.model) if n in ix.by_name and ix.by_name[n].op_type != "Constant"]
 
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from ..data.coco import IMAGE_SUFFIXES
 from ..errors import InputError, InputNotFoundError
+from ..fsutil import read_json_object, sha256_path
 from ..preprocess import ImageError, InputPolicy, load_image, preprocess
 
 Feed = dict[str, np.ndarray]
@@ -57,13 +57,8 @@ class ImageSet:
 
 
 def _coco_entries(images: Path, annotations: Path) -> list[tuple[str, Path]]:
-    try:
-        doc = json.loads(annotations.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputNotFoundError(f"--annotations {annotations} does not exist.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"--annotations {annotations} is not valid JSON ({e}).") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+    doc = read_json_object(annotations, "--annotations")
+    if not isinstance(doc.get("images"), list):
         raise InputError(f"--annotations {annotations} has no COCO 'images' list.")
     try:
         entries = sorted((int(im["id"]), str(im["file_name"])) for im in doc["images"]
@@ -135,23 +130,11 @@ def select_images(images: Path, kind: str = "folder", annotations: Path | None =
                     tuple(skipped))
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def overlapping(calibration: list[Path] | tuple[Path, ...], evaluation: list[Path] | tuple[Path, ...]) -> list[str]:
     """Names of calibration images that are also evaluation images (same file, or same bytes)."""
-    eval_hashes = {file_sha256(p) for p in evaluation if Path(p).is_file()}
+    eval_hashes = {sha256_path(Path(p)) for p in evaluation if Path(p).is_file()}
     eval_paths = {Path(p).resolve() for p in evaluation}
-    return [p.name for p in map(Path, calibration) if p.resolve() in eval_paths or file_sha256(p) in eval_hashes]
-
-
-def dataset_image_paths(dataset: Any, limit: int | None = None) -> list[Path]:
-    """Image files of the first ``limit`` records of a CocoInstances / CocoPanoptic dataset (no decoding)."""
-    ids = dataset.image_ids[:limit] if limit else dataset.image_ids
-    if hasattr(dataset, "coco"):
-        return [dataset.images_dir / dataset.coco.imgs[i]["file_name"] for i in ids]
-    return [dataset.images_dir / dataset.images[i]["file_name"] for i in ids]
+    return [p.name for p in map(Path, calibration) if p.resolve() in eval_paths or sha256_path(p) in eval_hashes]
 
 
 class _IndexedReader(CalibrationDataReader):

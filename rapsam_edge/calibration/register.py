@@ -19,6 +19,7 @@ from typing import Any
 import onnx
 
 from ..bundle import Bundle, load_bundle
+from ..onnx_graph import onnx_artifact
 from . import baselines, sensitivity, trt_cache
 from . import exclusions as excl
 from .accuracy import Step
@@ -86,8 +87,6 @@ def _place(src: Path, dest: Path) -> None:
 def register(bundle: Bundle, result: CalibrationResult) -> dict[str, Any]:
     """Place the checked INT8 graphs of ``result`` and their side files, and record everything measured; returns
     the ``manifest["calibration"][flavour]`` section (also the report of ``calibrate``)."""
-    from ..exporters.onnx import artifact_for
-
     opts, jobs, files = result.opts, result.jobs, result.files
     flavor = opts.flavor
     precision = flavor.precision
@@ -114,7 +113,7 @@ def register(bundle: Bundle, result: CalibrationResult) -> dict[str, Any]:
         details = {"method": opts.method.value, "backend": opts.backend, "flavour": flavor.value,
                    "exclusions": job.excluded, "exclusion_rules": {k: v for k, v in job.derived.items() if v},
                    "calibration_images": len(result.images.paths), "seconds": round(job.seconds, 1), **job.details}
-        bundle.add(artifact_for(graph, rel, precision, details, bundle.root))
+        bundle.add(onnx_artifact(graph, rel, precision, details, bundle.root))
     section = {
         "data": result.images.provenance(), "method": opts.method.value, "backend": opts.backend,
         "flavour": flavor.value, "precision": precision, "why_flavour": flavor.why, "graphs": list(jobs),

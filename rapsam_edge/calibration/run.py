@@ -27,8 +27,10 @@ import onnx
 from ..bundle import Bundle, edit_bundle, load_bundle
 from ..errors import InputError, RapsamError
 from ..preprocess import InputPolicy
+from ..runtime.loader import load, reference_model
 from ..runtime.ort_backend import load_onnx, open_session
-from . import accuracy, baselines, qdq
+from ..verify import VerificationError, verify_onnx_bundle
+from . import accuracy, baselines, qdq, sensitivity
 from . import exclusions as excl
 from .options import WARN_BELOW, CalibrationOptions
 from .quantizers import QUANTIZERS, GraphJob
@@ -197,8 +199,6 @@ def calibrate(bundle_root: str | Path, opts: CalibrationOptions, log: Log = lamb
 
 def _sensitivity(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], opts: CalibrationOptions,
                  images: ImageSet) -> dict[str, Any]:
-    from . import sensitivity
-
     out = {}
     n = min(opts.sensitivity_images, len(images.paths))
     for graph, job in jobs.items():
@@ -210,22 +210,19 @@ def _sensitivity(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str
 def _fidelity(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], opts: CalibrationOptions,
               images: ImageSet, evalset: Any) -> dict[str, Any]:
     """INT8 vs FP32 graph outputs on up to 8 evaluation images (calibration images when there is no split)."""
-    from .sensitivity import output_fidelity
-
     if "encoder" not in jobs:
         return {}
     policy = InputPolicy.from_dict(bundle.manifest["input_policy"])
     paths = list(evalset.paths[:8]) if evalset is not None else list(images.paths[:8])
     feeds = list(ImageReader(paths, policy))
     return {"images": len(feeds), "source": "evaluation" if evalset is not None else "calibration",
-            "encoder": output_fidelity(jobs["encoder"].source, bundle.root / files["encoder"], feeds, opts.threads)}
+            "encoder": sensitivity.output_fidelity(jobs["encoder"].source, bundle.root / files["encoder"], feeds,
+                                                   opts.threads)}
 
 
 def _accuracy(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], opts: CalibrationOptions,
               evalset: Any, sens: dict[str, Any], work: Path, log: Log
               ) -> tuple[dict[str, str], list[Any], dict[str, Any]]:
-    from ..runtime.loader import load
-
     wanted = tuple(opts.max_drop) or ("pq", "miou")
     fp32 = load(bundle.root, precision="fp32", threads=opts.threads)
     t0 = time.perf_counter()
@@ -272,12 +269,10 @@ def _most_robust_weighted(nodes: list[dict[str, Any]]) -> str:
 
 
 def _verify(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> dict[str, Any] | None:
-    """PyTorch vs the INT8 graphs (exporters/verify.py, TOLERANCES["int8"]) on ``opts.verify_images``."""
+    """PyTorch vs the INT8 graphs (rapsam_edge/verify.py, ``agreement.TOLERANCES["int8"]``) on
+    ``opts.verify_images``."""
     if not opts.verify_images:
         return None
-    from ..exporters.verify import VerificationError, verify_onnx_bundle
-    from ..runtime.loader import reference_model
-
     precision = opts.flavor.precision
     try:  # the bundle's checkpoint may be gone or no longer load into the current model code
         reference = reference_model(bundle)

@@ -9,7 +9,8 @@ For every activation that gets a QuantizeLinear, on the same images:
 
 Weights get the same numbers from their initializers. Nodes are ranked by the noise their quantized inputs
 add (sum of local noise-to-signal ratios): that ranking is what accuracy control moves back to float first.
-SQNR = 10·log10(‖ref‖² / ‖ref − x‖²), summed over images.
+SQNR = 10·log10(‖ref‖² / ‖ref − x‖²), summed over images; cosines follow the one zero rule of
+:mod:`rapsam_edge.agreement` (an all-zero INT8 tensor against a non-zero FP32 one is 0.0, not a perfect 1.0).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..agreement import cosine, cosine_from_sums
 from .qdq import COMPUTE_OPS
 
 
@@ -98,11 +100,10 @@ def weight_rows(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> list[dict[s
         # rounding error of w on the scale grid the quantizer chose (NNCF folds bias correction into weights)
         wq = _dequantize(_quantize_like(w, scale, zp, axis, q.dtype), scale, zp, axis)
         a, b = w.ravel(), wq.ravel()
-        denom = float(np.linalg.norm(a) * np.linalg.norm(b))
         rows.append({"tensor": ref_name or n.input[0], "kind": "weight", "consumers": [u.name for u in users],
                      "op_types": sorted({u.op_type for u in users}), "sqnr_db": _db(float(a @ a),
                                                                                       float(((a - b) ** 2).sum())),
-                     "cosine": float(a @ b / denom) if denom else 1.0, "local_sqnr_db": None, "per_channel":
+                     "cosine": cosine(a, b), "local_sqnr_db": None, "per_channel":
                      scale.size > 1})
         rows[-1]["local_sqnr_db"] = rows[-1]["sqnr_db"]
     return rows
@@ -204,10 +205,9 @@ def activation_rows(float_path: Path, qdq_path: Path, feeds: list[dict[str, np.n
         if s.ref2 == 0 and s.out2 == 0:
             continue
         users = [c for c in consumers.get(pairs[t], []) if c.op_type not in ("QuantizeLinear", "DequantizeLinear")]
-        denom = math.sqrt(s.ref2 * s.out2)
         rows.append({"tensor": t, "kind": "activation", "consumers": [u.name for u in users],
                      "op_types": sorted({u.op_type for u in users}), "sqnr_db": _db(s.ref2, s.err2),
-                     "cosine": s.dot / denom if denom else 1.0, "local_sqnr_db": _db(s.x2, s.local2)})
+                     "cosine": cosine_from_sums(s.dot, s.ref2, s.out2), "local_sqnr_db": _db(s.x2, s.local2)})
     return rows
 
 
@@ -228,8 +228,7 @@ def output_fidelity(float_path: Path, qdq_path: Path, feeds: list[dict[str, np.n
             x, y = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
             sig[name] += float(x @ x)
             err[name] += float(((x - y) ** 2).sum())
-            denom = float(np.linalg.norm(x) * np.linalg.norm(y))
-            cos[name] = min(cos[name], float(x @ y / denom) if denom else 1.0)
+            cos[name] = min(cos[name], cosine(x, y))
     return {n: {"sqnr_db": round(_db(sig[n], err[n]), 2), "worst_cosine": round(cos[n], 6)} for n in names}
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,11 +28,10 @@ from scipy import ndimage
 
 from ..config import Vocabulary
 from ..errors import InputError, InputNotFoundError
-from ..preprocess import load_image
+from ..fsutil import read_json_object
+from ..preprocess import IMAGE_SUFFIXES, load_image
 from .cache import LRUCache
 from .masks import MaskStack
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class AnnotationFileError(InputError):
@@ -45,17 +43,9 @@ class AnnotationFileNotFoundError(AnnotationFileError, FileNotFoundError):
 
 
 def read_json(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Load a JSON object, checking that each key of `required` holds a list."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnnotationFileNotFoundError(f"Annotation file {str(path)!r} does not exist.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationFileError(f"Annotation file {str(path)!r} is not valid JSON ({exc}).") from None
-    if not isinstance(data, dict):
-        raise AnnotationFileError(f"Annotation file {str(path)!r} must hold a JSON object, got "
-                                  f"{type(data).__name__}.")
+    """Load an annotation file's JSON object (:func:`~rapsam_edge.fsutil.read_json_object`), checking that each
+    key of `required` holds a list."""
+    data = read_json_object(path, "Annotation file", invalid=AnnotationFileError, missing=AnnotationFileNotFoundError)
     missing = [k for k in required if not isinstance(data.get(k), list)]
     if missing:
         raise AnnotationFileError(f"Annotation file {str(path)!r} lacks the list(s) {missing}; expected the "

@@ -160,3 +160,18 @@ class YTVISDataset:
         if not -len(self) <= v < len(self):
             raise IndexError(f"index {v} out of range for a dataset of {len(self)} videos.")
         return self._records[v]
+
+
+def video_ground_truth(video: VideoRecord) -> list[dict[str, Any]]:
+    """YouTube-VIS ground-truth tracks of a :class:`VideoRecord`: per-frame RLE (or None) segmentations as stored;
+    polygon frames are rasterised (the evaluator takes RLE only). What ``evaluate_video`` and the scoring of a
+    YouTube-VIS result file both judge against."""
+    out: list[dict[str, Any]] = []
+    masks = None
+    for n, segs in enumerate(video.segmentations):
+        if not all(s is None or isinstance(s, dict) for s in segs):
+            masks = video.masks() if masks is None else masks
+            segs = [mask_util.encode(np.asfortranarray(m.astype(np.uint8))) if m.any() else None for m in masks[n]]
+        out.append({"id": int(video.track_ids[n]), "category_id": int(video.category_ids[n]),
+                    "iscrowd": int(video.iscrowd[n]), "segmentations": segs})
+    return out

@@ -50,16 +50,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bundle import Artifact, Bundle, TensorSpec, size_path
+from ..agreement import check
+from ..bundle import Artifact, Bundle, TensorSpec, artifact_precision, coreml_package_path, size_path
+from ..data.locate import default_verify_images
 from ..model.rapsam import RapSam
 from ..preprocess import CanvasSpec, InputPolicy
+from ..runtime.coreml_backend import CoreMLBackend
 from ..runtime.torch_backend import TorchBackend
+from ..verify import verify_graphs
 from .canvas import dynamic_coord_features
 from .coreml_compress import W8A8Encoder, calibration_images, compress_weights, simulated_model, w8a8_encoder
 from .graphs import GRAPH_IO, build_graph, example_inputs
 from .options import CoreMLOptions
 from .request import ExportRequest, ExportResult
-from .verify import check, default_verify_images, verify_graphs
 
 TARGETS = {"iOS16": "iOS 16+ / macOS 13+", "iOS17": "iOS 17+ / macOS 14+", "iOS18": "iOS 18+ / macOS 15+"}
 # ops that must show up per compression (coremltools 9 emits the affine form for iOS16/17 targets and
@@ -71,16 +74,6 @@ COMPRESSION_OPS = {"int8": {"constexpr_affine_dequantize", "constexpr_blockwise_
 DENY_OPS: frozenset[str] = frozenset()
 _PASS_THROUGH = {"reshape", "transpose", "cast", "expand_dims", "squeeze"}
 _STOP = {"layer_norm", "softmax"}
-
-
-def artifact_precision(precision: str, compress: str = "none") -> str:
-    """Manifest precision of a CoreML artifact: ``fp16``, ``fp16-int8``, ``fp32-palette4`` ..."""
-    return precision if compress in (None, "none") else f"{precision}-{compress}"
-
-
-def package_path(graph: str, precision: str, compress: str) -> str:
-    parts = [graph] + (["fp32"] if precision == "fp32" else []) + ([compress] if compress != "none" else [])
-    return f"coreml/{'.'.join(parts)}.mlpackage"
 
 
 @dataclass(frozen=True)
@@ -274,7 +267,7 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
         # also compresses its float prompt key/value projections
         weight_mode = "int8" if compress == "w8a8" else compress
         mlmodel = compress_weights(mlmodel, weight_mode)
-        rel = package_path(graph, precision, compress)
+        rel = coreml_package_path(graph, precision, compress)
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         mlmodel.save(str(root / rel))
         spec = mlmodel.get_spec()
@@ -394,8 +387,6 @@ def verify_target(model: RapSam, bundle: Bundle, precision: str, req: ExportRequ
         "tolerance": tol, "images": [str(p) for p in images], "graphs": graphs}
     _judge(report, graphs, tol, compress, "simulated")
     if platform.system() == "Darwin":  # pragma: no cover - needs macOS; cannot be exercised on Linux
-        from ..runtime.coreml_backend import CoreMLBackend
-
         measured = verify_graphs(TorchBackend(model), CoreMLBackend(bundle, precision, compress), images, policy)
         report["measured"] = {"graphs": measured, "compute_units": "all"}
         _judge(report, measured, tol, compress, "measured")

@@ -36,12 +36,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data.locate import embedded_images, shared_calib_images
 from ..errors import InputError
 from ..model.deform_conv import ModulatedDeformConv2d
 from ..model.rapsam import RapSam
 from ..preprocess import InputPolicy, load_image, preprocess
-from ..training.recipes import default_shared_data
-from .verify import default_verify_images
 
 WEIGHT_THRESHOLD = 2048  # coremltools' default: tensors with <= 2048 elements stay uncompressed
 W8A8_FLOAT_MODULES = ("backbone.conv1",)  # first conv stays float (design.md §5)
@@ -70,10 +69,10 @@ def calibration_images(given: tuple[Path, ...]) -> tuple[list[Path], str]:
     evaluation images), else the embedded photos; returns (paths, provenance)."""
     if given:
         return list(given)[:MAX_CALIB_IMAGES], "user"
-    folder = default_shared_data() / "coco_mini" / "calib_images"
-    if folder.is_dir() and any(folder.glob("*.jpg")):
+    folder = shared_calib_images()
+    if folder is not None and any(folder.glob("*.jpg")):
         return sorted(folder.glob("*.jpg"))[:MAX_CALIB_IMAGES], str(folder)
-    return default_verify_images(limit=0), ("embedded photos (no coco_mini calib_images found; they are also "
+    return embedded_images(), ("embedded photos (no coco_mini calib_images found; they are also "
                                             "the default verification images)")
 
 

@@ -7,7 +7,6 @@ manifest atomically, so a failed export never leaves a bundle that looks complet
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import platform
 from collections.abc import Callable
@@ -20,14 +19,15 @@ import torch
 from ..bundle import Bundle, BundleError, edit_bundle, is_bundle, load_bundle, new_bundle
 from ..config import canvas_size
 from ..errors import InputError
+from ..fsutil import sha256_path
 from ..model.checkpoint import load_model
 from ..model.rapsam import RapSam
 from ..preprocess import CanvasSpec, InputPolicy
+from ..verify import VerificationError
 from .canvas import MIN_CANVAS
 from .options import OnnxOptions
 from .request import ExportRequest
 from .targets import Target, target_named
-from .verify import VerificationError
 
 TOOLS = ("rapsam-edge", "torch", "onnx", "onnxruntime", "onnxscript", "onnxsim", "coremltools", "nncf", "numpy")
 
@@ -40,14 +40,6 @@ def tool_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             continue
     return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def validate(req: ExportRequest) -> str:
@@ -79,7 +71,7 @@ def prepare_model(req: ExportRequest) -> tuple[RapSam, dict[str, Any]]:
     section = {
         "config": req.deployment_config(model.config).to_dict(),
         "checkpoint": None if req.checkpoint is None else {"path": str(req.checkpoint),
-                                                            "sha256": sha256_file(req.checkpoint)},
+                                                            "sha256": sha256_path(req.checkpoint)},
         "random_init": req.checkpoint is None, "seed": req.seed if req.checkpoint is None else None,
         "class_embeddings": str(req.class_embeddings) if req.class_embeddings else None,
         "classifier": model.classifier.source,

@@ -19,16 +19,18 @@ from typing import Any
 import onnx
 import torch
 
-from ..bundle import Artifact, Bundle, TensorSpec
+from ..bundle import Artifact, Bundle
+from ..data.locate import default_verify_images
 from ..errors import InputError, UnavailableError
 from ..model.rapsam import RapSam
+from ..onnx_graph import onnx_artifact, shape_only_nodes
 from ..preprocess import CanvasSpec
+from ..verify import verify_onnx_bundle
 from .canvas import dynamic_coord_features, dynamic_shapes, name_dims
 from .deformconv import DEFORMCONV_OPSET, deformconv_translation, with_deformconv_nodes
 from .graphs import GRAPH_IO, build_graph
 from .options import DcnMode, OnnxOptions
 from .request import ExportRequest, ExportResult
-from .verify import default_verify_images, verify_onnx_bundle
 
 # ops kept in fp32 inside fp16 graphs: normalisations and softmax overflow or lose precision in fp16
 FP16_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceL2", "ReduceSumSquare", "ReduceMean", "Sqrt",
@@ -45,16 +47,6 @@ class GraphSettings:
     simplify: bool = True
     max_prompts: int = 256
     max_frames: int = 8
-
-
-def _tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
-    out = []
-    for v in values:
-        dims = v.type.tensor_type.shape.dim
-        shape: list[int | str] = [d.dim_param if d.dim_param else int(d.dim_value) for d in dims]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
-        out.append(TensorSpec(v.name, shape, dtype))
-    return out
 
 
 def export_fp32(model: RapSam, graph: str, path: Path, opts: GraphSettings,
@@ -151,19 +143,6 @@ def remove_cast_round_trips(model: onnx.ModelProto) -> int:
     return len(rename)
 
 
-def shape_only_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes whose value depends on the graph inputs only through their shapes (``Shape``/``Size``
-    outputs, constants, and everything computed from those alone), in a topologically sorted graph."""
-    data = {i.name for i in model.graph.input}
-    out = []
-    for node in model.graph.node:
-        if node.op_type not in ("Shape", "Size") and any(i in data for i in node.input):
-            data.update(node.output)
-        else:
-            out.append(node.name)
-    return out
-
-
 def pooling_matmuls(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes that must stay fp32 around the hard-mask SUM pooling: the pooling MatMuls (their
     input descends through reshapes from a thresholded mask) and everything they feed up to the next
@@ -216,12 +195,6 @@ def toposort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def artifact_for(graph: str, rel_path: str, precision: str, details: dict[str, Any], root: Path) -> Artifact:
-    proto = onnx.load(str(root / rel_path), load_external_data=False)
-    return Artifact(graph, "onnx", precision, rel_path, _tensor_specs(list(proto.graph.input)),
-                    _tensor_specs(list(proto.graph.output)), details=details)
-
-
 def export_onnx(model: RapSam, root: Path, precision: str, opts: GraphSettings,
                 graphs: tuple[str, ...] = tuple(GRAPH_IO), dcn: DcnMode = DcnMode.PYTORCH) -> list[Artifact]:
     """Write ``<graph>.onnx`` (and ``<graph>.fp16.onnx``) into ``root``; returns unregistered artifacts.
@@ -242,13 +215,13 @@ def export_onnx(model: RapSam, root: Path, precision: str, opts: GraphSettings,
         details = export_fp32(sources[graph], graph, root / fp32_rel, opts, custom_translation_table=table)
         if graph == "encoder" and dcn is DcnMode.DEFORMCONV:
             details["dcn"] = "deformconv"
-        arts.append(artifact_for(graph, fp32_rel, "fp32", details, root))
+        arts.append(onnx_artifact(graph, fp32_rel, "fp32", details, root))
         if precision == "fp16":
             rel = f"{graph}.fp16.onnx"
             t0 = time.perf_counter()
             extra = convert_fp16(root / fp32_rel, root / rel)
             extra["convert_seconds"] = round(time.perf_counter() - t0, 2)
-            arts.append(artifact_for(graph, rel, "fp16", {**details, **extra}, root))
+            arts.append(onnx_artifact(graph, rel, "fp16", {**details, **extra}, root))
     return arts
 
 
@@ -261,5 +234,5 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
 
 def verify_target(model: RapSam, bundle: Bundle, precision: str, req: ExportRequest,
                   result: ExportResult) -> dict[str, Any]:
-    """The ONNX graphs in onnxruntime against PyTorch (:func:`.verify.verify_onnx_bundle`)."""
+    """The ONNX graphs in onnxruntime against PyTorch (:func:`rapsam_edge.verify.verify_onnx_bundle`)."""
     return verify_onnx_bundle(model, bundle, precision, req.verify_images or default_verify_images())

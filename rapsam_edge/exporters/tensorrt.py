@@ -49,19 +49,22 @@ from typing import Any
 
 import onnx
 
-from ..bundle import GRAPHS, Artifact, Bundle, BundleError, bundle_canvas, load_bundle, sha256_path
+from ..bundle import GRAPHS, Artifact, Bundle, BundleError, bundle_canvas, load_bundle
+from ..data.locate import default_verify_images
 from ..errors import InputError
+from ..fsutil import sha256_path
 from ..model.rapsam import RapSam
+from ..onnx_graph import onnx_artifact
 from ..preprocess import CanvasSpec
 from ..runtime import devices
 from ..runtime.ort_backend import OrtBackend
-from .onnx import GraphSettings, artifact_for, convert_fp16, export_fp32
+from ..verify import bundle_policy, verify_backend
+from .onnx import GraphSettings, convert_fp16, export_fp32
 from .options import PROMPT_MAX, PROMPT_MIN, TensorRTOptions
 from .request import ExportRequest, ExportResult
 from .tensorrt_checks import MIN_TRT_STRONGLY_TYPED, check_onnx, version_text
 from .tensorrt_engines import FORMAT, TrtOptions, engine_specs, shape_profiles
 from .tensorrt_script import build_script, trtexec_line
-from .verify import bundle_policy, default_verify_images, verify_backend
 
 INT8_SOURCE = ("encoder", "onnx", "int8-trt")
 INT8_NEEDS_CALIBRATION = ("--precision int8 for TensorRT needs the explicit Q/DQ encoder from `rapsam-edge calibrate "
@@ -150,7 +153,7 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
             details.update(check_onnx(model, spec.graph, dst, spec.precision, opts.prompt_slots, opts.canvas))
             details["canvas"] = opts.canvas.to_dict()
             details["shape_profiles"] = [dataclasses.asdict(p) for p in shape_profiles(spec.graph, opts, hidden)]
-            art = artifact_for(spec.graph, f"tensorrt/{spec.onnx}", spec.precision, details, root)
+            art = onnx_artifact(spec.graph, f"tensorrt/{spec.onnx}", spec.precision, details, root)
             arts.append(dataclasses.replace(art, format=FORMAT))
     reasons = {f"{a.graph}: {k}": v for a in arts for k, v in a.details["tensorrt_min_reasons"].items()}
     reasons["strongly typed build (--stronglyTyped)"] = version_text(MIN_TRT_STRONGLY_TYPED)

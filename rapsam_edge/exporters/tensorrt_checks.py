@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import torch
 
+from ..agreement import cosine
 from ..bundle import BundleError
 from ..errors import InputError, NonFiniteError
 from ..model.rapsam import RapSam
@@ -77,10 +78,7 @@ def _ort_check(model: RapSam, graph: str, path: Path, slots: int, canvas: Canvas
                                  f"(K={k}, canvas {size[0]}x{size[1]}); it would not build a usable engine.")
         with torch.no_grad():
             ref = build_graph(graph, model)(*ex)
-        for a, b in zip(ref, outs, strict=True):
-            a64, b64 = a.double().numpy().ravel(), b.astype(np.float64).ravel()
-            denom = np.linalg.norm(a64) * np.linalg.norm(b64)
-            cosines.append(float(a64 @ b64 / denom) if denom > 0 else 1.0)
+        cosines += [cosine(a.double().numpy(), b) for a, b in zip(ref, outs, strict=True)]
     out = {"onnxruntime": "finite", "checked_prompts": list(ks), "example_min_cosine_vs_torch": min(cosines)}
     if len(sizes) > 1:
         out["checked_canvases"] = [list(s) for s in sizes]

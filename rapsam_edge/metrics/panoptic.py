@@ -19,7 +19,6 @@ Choices where panopticapi is silent or crashes are noted on the functions below.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, InputNotFoundError, ResourceLimitError
+from ..fsutil import read_json_object
 
 VOID = 0
 _MAX_ID = 256**3  # PNG ids are 3 bytes; pair keys gt * _MAX_ID + pred stay far below 2**64.
@@ -244,18 +244,7 @@ class PanopticEvaluator:
 def _load_json(src: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(src, Mapping):
         return src
-    path = Path(src)
-    if not path.is_file():
-        raise InputNotFoundError(f"panoptic JSON {str(path)!r} does not exist; check the path.")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"panoptic JSON {str(path)!r} is not valid JSON ({exc}); give a COCO panoptic "
-                         "JSON file.") from None
-    if not isinstance(doc, Mapping):
-        raise InputError(f"panoptic JSON {str(path)!r} holds a JSON {type(doc).__name__}, not a COCO panoptic "
-                         "object.")
-    return doc
+    return read_json_object(src, "panoptic JSON", "; give a COCO panoptic JSON file")
 
 
 def read_panoptic_png(path: Path, what: str = "panoptic PNG") -> np.ndarray:
@@ -268,7 +257,7 @@ def read_panoptic_png(path: Path, what: str = "panoptic PNG") -> np.ndarray:
     """
     from PIL import Image  # Pillow is a project dependency; only this file reader needs it
 
-    from ..preprocess import open_image
+    from ..preprocess import open_image  # with Pillow: metrics import neither unless a PNG is read
 
     if not path.is_file():
         raise InputNotFoundError(f"{what} {str(path)!r} does not exist; check the path and the file_name of "

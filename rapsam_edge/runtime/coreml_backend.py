@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import GRAPHS, Bundle, bundle_canvas
+from ..bundle import GRAPHS, Bundle, artifact_precision, bundle_canvas
 from ..errors import InputError, UnavailableError
 from .base import ENCODER_OUTPUTS, Backend, encoder_outputs
 from .devices import COMPUTE_UNITS
@@ -36,8 +36,6 @@ class CoreMLBackend(Backend):
         if platform.system() != "Darwin":
             raise UnavailableError(NOT_MACOS)
         import coremltools as ct  # everything below needs macOS (not exercised on Linux)
-
-        from ..exporters.coreml import artifact_precision
 
         if device in COMPUTE_UNITS:
             compute_units = device

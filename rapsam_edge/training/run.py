@@ -1,8 +1,8 @@
-"""Assemble streams and run a training job (the library function behind ``rapsam-edge train``)."""
+"""Assemble streams and run training (``rapsam-edge train``'s training half; the job that also evaluates a preset
+run is ``rapsam_edge.train_job``, above ``evaluate``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -13,10 +13,11 @@ from typing import Any
 import torch
 
 from ..config import canvas_size, get_config, get_vocabulary
+from ..data.locate import default_shared_data, open_coco, open_video
 from ..data.streams import CocoPseudoVideoStream, PromptStream, VideoClipStream
 from ..errors import InputError, InputNotFoundError
 from ..preprocess import InputPolicy
-from .recipes import PRESETS, Preset, default_shared_data, open_coco, open_video
+from .recipes import PRESETS, Preset
 from .trainer import TrainConfig, Trainer, init_distributed
 
 
@@ -129,80 +130,3 @@ def resolve_request(req: TrainRequest) -> tuple[TrainConfig, DataSpec, Preset | 
     if req.init_checkpoint:
         base["init_checkpoint"] = str(req.init_checkpoint)
     return TrainConfig(**base), spec, preset
-
-
-def run_request(req: TrainRequest, on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run a training request; with a preset (and ``evaluate``), evaluate the result on the training images
-    and on the held-apart images and write ``metrics.json``. Returns those metrics ({} otherwise)."""
-    cfg, spec, preset = resolve_request(req)
-    resume = None
-    if req.resume == "auto":
-        resume = req.out / "last.pth" if (req.out / "last.pth").is_file() else None
-    elif req.resume:
-        resume = Path(req.resume)
-    trainer = run_training(cfg, spec, req.out, resume, on_step, req.max_steps, req.threads)
-    if trainer.rank != 0 or not req.evaluate or preset is None or trainer.step < trainer.total_steps:
-        return {}
-    return evaluate_run(req.out / "final.pth", spec, preset, req.out / "metrics.json")
-
-
-def evaluate_run(checkpoint: Path, spec: DataSpec, preset: Preset, out: Path) -> dict[str, Any]:
-    """Interactive + panoptic metrics of a preset run on its training images and its held-apart images."""
-    from ..evaluate import evaluate_interactive, evaluate_panoptic
-    from ..runtime import load
-
-    pipe = load(checkpoint=checkpoint)
-    results: dict[str, Any] = {}
-    if spec.coco_root is None:
-        raise InputError("the preset evaluation needs the COCO data it was trained on.")
-    for name, subset in (("train", preset.coco_subset), ("heldout", preset.eval_subset)):
-        data = open_coco(spec.coco_root, pipe.vocabulary, spec.coco_split, subset)
-        results[f"{name}/interactive"] = evaluate_interactive(pipe, data)
-        results[f"{name}/panoptic"] = evaluate_panoptic(pipe, data)
-    out.write_text(json.dumps(results, indent=1, default=float))
-    return results
-
-
-def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: str | None,
-                        class_embeddings: Path | None, split: str, subset: str | None, limit: int | None,
-                        mode: str, imgsz: int | None = None, protocol: str | None = None,
-                        clicks: str | None = None) -> dict[str, Any]:
-    """The library function behind ``rapsam-edge eval``.
-
-    ``protocol`` None = the config's default (official for the official configs); ``imgsz`` asks for a
-    deployment canvas of that square size, so it implies ``deployment`` and contradicts ``official``.
-    ``clicks`` (interactive only) None = ``official``; see :class:`~rapsam_edge.data.prompts.ClickProtocol`.
-    """
-    from ..evaluate import evaluate_interactive, evaluate_panoptic, evaluate_video
-    from ..preprocess import Protocol
-    from ..runtime import load
-
-    tasks = ("panoptic", "interactive", "video")
-    if limit is not None and limit < 1:  # before the model loads: it would evaluate nothing
-        raise InputError(f"--limit {limit} selects no {'videos' if task == 'video' else 'images'} to evaluate; "
-                         "give a positive number (or leave --limit out to evaluate all).")
-    if task not in tasks:
-        raise InputError(f"unknown task {task!r}; choose one of {', '.join(tasks)}.")
-    if clicks is not None and task != "interactive":
-        raise InputError(f"--clicks places interactive clicks; it does not apply to --task {task}.")
-    chosen = None if protocol is None else Protocol.parse(protocol)
-    if imgsz:
-        canvas_size(imgsz, "--imgsz")
-        if chosen is Protocol.OFFICIAL:
-            raise InputError("--imgsz sets a fixed deployment canvas, which the official protocol does not use; "
-                             "drop --imgsz or pass --protocol deployment.")
-        chosen = Protocol.DEPLOYMENT
-    pipe = load(config, checkpoint, class_embeddings=class_embeddings, protocol=chosen)
-    if imgsz:
-        pipe.policy = dataclasses.replace(pipe.policy, size=(imgsz, imgsz))  # torch takes any multiple of 32
-    if task == "video":
-        result = evaluate_video(pipe, open_video(data, pipe.vocabulary, split if split != "val2017" else "valid"),
-                                limit, mode)
-    else:
-        dataset = open_coco(data, pipe.vocabulary, split, subset)
-        if task == "panoptic":
-            result = evaluate_panoptic(pipe, dataset, limit)
-        else:
-            result = evaluate_interactive(pipe, dataset, limit, clicks=clicks or "official")
-    # which protocol produced the numbers travels with them (official numbers are only comparable to official)
-    return {**result, "protocol": pipe.meta.get("protocol"), "input_policy": pipe.policy.to_dict()}

@@ -6,77 +6,33 @@ IoU of thresholded masks, top-1 class agreement of the object queries — and en
 shared Pipeline (panoptic pixel agreement, interactive mask IoU), which is what a user sees. Graphs that
 accept more than one canvas are also compared per graph at an official-protocol canvas (one image), since
 that is the canvas ``official`` runs them at and the deployment images never reach it.
+
+Below the deployment wings (design.md §2): ``export`` verifies each target with it, ``calibrate`` measures INT8
+against FP32 end to end with :func:`verify_pipelines`, and ``bench`` reports drift with :func:`verify_graphs`,
+all judged by :func:`rapsam_edge.agreement.check`. The math is :mod:`rapsam_edge.agreement` (NumPy only); this
+module runs backends and Pipelines on real images to produce the figures.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..bundle import Bundle, bundle_canvas
-from ..errors import RapsamError
-from ..model.rapsam import RapSam
-from ..preprocess import CLICK_BOX_SIZE, CanvasSpec, InputPolicy, compute_letterbox, load_image, preprocess
-from ..runtime.base import Backend
-from ..runtime.ort_backend import OrtBackend
-from ..runtime.pipeline import Pipeline
-from ..runtime.torch_backend import TorchBackend
-from ..training.recipes import default_shared_data
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Minimum agreement for an export to pass (per precision)."""
-
-    cosine: float
-    mask_iou: float
-    panoptic_agreement: float
-
-
-TOLERANCES = {
-    "fp32": Tolerance(cosine=0.9999, mask_iou=0.99, panoptic_agreement=0.99),
-    "fp16": Tolerance(cosine=0.999, mask_iou=0.95, panoptic_agreement=0.95),
-    "int8": Tolerance(cosine=0.98, mask_iou=0.85, panoptic_agreement=0.85),
-}
+from .agreement import category_map, check, class_agreement, compare, grid_clicks, mask_iou
+from .bundle import Bundle, bundle_canvas
+from .errors import RapsamError
+from .model.rapsam import RapSam
+from .preprocess import CanvasSpec, InputPolicy, compute_letterbox, load_image, preprocess
+from .runtime.base import Backend
+from .runtime.ort_backend import OrtBackend
+from .runtime.pipeline import Pipeline
+from .runtime.torch_backend import TorchBackend
 
 
 class VerificationError(RapsamError, RuntimeError):
     """An export whose outputs disagree with PyTorch beyond its tolerance."""
-
-
-def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
-    a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
-    denom = np.linalg.norm(a) * np.linalg.norm(b)
-    return {"max_abs": float(np.abs(a - b).max()), "mean_abs": float(np.abs(a - b).mean()),
-            "cosine": float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))}
-
-
-def mask_iou(ref: np.ndarray, out: np.ndarray) -> float:
-    """Mean IoU of ``logit > 0`` masks over the masks that are non-empty in either (1.0 if none are)."""
-    r, o = ref > 0, out > 0
-    axes = tuple(range(2, r.ndim))
-    inter = (r & o).sum(axis=axes).ravel()
-    union = (r | o).sum(axis=axes).ravel()
-    keep = union > 0
-    return float((inter[keep] / union[keep]).mean()) if keep.any() else 1.0
-
-
-def class_agreement(ref: np.ndarray, out: np.ndarray) -> float:
-    """Fraction of queries whose top-1 class (no-object included) is the reference's: cls_logits (1, Q, C+1)."""
-    return float((ref.argmax(-1) == out.argmax(-1)).mean())
-
-
-def grid_clicks(resized_hw: tuple[int, int], n: int = 4) -> np.ndarray:
-    """(1, n*n, 4) normalised click boxes (CLICK_BOX_SIZE pixels) on a regular grid inside the resized image."""
-    h, w = resized_hw
-    ys, xs = np.meshgrid((np.arange(n) + 0.5) / n, (np.arange(n) + 0.5) / n, indexing="ij")
-    size = np.full(n * n, float(CLICK_BOX_SIZE))
-    boxes = np.stack([xs.ravel(), ys.ravel(), size / w, size / h], axis=1)
-    return boxes[None].astype(np.float32)
 
 
 def _merge(acc: dict[str, list[float]], prefix: str, stats: dict[str, float]) -> None:
@@ -152,46 +108,6 @@ def verify_pipelines(reference: Any, candidate: Any, images: list[Path]) -> dict
 
     return {"panoptic_agreement": stats(agree), "interactive_mask_iou": stats(ious),
             "object_class_agreement": stats(obj_cls), "object_mask_iou": stats(obj_iou)}
-
-
-def category_map(result: Any) -> np.ndarray:
-    """Per-pixel class of a PanopticResult (-1 = void), so agreement ignores arbitrary segment ids."""
-    out = np.full(result.panoptic_seg.shape, -1, dtype=np.int64)
-    for s in result.segments_info:
-        out[result.panoptic_seg == s["id"]] = s["category_id"]
-    return out
-
-
-def check(report: dict[str, Any], precision: str) -> list[str]:
-    """Failures of a verification report against the precision's tolerance (empty = pass)."""
-    tol = TOLERANCES["int8" if precision.startswith("int8") else precision]
-    fails = []
-    official = report.get("official_canvas") or {}
-    sections = [("", report.get("graphs", {}))]
-    if official.get("graphs"):
-        sections.append((f"official canvas {official['canvas'][0]}x{official['canvas'][1]}: ", official["graphs"]))
-    for prefix, graphs in sections:
-        for key, val in graphs.items():
-            if key.endswith(".cosine") and ("features" in key or "mask_logits" in key) and val["worst"] < tol.cosine:
-                fails.append(f"{prefix}{key} worst {val['worst']:.6f} < {tol.cosine}")
-            if key.endswith("mask_iou") and val["mean"] < tol.mask_iou:
-                fails.append(f"{prefix}{key} mean {val['mean']:.4f} < {tol.mask_iou}")
-    e2e = report.get("pipeline", {})
-    if e2e and e2e["panoptic_agreement"]["mean"] < tol.panoptic_agreement:
-        fails.append(f"panoptic agreement {e2e['panoptic_agreement']['mean']:.4f} < {tol.panoptic_agreement}")
-    if e2e and e2e["interactive_mask_iou"]["mean"] < tol.mask_iou:
-        fails.append(f"interactive mask IoU {e2e['interactive_mask_iou']['mean']:.4f} < {tol.mask_iou}")
-    return fails
-
-
-def default_verify_images(limit: int = 6) -> list[Path]:
-    """The embedded photos plus the first coco_mini images when ../shared/data is present."""
-    folder = Path(str(resources.files("rapsam_edge.assets").joinpath("images")))
-    images = sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg"))
-    coco = default_shared_data() / "coco_mini" / "images"
-    if coco.is_dir():
-        images += sorted(coco.glob("*.jpg"))[: max(0, limit - len(images))]
-    return images
 
 
 def verify_backend(model: RapSam, candidate: Backend, policy: InputPolicy, canvas: CanvasSpec, precision: str,
