@@ -622,7 +622,7 @@ def test_export_verify_images_must_be_a_folder(tmp_path, what):
 def test_calibrate_and_bench_refuse_to_select_no_images(tiny_onnx_bundle, tmp_path):
     import shutil
 
-    from rapsam_edge.cli import embedded_images
+    from rapsam_edge.assets import embedded_images
 
     bundle = tmp_path / "bundles" / tiny_onnx_bundle.name
     shutil.copytree(tiny_onnx_bundle, bundle)
