@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ...benchmarks.formats import FAILED_EXPORT, FAILED_VALIDATION, NOT_AVAILABLE, NOT_EXPORTED, OK
-from ...benchmarks.summary import BenchSummary
 from ..common import console
 
-COLOUR = {OK: "green", FAILED_VALIDATION: "red", FAILED_EXPORT: "red", NOT_EXPORTED: "yellow", NOT_AVAILABLE: "dim"}
+if TYPE_CHECKING:  # a type only: the CLI imports no runtime code before a command runs
+    from ...benchmarks.summary import BenchSummary
+
 CAPTION = "ms: median (p90) over the timed runs; mask IoU: end-to-end clicks vs PyTorch"
 
 
 def print_bench(s: BenchSummary) -> None:
+    from ...benchmarks.formats import FAILED_EXPORT, FAILED_VALIDATION, NOT_AVAILABLE, NOT_EXPORTED, OK
+
+    colour = {OK: "green", FAILED_VALIDATION: "red", FAILED_EXPORT: "red", NOT_EXPORTED: "yellow",
+              NOT_AVAILABLE: "dim"}
     if s.random_label is not None:
         console.print(f"[bold yellow]{escape(s.random_label)}[/]")
     host = f"{s.cpu_model}, {s.cpu_cores} cores" + (f", {s.gpu_name}" if s.gpu_name else "")
@@ -28,7 +33,7 @@ def print_bench(s: BenchSummary) -> None:
         table.add_column(col.replace(" ms", "\nms").replace(" vs ", "\nvs "),
                          justify="left" if col in ("format", "status") else "right")
     for line in s.table[1:]:
-        table.add_row(line[0], f"[{COLOUR.get(line[1], 'white')}]{line[1]}[/]", *line[2:])
+        table.add_row(line[0], f"[{colour.get(line[1], 'white')}]{line[1]}[/]", *line[2:])
     Console(width=None if sys.stdout.isatty() else 240).print(table)
     if s.protocol_line is not None:
         console.print(f"input protocol: {escape(s.protocol_line)}")

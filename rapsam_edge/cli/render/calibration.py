@@ -3,11 +3,15 @@ steps and the files written (:class:`~rapsam_edge.calibration.register.Calibrati
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
-from ...calibration.register import CalibrationSummary
 from ..common import console
+
+if TYPE_CHECKING:  # a type only: the CLI imports no onnx before a command runs
+    from ...calibration.register import CalibrationSummary
 
 
 def print_calibration(summary: CalibrationSummary) -> None:

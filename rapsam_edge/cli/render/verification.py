@@ -3,11 +3,15 @@ IoU, and end to end (:class:`~rapsam_edge.benchmarks.accuracy.VerificationSummar
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
-from ...benchmarks.accuracy import VerificationSummary
 from ..common import console
+
+if TYPE_CHECKING:  # a type only: the CLI imports no model code before a command runs
+    from ...benchmarks.accuracy import VerificationSummary
 
 TITLE = "verification vs PyTorch (worst over images)"
 SIMULATED_TITLE = "SIMULATED in PyTorch (no CoreML runtime here)"
