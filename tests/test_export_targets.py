@@ -17,7 +17,7 @@ from rapsam_edge.exporters.options import CoreMLOptions, OnnxOptions, TensorRTOp
 from rapsam_edge.exporters.targets import TARGETS, options_for
 
 EXPORTERS = Path(rapsam_edge.exporters.__file__).parent
-CLI = Path(rapsam_edge.exporters.__file__).parents[1] / "cli.py"
+CLI = Path(rapsam_edge.exporters.__file__).parents[1] / "cli" / "export.py"
 FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")
 COMMAND_SPAN = re.compile(r"`rapsam-edge (\w+)([^`]*)`")
 MUTATORS = {"append", "extend", "insert", "pop", "popitem", "remove", "clear", "update", "setdefault", "add",
@@ -86,7 +86,7 @@ def test_every_flag_an_exporter_error_names_is_a_real_option():
                 bad[f"{path.name}: {message}"] = _bad_flags(message)
     for message in _messages(CLI, only_function="export"):
         if _bad_flags(message):
-            bad[f"cli.py: {message}"] = _bad_flags(message)
+            bad[f"cli/export.py: {message}"] = _bad_flags(message)
     flags = {name for t in TARGETS.values() for name in t.options.flags()}
     for target in TARGETS:
         for name in sorted(flags - set(TARGETS[target].options.flags())):

@@ -184,6 +184,63 @@ class GraphStat:
         return self.measure in ("max_abs", "mean_abs")
 
 
+@dataclass(frozen=True)
+class OutputDrift:
+    """One graph output of a verification, worst over the images (largest errors, smallest cosine)."""
+
+    stat: str  # "graph.output", e.g. "encoder.features"
+    max_abs: float
+    mean_abs: float
+    cosine: float
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """One agreement figure of a verification (a graph's mask IoU, an end-to-end measure): mean and worst."""
+
+    name: str
+    mean: float
+    worst: float
+
+
+@dataclass(frozen=True)
+class VerificationSummary:
+    """What a terminal shows of an export's verification report (``exporters.verify.verify_backend``, or a CoreML
+    report whose per-graph figures are only ``simulated``): the report's dotted keys read once, with
+    :class:`GraphStat`, into rows. It sits next to GraphStat because both read the same report shape.
+
+    Attributes:
+        simulated: the figures are the CoreML export's PyTorch-side simulation (no CoreML runtime here).
+        warnings: sentences of the report shown (a simulated section has none of its own).
+        outputs: per graph output, sorted by name.
+        mask_ious: the object / prompt decoders' mask IoU (means).
+        pipeline: end-to-end figures, in report order.
+    """
+
+    simulated: bool
+    warnings: tuple[str, ...]
+    outputs: tuple[OutputDrift, ...]
+    mask_ious: tuple[Agreement, ...]
+    pipeline: tuple[Agreement, ...]
+
+    @classmethod
+    def of(cls, report: dict[str, Any]) -> VerificationSummary | None:
+        """The summary of ``report`` (None for an empty report: nothing was verified)."""
+        if not report:
+            return None
+        simulated = "simulated" in report and not report.get("graphs")
+        shown = report["simulated"] if simulated else report
+        stats = {GraphStat.read(k): v for k, v in shown.get("graphs", {}).items() if isinstance(v, dict)}
+        names = sorted({(s.graph, s.output) for s in stats if s.output is not None}, key=lambda p: f"{p[0]}.{p[1]}")
+        nan = {"worst": float("nan")}
+        outputs = tuple(OutputDrift(f"{g}.{o}", *(stats.get(GraphStat(g, o, m), nan)["worst"] for m in
+                                                   ("max_abs", "mean_abs", "cosine"))) for g, o in names)
+        ious = tuple(Agreement(s.key(), stats[s]["mean"], stats[s]["worst"]) for s in
+                     (GraphStat(g, None, "mask_iou") for g in ("object_decoder", "prompt_decoder")) if s in stats)
+        return cls(simulated, tuple(shown.get("warnings", ())), outputs, ious,
+                   tuple(Agreement(k, v["mean"], v["worst"]) for k, v in shown.get("pipeline", {}).items()))
+
+
 def _over_images(figures: list[dict[str, float]], is_error: bool) -> dict[str, float]:
     """Per-image {worst, mean} -> worst and mean over the images."""
     worsts = [f["worst"] for f in figures]

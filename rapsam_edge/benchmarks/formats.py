@@ -109,6 +109,11 @@ class FormatRow:
             del out["task_results"], out["video_mode"]
         return out
 
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> FormatRow:
+        """A report.json ``formats`` entry back as a row (:meth:`to_dict`'s inverse), e.g. to render a report."""
+        return cls(**entry)
+
 
 def _f(*args: Any, **kw: Any) -> Format:
     return Format(*args, **kw)

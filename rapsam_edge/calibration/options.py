@@ -25,6 +25,7 @@ method. These are graph-fidelity numbers on a weak model: the task-metric table 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -157,3 +158,27 @@ def parse_metric_values(items: list[str] | tuple[str, ...] | None, flag: str, al
 def parse_max_drop(items: list[str] | tuple[str, ...] | None) -> dict[str, float]:
     """``["pq=0.5", "miou=0.5"]`` (or one comma-separated item) -> ``{"pq": 0.5, "miou": 0.5}``."""
     return parse_metric_values(items, "--max-drop", METRICS, "METRIC=POINTS (e.g. pq=0.5 or miou=0.5)")
+
+
+@dataclass(frozen=True)
+class ExclusionOverrides:
+    """``--exclusions-file``: node names kept in floating point (``exclude``) or quantized although a rule excludes
+    them (``include``), added to the ``--exclude`` / ``--include`` lists. Read and checked here so the command
+    passes typed names, never a JSON document."""
+
+    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, path: Path) -> ExclusionOverrides:
+        """``{"exclude": [...], "include": [...]}`` (either key optional); one sentence when it is not that.
+        An unreadable file raises its ``OSError`` (the CLI names the path)."""
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"--exclusions-file {path} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+        except UnicodeDecodeError:
+            raise InputError(f"--exclusions-file {path} is not a UTF-8 JSON text file.") from None
+        if not isinstance(doc, dict) or set(doc) - {"exclude", "include"}:
+            raise InputError(f'--exclusions-file {path} must hold {{"exclude": [...], "include": [...]}}.')
+        return cls(exclude=tuple(doc.get("exclude", ())), include=tuple(doc.get("include", ())))

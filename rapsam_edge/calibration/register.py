@@ -140,3 +140,57 @@ def register(bundle: Bundle, result: CalibrationResult) -> dict[str, Any]:
     cal[flavor.value] = json.loads(json.dumps(section, default=str))
     bundle.update(calibration=cal)
     return section
+
+
+@dataclass(frozen=True)
+class MetricDrop:
+    """One task metric of a calibration's evaluation: FP32, INT8 and the points lost (positive = worse)."""
+
+    metric: str
+    fp32: float
+    int8: float
+    drop: float
+
+
+@dataclass(frozen=True)
+class CalibrationSummary:
+    """What a terminal shows of a calibration: the report :func:`register` returns (its manifest section), read
+    here, beside the code that writes it, so a change of that shape and its reader stay together.
+
+    Attributes:
+        precision / backend / method: what was made, and how (``int8-cpu``, ``ort``, ``percentile`` ...).
+        images: calibration images used.
+        warnings: sentences for the user.
+        exclusions: graph -> the nodes kept in floating point.
+        encoder_ms: encoder median latency (FP32, INT8) in ms, with ``speedup``; None without an encoder.
+        metrics: FP32 vs INT8 task metrics (empty without ``--max-drop`` / ``--evaluate``).
+        control: the accuracy-control steps.
+        files: graph (or ``trt_cache``) -> the files written for it, relative to the bundle.
+    """
+
+    precision: str
+    backend: str
+    method: str
+    images: int
+    warnings: tuple[str, ...]
+    exclusions: dict[str, list[str]]
+    encoder_ms: tuple[float, float] | None
+    speedup: float | None
+    metrics: tuple[MetricDrop, ...]
+    control: tuple[Step, ...]
+    files: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, report: dict[str, Any]) -> CalibrationSummary:
+        lat = report.get("latency") or {}
+        acc = report.get("accuracy") or {}
+        return cls(
+            precision=report["precision"], backend=report["backend"], method=report["method"],
+            images=report["data"]["count"], warnings=tuple(report.get("warnings", ())),
+            exclusions=dict(report["exclusions"]),
+            encoder_ms=(lat["fp32"]["median_ms"], lat["int8"]["median_ms"]) if lat else None,
+            speedup=lat["speedup"] if lat else None,
+            metrics=tuple(MetricDrop(m, v, acc["int8"][m], acc["drop"][m]) for m, v in acc.get("fp32", {}).items()),
+            control=tuple(Step(**step) for step in report.get("accuracy_control", ())),
+            files={graph: (f["path"],) if "path" in f else (f["artifact"], *f["sensitivity"])
+                   for graph, f in report.get("files", {}).items()})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..bundle import Artifact
 from ..config import ModelConfig
+from ..errors import InputError, InputNotFoundError
 from ..preprocess import InputPolicy
 from .options import OptionsT, TargetOptions
 
@@ -59,3 +60,16 @@ class ExportResult:
     nothing travels from export to verify through module state."""
 
     artifacts: list[Artifact]
+
+
+def image_folder(folder: Path, flag: str) -> list[Path]:
+    """The .jpg/.png images of a folder an export is given (``--verify-images``, ``--calib-images``), sorted; one
+    sentence naming ``flag`` when it is missing, a file, or holds none, so nothing is built from an empty set."""
+    if not folder.exists():
+        raise InputNotFoundError(f"{flag} {folder} does not exist; give a folder of .jpg/.png images.")
+    if not folder.is_dir():
+        raise InputError(f"{flag} {folder} is a file; give a folder of .jpg/.png images.")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not images:
+        raise InputError(f"{flag} {folder} holds no .jpg/.png images.")
+    return images

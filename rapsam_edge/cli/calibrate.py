@@ -1,0 +1,72 @@
+"""``rapsam-edge calibrate``: INT8 Q/DQ graphs registered in a bundle; the flags become one typed
+:class:`~rapsam_edge.calibration.CalibrationOptions`, which refuses what it cannot do before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import console, names, write_report
+from .render import print_calibration
+
+
+def calibrate(
+    bundle: Annotated[Path, typer.Option(help="Exported bundle folder (with fp32 ONNX graphs).")],
+    images: Annotated[Path, typer.Option(help="Calibration image folder.")],
+    data: Annotated[str, typer.Option(help="coco (COCO images folder, optional --annotations) | folder.")] = "coco",
+    annotations: Annotated[Path | None, typer.Option(help="COCO JSON restricting/ordering the images.")] = None,
+    num: Annotated[int, typer.Option(help="At most this many images (capped by what exists).")] = 500,
+    method: Annotated[str, typer.Option(help="percentile (99.999 %) | minmax | entropy (KL, 2048 bins).")
+                      ] = "percentile",
+    backend: Annotated[str, typer.Option(help="ort (onnxruntime.quantization) | nncf (NNCF on the ONNX "
+                                              "graph).")] = "ort",
+    flavor: Annotated[str, typer.Option(help="cpu (U8S8, fast onnxruntime x86) | tensorrt (S8S8 symmetric).")] = "cpu",
+    graphs: Annotated[str, typer.Option(help="Graphs to quantize: encoder[,object_decoder].")] = "encoder",
+    max_drop: Annotated[list[str] | None, typer.Option(help="METRIC=POINTS (pq, miou, sq, rq); repeatable. "
+                                                             "Moves sensitive layers back to float until met.")] = None,
+    exclude: Annotated[str | None, typer.Option(help="NODE,... kept float in addition to the derived list.")] = None,
+    include: Annotated[str | None, typer.Option(help="NODE,... quantized although the rules exclude them.")] = None,
+    exclusions_file: Annotated[Path | None, typer.Option(help='JSON {"exclude": [...], "include": [...]}.')] = None,
+    rules: Annotated[str | None, typer.Option(help="Exclusion rules to apply (default: first_conv, layernorm, "
+                                                   "softmax, attention, attention_kv, mask_products, classifier; "
+                                                   "attention_kv_outputs is opt-in); 'none' for none.")] = None,
+    eval_data: Annotated[Path | None, typer.Option(help="Evaluation COCO layout (default: ../shared/data/"
+                                                        "coco_mini when present).")] = None,
+    eval_subset: Annotated[str | None, typer.Option(help="splits.json id list of the evaluation split (without "
+                                                         "--eval-data: coco_mini's extra_val2017_from_COCO_MINI)."
+                                                    )] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Evaluate on the first N images of the split.")] = None,
+    evaluate: Annotated[bool, typer.Option("--evaluate", help="Measure PQ/mIoU drops without --max-drop.")] = False,
+    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Accept calibration images that are "
+                                                                        "also evaluation images.")] = False,
+    verify_limit: Annotated[int, typer.Option(help="Compare with PyTorch on this many of the bundle's "
+                                                   "verification images (0 = skip).")] = 4,
+    strict_verify: Annotated[bool, typer.Option("--strict-verify", help="Write nothing when INT8 vs PyTorch is "
+                                                                        "beyond the int8 tolerance.")] = False,
+    no_trt_cache: Annotated[bool, typer.Option("--no-trt-cache", help="tensorrt: skip the TensorRT 8.x "
+                                                                      "calibration cache.")] = False,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 2,
+    out: Annotated[Path | None, typer.Option(help="Also write the calibration report JSON here.")] = None,
+) -> None:
+    """INT8 calibration: explicit Q/DQ encoder (+ object decoder) registered in the bundle, with exclusions,
+    per-layer sensitivity (JSON + PNG), optional accuracy control and a TensorRT 8.x calibration cache."""
+    from ..calibration import CalibrationOptions, Flavor, Method, calibration_context, parse_max_drop
+    from ..calibration import calibrate as run_calibration
+    from ..calibration.options import ExclusionOverrides
+    from ..calibration.register import CalibrationSummary
+
+    extra = ExclusionOverrides() if exclusions_file is None else ExclusionOverrides.read(exclusions_file)
+    evalset, verify = calibration_context(bundle, eval_data, eval_subset, eval_limit, verify_limit)
+    opts = CalibrationOptions(
+        images=images, data=data, annotations=annotations, num=num, method=Method.parse(method), backend=backend,
+        flavor=Flavor.parse(flavor), graphs=names(graphs), max_drop=parse_max_drop(max_drop),
+        exclude=names(exclude) + extra.exclude, include=names(include) + extra.include,
+        rules=None if rules is None else tuple(r for r in names(rules) if r != "none"),
+        allow_overlap=allow_overlap, evaluate=evaluate, threads=threads, trt_cache=not no_trt_cache,
+        verify_images=tuple(verify), strict_verify=strict_verify)
+    report = run_calibration(bundle, opts, log=lambda s: console.print(f"  {s}"), evalset=evalset)
+    print_calibration(CalibrationSummary.of(report))
+    if out:
+        write_report(out, report)

@@ -1,0 +1,24 @@
+"""The command table of ``rapsam-edge``: which function answers which name, in the order ``--help`` lists them.
+
+Registered here, in one place, rather than by decorators at import, so the order does not depend on how the
+command modules happen to be imported.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import bench, calibrate, evaluate, export, info, predict, train
+from .common import app, command
+
+command()(predict.predict)
+command()(train.train)
+command("eval")(evaluate.eval_cmd)
+command()(export.export)
+command()(calibrate.calibrate)
+command()(info.info)
+command()(bench.bench)
+
+
+def main() -> None:  # pragma: no cover - entry for python -m
+    app(sys.argv[1:])

@@ -1,0 +1,91 @@
+"""``rapsam-edge predict``: segment images (the embedded photos by default) and write the prediction files."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from .common import console, fail
+
+TASKS = ("panoptic", "interactive")
+
+
+def parse_prompts(text: str | None, width: int, what: str) -> list[list[float]] | None:
+    """'x,y;x,y' (points) or 'x0,y0,x1,y1;...' (boxes) -> list of float lists."""
+    if not text:
+        return None
+    rows = []
+    for item in text.split(";"):
+        if not item.strip():
+            continue
+        try:
+            row = [float(v) for v in item.split(",")]
+        except ValueError:
+            fail(f"--{what} item {item!r} is not a comma-separated list of numbers.")
+        if len(row) != width:
+            fail(f"--{what} item {item!r} needs {width} numbers, got {len(row)}.")
+        if not all(math.isfinite(v) for v in row):
+            fail(f"--{what} item {item!r} holds NaN or infinity; give finite pixel coordinates.")
+        rows.append(row)
+    return rows or None
+
+
+def predict(
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files; default: the embedded photos.")] = None,
+    task: Annotated[str, typer.Option(help="panoptic | interactive")] = "panoptic",
+    points: Annotated[str | None, typer.Option(help='Clicks "x,y;x,y" in image pixels (interactive).')] = None,
+    boxes: Annotated[str | None, typer.Option(help='Boxes "x0,y0,x1,y1;..." in image pixels (interactive).')] = None,
+    config: Annotated[str | None, typer.Option(help="Config name; default from the checkpoint, else "
+                                                     "rapsam_r18_lite.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Official, bare or rapsam-edge checkpoint.")] = None,
+    class_embeddings: Annotated[Path | None, typer.Option(help="Official (C,P,768) text-embedding file.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/predict"),
+    seed: Annotated[int, typer.Option(help="Seed of the random initialisation when no checkpoint.")] = 0,
+    protocol: Annotated[str | None, typer.Option(help="official | deployment input protocol (default: official for "
+                                                      "the official configs, deployment for the _lite ones; see "
+                                                      "README).")] = None,
+    score_thr: Annotated[float | None, typer.Option(help="panoptic: keep segments whose class score is above this, "
+                                                         "0..1 (default 0.8, the official merge's).")] = None,
+) -> None:
+    """Segment images; writes <name>.overlay.png and <name>.json (+ <name>.panoptic.png for panoptic, and the
+    COCO panoptic results panoptic.json + panoptic/<name>.png that `eval --predictions` scores). The output set
+    is written atomically: a failed run leaves --out as it was."""
+    from ..data.locate import embedded_images
+    from ..postprocess import overlay
+    from ..predict import DEFAULT_SCORE_THR, check_inputs, run_predictions
+
+    if task not in TASKS:
+        fail(f"unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    if score_thr is not None and task != "panoptic":
+        fail(f"--score-thr thresholds panoptic segments; it does not apply to --task {task}.")
+    if score_thr is not None and not (0.0 <= score_thr <= 1.0):
+        fail(f"--score-thr {score_thr} must be a class score between 0 and 1 (default {DEFAULT_SCORE_THR}).")
+    pts = parse_prompts(points, 2, "points")
+    bxs = parse_prompts(boxes, 4, "boxes")
+    if task == "interactive" and not (pts or bxs):
+        fail("the interactive task needs at least one prompt: give --points and/or --boxes.")
+    paths = images or embedded_images()
+    check_inputs(paths)  # before the model loads: a missing image must not cost a model load, nor leave --out
+    if checkpoint is None and config is None:
+        config = "rapsam_r18_lite"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from ..runtime import load
+
+        pipe = load(config, checkpoint, class_embeddings=class_embeddings, seed=seed, protocol=protocol)
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}")
+    if pipe.meta["random_init"]:
+        console.print(f"[yellow]note:[/] no checkpoint given: {pipe.meta['config']} is RANDOMLY initialised "
+                      f"(seed {seed}); masks and labels are meaningless, the outputs are format-valid.")
+    written = run_predictions(pipe, paths, task, pts, bxs, out, overlay, on_image=lambda path, files: console.print(
+        Text.assemble((path.name, "green"), ": " + ", ".join(str(p) for p in files))),
+        score_thr=DEFAULT_SCORE_THR if score_thr is None else score_thr,
+        on_note=lambda sentence: console.print(Text.assemble(("note:", "yellow"), " " + sentence)))
+    if task == "panoptic":
+        console.print(f"COCO panoptic results: {written[-1]}")
