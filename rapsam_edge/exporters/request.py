@@ -8,8 +8,9 @@ from pathlib import Path
 
 from ..bundle import Artifact
 from ..config import ModelConfig
+from ..data.coco import list_images
 from ..errors import InputError, InputNotFoundError
-from ..preprocess import InputPolicy
+from ..preprocess import IMAGE_SUFFIXES, InputPolicy
 from .options import OptionsT, TargetOptions
 
 
@@ -63,13 +64,17 @@ class ExportResult:
 
 
 def image_folder(folder: Path, flag: str) -> list[Path]:
-    """The .jpg/.png images of a folder an export is given (``--verify-images``, ``--calib-images``), sorted; one
-    sentence naming ``flag`` when it is missing, a file, or holds none, so nothing is built from an empty set."""
+    """The images of a folder an export is given (``--verify-images``, ``--calib-images``), sorted, by the package's
+    one suffix list (``preprocess.IMAGE_SUFFIXES``); one sentence naming ``flag`` when it is missing, a file, or holds
+    none, so nothing is built from an empty set."""
     if not folder.exists():
-        raise InputNotFoundError(f"{flag} {folder} does not exist; give a folder of .jpg/.png images.")
+        raise InputNotFoundError(f"{flag} {folder} does not exist; give a folder of images ({KINDS}).")
     if not folder.is_dir():
-        raise InputError(f"{flag} {folder} is a file; give a folder of .jpg/.png images.")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        raise InputError(f"{flag} {folder} is a file; give a folder of images ({KINDS}).")
+    images = list_images(folder)
     if not images:
-        raise InputError(f"{flag} {folder} holds no .jpg/.png images.")
+        raise InputError(f"{flag} {folder} holds no images ({KINDS}).")
     return images
+
+
+KINDS = ", ".join(IMAGE_SUFFIXES)
