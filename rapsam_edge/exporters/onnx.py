@@ -72,6 +72,7 @@ def export_fp32(model: RapSam, graph: str, path: Path, opts: GraphSettings,
                                     dynamic_shapes=dyn, external_data=False, verbose=False,
                                     custom_translation_table=custom_translation_table)
     registration.setLevel(level)
+    assert program is not None  # dynamo=True always returns the ONNXProgram
     proto = program.model_proto
     simplified = False
     if opts.simplify:
@@ -181,9 +182,9 @@ def pooling_matmuls(model: onnx.ModelProto) -> list[str]:
 def toposort(graph: onnx.GraphProto) -> None:
     """Order nodes so every input is produced earlier (the fp16 converter appends its input casts last)."""
     ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
+    pending, ordered = list(graph.node), list[onnx.NodeProto]()
     while pending:
-        rest = []
+        rest: list[onnx.NodeProto] = []
         for n in pending:
             (ordered if all(i in ready for i in n.input) else rest).append(n)
             if ordered and ordered[-1] is n:

@@ -20,6 +20,8 @@ from ..config import Vocabulary
 class Classifier(nn.Module):
     """Maps unit-norm class embeddings (B, N, D) to cosine logits (B, N, C+1); last column = background."""
 
+    embeddings: Tensor  # a Parameter ("learned") or a buffer ("text"): declared for the type checker
+
     def __init__(self, vocabulary: Vocabulary, embed_dim: int = 768, kind: str = "learned",
                  embeddings: Tensor | None = None):
         super().__init__()
