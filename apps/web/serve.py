@@ -73,6 +73,7 @@ def serve_in_background(bundle: str | Path) -> tuple[http.server.ThreadingHTTPSe
     server = make_server(bundle, port=0, quiet=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host, port = server.server_address[:2]
+    assert isinstance(host, str)  # an AF_INET server's address is (host text, port)
     return server, f"http://{host}:{port}/"
 
 
