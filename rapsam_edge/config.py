@@ -85,10 +85,6 @@ class Vocabulary:
     def num_classes(self) -> int:
         return len(self.names)
 
-    @property
-    def num_things(self) -> int:
-        return sum(self.isthing)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -159,10 +155,6 @@ class ModelConfig:
             if value not in allowed:
                 raise InputError(f"unknown {what} {value!r} in config {self.name!r}; choose one of {allowed}.")
         object.__setattr__(self, "input_size", canvas_size(self.input_size, "input_size"))
-
-    @property
-    def backbone_channels(self) -> tuple[int, int, int, int]:
-        return BACKBONE_CHANNELS[self.backbone]
 
     @property
     def prompt_frame(self) -> str:

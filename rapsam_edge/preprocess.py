@@ -306,10 +306,6 @@ class Letterbox:
         """(..., 4) xyxy in original-image pixels -> (..., 4) xyxy in resized-image pixels."""
         return np.asarray(boxes, dtype=np.float64) * np.tile(self.scale_xy, 2)
 
-    def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
-        """(..., 4) xyxy in resized-image pixels -> (..., 4) xyxy in original-image pixels."""
-        return np.asarray(boxes, dtype=np.float64) / np.tile(self.scale_xy, 2)
-
     def to_dict(self) -> dict[str, list]:
         """JSON-friendly dict."""
         return {k: list(v) for k, v in asdict(self).items()}

@@ -46,18 +46,6 @@ class Classifier(nn.Module):
         else:
             self.register_buffer("embeddings", embeddings.clone(), persistent=False)
 
-    @property
-    def num_classes(self) -> int:
-        return self.vocabulary.num_classes
-
-    def set_text_embeddings(self, embeddings: Tensor) -> None:
-        """Install (C, P, D) text embeddings (e.g. read with :func:`load_text_embeddings`)."""
-        check_embeddings(embeddings, self.num_classes, self.embed_dim)
-        if self.kind != "text":
-            raise ValueError("text embeddings can only be set on a 'text' classifier; this one is 'learned'.")
-        self.embeddings = embeddings.to(self.embeddings)
-        self.source = "file"
-
     def forward(self, x: Tensor) -> Tensor:
         c, p, d = self.embeddings.shape
         w = F.normalize(self.embeddings, dim=-1).reshape(c * p, d)
