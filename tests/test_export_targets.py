@@ -7,7 +7,6 @@ import ast
 import re
 from pathlib import Path
 
-import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -28,7 +27,7 @@ MUTATORS = {"append", "extend", "insert", "pop", "popitem", "remove", "clear", "
 def _params(command: str | None = None) -> set[str]:
     """The flags of ``rapsam-edge COMMAND`` (with the app's global options)."""
     group = typer.main.get_command(app)
-    assert isinstance(group, click.Group)
+    assert isinstance(group, typer.core.TyperGroup)
     params = list(group.params) + (list(group.commands[command].params) if command else [])
     return {o for p in params for o in [*p.opts, *getattr(p, "secondary_opts", [])] if o.startswith("--")}
 
