@@ -301,6 +301,7 @@ def simulated_model(model: RapSam, precision: str, compress: str, w8a8: W8A8Enco
             if leaf and name.rpartition(".")[2] not in FP32_MODULES:
                 mod.register_forward_hook(_round_fp16)
     if w8a8 is not None:  # encode = neck(backbone(normalised image)): the QDQ module is both (see _Encode)
+        # a simulation copy: RapSam types its parts, but any module computing the same function may stand in
         sim.backbone, sim.neck = w8a8.qdq, nn.Identity()  # type: ignore[assignment]
     return sim
 

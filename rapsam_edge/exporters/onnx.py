@@ -129,8 +129,8 @@ def remove_cast_round_trips(model: onnx.ModelProto) -> int:
     rename: dict[str, str] = {}
     for node in model.graph.node:
         first = producer.get(node.input[0]) if node.input else None
-        if cast_to(node) == f32 and cast_to(first) == f16:
-            rename[node.output[0]] = first.input[0]  # type: ignore[union-attr]
+        if first is not None and cast_to(node) == f32 and cast_to(first) == f16:
+            rename[node.output[0]] = first.input[0]
     graph_outputs = {o.name for o in model.graph.output}
     rename = {k: v for k, v in rename.items() if k not in graph_outputs}
     for node in model.graph.node:
