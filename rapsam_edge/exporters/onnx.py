@@ -182,7 +182,8 @@ def pooling_matmuls(model: onnx.ModelProto) -> list[str]:
 def toposort(graph: onnx.GraphProto) -> None:
     """Order nodes so every input is produced earlier (the fp16 converter appends its input casts last)."""
     ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), list[onnx.NodeProto]()
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
     while pending:
         rest: list[onnx.NodeProto] = []
         for n in pending:
