@@ -77,7 +77,7 @@ class Artifact:
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_ARTIFACT_FIELDS: dict[str, type | tuple[type, ...]] = {
+_ARTIFACT_FIELDS: dict[str, type] = {
     "graph": str, "format": str, "precision": str, "path": str, "inputs": list, "outputs": list, "sha256": str,
     "bytes": int, "details": dict}
 _SECTIONS: dict[str, type | tuple[type, ...]] = {  # top-level manifest fields every reader relies on

@@ -15,10 +15,10 @@ import dataclasses
 import difflib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, TypedDict
 
 from .errors import InputError
 
@@ -48,7 +48,7 @@ def canvas_size(value: int | str | Sequence[int], what: str) -> tuple[int, int]:
             raise InputError(f"{what} {value} must be a positive multiple of {SIZE_DIVISOR} (e.g. 256 or 640).")
         raise InputError(f"{what} {value!r} must be HEIGHTxWIDTH in pixels, both positive multiples of "
                          f"{SIZE_DIVISOR} (e.g. 800x1216).")
-    return hw  # type: ignore[return-value]
+    return hw
 
 BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
     "resnet18": (64, 128, 256, 512),
@@ -85,10 +85,6 @@ class Vocabulary:
     def num_classes(self) -> int:
         return len(self.names)
 
-    @property
-    def num_things(self) -> int:
-        return sum(self.isthing)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -103,7 +99,7 @@ class Vocabulary:
                    tuple(int(i) for i in d["dataset_ids"]))
 
     @classmethod
-    def from_categories(cls, name: str, categories: list[dict[str, Any]]) -> Vocabulary:
+    def from_categories(cls, name: str, categories: Sequence[Mapping[str, Any]]) -> Vocabulary:
         """Build from COCO ``categories`` entries (``id``, ``name``, optional ``isthing``)."""
         return cls(
             name,
@@ -161,10 +157,6 @@ class ModelConfig:
         object.__setattr__(self, "input_size", canvas_size(self.input_size, "input_size"))
 
     @property
-    def backbone_channels(self) -> tuple[int, int, int, int]:
-        return BACKBONE_CHANNELS[self.backbone]
-
-    @property
     def prompt_frame(self) -> str:
         """What prompt boxes are normalised by (host contract): the official resized image, or the padded
         canvas when the neck encodes sine coordinates of that canvas (clicks and features must agree)."""
@@ -206,11 +198,21 @@ class ModelConfig:
                              "was edited by hand.") from None
 
 
+class ConfigOverrides(TypedDict, total=False):
+    """ModelConfig fields that a family of configs sets alike (typed, so ``ModelConfig(..., **EDGE)`` is checked)."""
+
+    logit_scale: float
+    temperature: float
+    coord_encoding: str
+    pe_periods: float
+    pe_temperature: float
+
+
 # Learned classifiers (models trained here) use a plain cosine-softmax scale of 20 at every output. The
 # official x1000 (stage) / x100 (adapter) scales suit CLIP text embeddings, whose cosines differ by
 # hundredths; with embeddings learned from scratch they make the class CE start in the hundreds and
 # swamp the mask losses (measured on coco_mini: mask losses stall at x1000, fall at x20).
-LEARNED_SCALE = dict(logit_scale=math.log(20.0), temperature=1.0)
+LEARNED_SCALE: ConfigOverrides = {"logit_scale": math.log(20.0), "temperature": 1.0}
 
 # Configs trained here also give the neck sine coordinates (the prompt encoder's own frequencies) next to
 # CoordConv's linear x/y. A prompt query dotted with F can then peak at the click (sum of cos(w(x - cx)))
@@ -219,7 +221,7 @@ LEARNED_SCALE = dict(logit_scale=math.log(20.0), temperature=1.0)
 # then collapsed to click-independent masks (mIoU@1 2%). Prompts use the padded frame for these configs.
 # The official sine encoding (scale 2*pi, temperature 10000) has at most one period over the image, so its
 # dot-product peak is half the image wide; these configs use 16 down to ~0.25 periods instead.
-EDGE = dict(LEARNED_SCALE, coord_encoding="sine", pe_periods=16.0, pe_temperature=64.0)
+EDGE: ConfigOverrides = {**LEARNED_SCALE, "coord_encoding": "sine", "pe_periods": 16.0, "pe_temperature": 64.0}
 
 CONFIGS: dict[str, ModelConfig] = {
     c.name: c

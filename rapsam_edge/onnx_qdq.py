@@ -15,7 +15,8 @@ import onnx
 from onnx import numpy_helper
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-DTYPES = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT32: "int32"}
+DTYPES: dict[int, str] = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8",
+                          onnx.TensorProto.INT32: "int32"}
 
 
 @dataclass(frozen=True)

@@ -134,10 +134,10 @@ def predict_image(pipe: Pipeline, image_path: Path, task: str, points: list | No
         written += [folder / f"{stem}.png", out / f"{stem}.panoptic.png"]
         vis = overlay(rgb, result)
     else:
-        result = pipe.segment(points=points, boxes=boxes)
+        masks = pipe.segment(points=points, boxes=boxes)
         # the prompts go after the result's fields: its own "points" is None (segment() does not record them)
-        doc = {**meta, "task": "interactive", **result.to_json(), "points": points or [], "boxes": boxes or []}
-        vis = overlay(rgb, result, points=np.asarray(points) if points else None)
+        doc = {**meta, "task": "interactive", **masks.to_json(), "points": points or [], "boxes": boxes or []}
+        vis = overlay(rgb, masks, points=np.asarray(points) if points else None)
     _write_json(out / f"{stem}.json", doc)
     _write_png(out / f"{stem}.overlay.png", vis)
     return ImageOutput([*written, out / f"{stem}.json", out / f"{stem}.overlay.png"], annotation, image,

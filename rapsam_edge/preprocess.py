@@ -61,7 +61,7 @@ def _triple(value: Any, name: str) -> tuple[float, float, float]:
         raise InputError(f"InputPolicy.{name} must be 3 numbers (one per channel), got {value!r}.") from None
     if len(out) != 3 or not all(math.isfinite(v) for v in out):
         raise InputError(f"InputPolicy.{name} must be 3 finite numbers (one per channel), got {value!r}.")
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _refuse_unknown_keys(cls: type, data: dict[str, Any], what: str) -> None:
@@ -156,7 +156,8 @@ class InputPolicy:
     def from_dict(cls, data: dict[str, Any]) -> InputPolicy:
         """Inverse of `to_dict`; unknown keys are refused so a newer manifest is never half-read."""
         _refuse_unknown_keys(cls, data, "InputPolicy")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
 
 
 class Protocol(Choice):
@@ -265,7 +266,8 @@ class CanvasSpec:
         data = dict(data)
         if data.get("sizes") is not None:
             data["sizes"] = tuple(tuple(hw) for hw in data["sizes"])
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -285,11 +287,7 @@ class Letterbox:
     resized_hw: tuple[int, int]
     padded_hw: tuple[int, int]
     scale_xy: tuple[float, float]
-    prompt_hw: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.prompt_hw is None:
-            object.__setattr__(self, "prompt_hw", self.resized_hw)
+    prompt_hw: tuple[int, int]
 
     @property
     def feature_hw(self) -> tuple[int, int]:
@@ -307,10 +305,6 @@ class Letterbox:
     def boxes_to_resized(self, boxes: np.ndarray) -> np.ndarray:
         """(..., 4) xyxy in original-image pixels -> (..., 4) xyxy in resized-image pixels."""
         return np.asarray(boxes, dtype=np.float64) * np.tile(self.scale_xy, 2)
-
-    def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
-        """(..., 4) xyxy in resized-image pixels -> (..., 4) xyxy in original-image pixels."""
-        return np.asarray(boxes, dtype=np.float64) / np.tile(self.scale_xy, 2)
 
     def to_dict(self) -> dict[str, list]:
         """JSON-friendly dict."""

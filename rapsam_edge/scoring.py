@@ -254,6 +254,7 @@ def _score_panoptic(doc: Mapping[str, Any], req: ScoreRequest) -> dict[str, Any]
         record = dataset[i]
         if isinstance(dataset, CocoPanoptic):
             truth, truth_segments = record.pan_ids, record.segments_info
+            assert truth is not None and truth_segments is not None  # CocoPanoptic records always carry both
         else:
             truth, truth_segments = things_panoptic(record)
         preds = by_image.get(record.image_id, [])
@@ -313,9 +314,11 @@ def _instance_ground_truth(dataset: CocoInstances | CocoPanoptic, indices: range
                 "annotations": [a for a in data["annotations"] if a["image_id"] in chosen]}
     things = [c for c in dataset.categories if int(c.get("isthing", 0))]
     thing_ids = {int(c["id"]) for c in things}
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for i in indices:
         record = dataset[i]
+        assert record.pan_ids is not None  # CocoPanoptic records always carry their panoptic ids
         images.append({"id": record.image_id, "height": record.hw[0], "width": record.hw[1],
                        "file_name": record.file_name})
         for seg in record.segments_info or []:
@@ -341,7 +344,7 @@ def _score_instances(results: list[Mapping[str, Any]], req: ScoreRequest) -> dic
     _check_matched(by_image, image_ids, req, "image")
     cat_ids = {int(c["id"]) for c in gt["categories"]}
     dropped = _check_categories([int(r["category_id"]) for r in results], cat_ids, req)
-    dets = []
+    dets: list[dict[str, Any]] = []
     for img_id in image_ids:
         for r in by_image.get(img_id, []):
             if int(r["category_id"]) not in cat_ids:

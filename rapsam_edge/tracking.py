@@ -154,7 +154,7 @@ class VideoTracker:
         self._cls_sum = cls[perm] if self._cls_sum is None else self._cls_sum + cls[perm]
         self._num_clips += 1
         self._prev_queries = q[perm]
-        frames = m[perm].reshape(len(m), num_frames, -1, m.shape[2]).astype(self.mask_dtype)
+        frames: np.ndarray = m[perm].reshape(len(m), num_frames, -1, m.shape[2]).astype(self.mask_dtype)
         self._frames.extend(np.ascontiguousarray(frames[:, t]) for t in range(num_frames))
         return perm
 

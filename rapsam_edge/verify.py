@@ -88,7 +88,10 @@ def verify_pipelines(reference: Any, candidate: Any, images: list[Path]) -> dict
     The last pair is threshold-free: a weak model whose scores never pass the 0.8 panoptic threshold has
     identical (empty) panoptic maps in both pipelines, yet its queries still show how far an INT8 encoder
     moves the object path. It is reported, not gated (``check`` judges the other two)."""
-    agree, ious, obj_cls, obj_iou = [], [], [], []
+    agree: list[float] = []
+    ious: list[float] = []
+    obj_cls: list[float] = []
+    obj_iou: list[float] = []
     for path in images:
         rgb = load_image(path)
         pa, pb = reference.panoptic(rgb), candidate.panoptic(rgb)

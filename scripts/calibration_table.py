@@ -138,7 +138,7 @@ def fill_agreement(bundle: Path, rows: list[dict[str, Any]], evalset: Any, threa
     reference = load(bundle, precision="fp32", threads=threads)
     for r in todo:
         files = {"encoder": os.path.relpath(r["encoder"], bundle)}
-        cand = candidate_pipeline(b, files, Flavor(r["flavour"]).precision, threads)
+        cand = candidate_pipeline(b, files, Flavor.parse(r["flavour"]).precision, threads)
         r["agreement_vs_fp32"] = agreement(reference, cand, evalset.paths[:AGREEMENT_IMAGES])
 
 

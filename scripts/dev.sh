@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for the two README commands; each creates the environment it needs.
 #   bash scripts/dev.sh main   -> the main job: export -> calibrate -> bench the embedded default
-#   bash scripts/dev.sh test   -> ruff + the import-layer contract + the whole test suite (what CI runs)
+#   bash scripts/dev.sh test   -> ruff + mypy + the import-layer contract + the whole test suite (what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${RAPSAM_VENV:-.venv}
@@ -54,7 +54,8 @@ case "$cmd" in
   main)
     "$VENV/bin/rapsam-edge" bench --out runs/main "$@" ;;
   test)
-    "$VENV/bin/ruff" check rapsam_edge tests apps
+    "$VENV/bin/ruff" check rapsam_edge tests apps scripts
+    "$VENV/bin/mypy"   # pyproject.toml [tool.mypy]: rapsam_edge, apps, scripts and tests
     "$VENV/bin/lint-imports"   # the layer map of pyproject.toml [tool.importlinter] (README "Layout")
     web_deps
     "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@" ;;

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -19,9 +21,9 @@ from rapsam_edge.config import CONFIGS, get_config
 from rapsam_edge.model import build_model
 
 
-def median_ms(fn, runs: int) -> float:
+def median_ms(fn: Callable[[], object], runs: int) -> float:
     fn()
-    times = []
+    times: list[float] = []
     for _ in range(runs):
         t = time.perf_counter()
         fn()
@@ -37,7 +39,7 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"| config | encoder ms | object decoder ms | prompt K=1 ms | prompt K=16 ms | K=1 incl. K/V ms |")
+    print("| config | encoder ms | object decoder ms | prompt K=1 ms | prompt K=16 ms | K=1 incl. K/V ms |")
     print("|---|---|---|---|---|---|")
     for name in args.configs.split(","):
         torch.manual_seed(0)
@@ -47,11 +49,12 @@ def main() -> None:
             feats = model.encode(image)
             mem = model.prompt_memory(feats)
             b1, b16 = torch.rand(1, 1, 4) * 0.5 + 0.25, torch.rand(1, 16, 4) * 0.5 + 0.25
-            enc = median_ms(lambda: model.encode(image), args.runs)
-            obj = median_ms(lambda: model.decode_objects(feats), args.runs)
-            p1 = median_ms(lambda: model.decode_prompts(feats, b1, mem), args.runs)
-            p16 = median_ms(lambda: model.decode_prompts(feats, b16, mem), args.runs)
-            p1kv = median_ms(lambda: model.decode_prompts(feats, b1), args.runs)
+            # partial binds this config's model and inputs now (a lambda would read the loop variables late)
+            enc = median_ms(partial(model.encode, image), args.runs)
+            obj = median_ms(partial(model.decode_objects, feats), args.runs)
+            p1 = median_ms(partial(model.decode_prompts, feats, b1, mem), args.runs)
+            p16 = median_ms(partial(model.decode_prompts, feats, b16, mem), args.runs)
+            p1kv = median_ms(partial(model.decode_prompts, feats, b1), args.runs)
         print(f"| {name} | {enc:.0f} | {obj:.0f} | {p1:.1f} | {p16:.1f} | {p1kv:.1f} |", flush=True)
 
 

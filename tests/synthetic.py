@@ -36,7 +36,7 @@ class RectStream:
             return TrainSample("objects", img, masks, labels, ids, vhw)
         targets = np.arange(self.prompts) % 3
         pts = []
-        for k in targets:
+        for k in targets.tolist():
             ys, xs = np.nonzero(masks[k, 0])
             q = rng.integers(len(ys))
             pts.append((xs[q], ys[q]))

@@ -103,7 +103,7 @@ POLICIES = [InputPolicy(size=(64, 96)), InputPolicy(size=(96, 64), interpolation
                         interpolation="cv2_bilinear"),  # the official policy's rules at a small scale
             InputPolicy(size=(128, 128), resize="keep_ratio", scale=(128, 80))]  # keep-ratio into a fixed canvas
 if HAS_PROMPT_FRAME:
-    POLICIES.append(InputPolicy(size=(64, 96), prompt_frame="padded"))  # type: ignore[call-arg]
+    POLICIES.append(InputPolicy(size=(64, 96), prompt_frame="padded"))
 
 
 def test_host_js_preprocess_and_click_boxes_equal_python():

@@ -327,8 +327,8 @@ def test_options_and_max_drop_parsing():
     with pytest.raises(ValueError, match="prompt decoder stays in floating point"):
         CalibrationOptions(images=Path("."), graphs=("prompt_decoder",)).validated()
     with pytest.raises(ValueError, match="--flavor 'trt' is not one of cpu, tensorrt"):
-        CalibrationOptions(images=Path("."), flavor="trt").validated()  # type: ignore[arg-type]  # a CLI word
-    opts = CalibrationOptions(images=Path("."), method="minmax", flavor="tensorrt").validated()  # type: ignore[arg-type]
+        CalibrationOptions(images=Path("."), flavor="trt").validated()  # a CLI word
+    opts = CalibrationOptions(images=Path("."), method="minmax", flavor="tensorrt").validated()
     assert opts.method is Method.MINMAX and opts.flavor is Flavor.TENSORRT and opts.flavor.precision == "int8-trt"
 
 

@@ -116,7 +116,7 @@ def official(tmp_path_factory) -> tuple:
 
     HistoryBuffer.__module__ = mod.__name__
     HistoryBuffer.__qualname__ = "HistoryBuffer"
-    mod.HistoryBuffer = HistoryBuffer
+    vars(mod)["HistoryBuffer"] = HistoryBuffer
     fake = {"mmengine": types.ModuleType("mmengine"), "mmengine.logging": types.ModuleType("mmengine.logging"),
             mod.__name__: mod}
     sys.modules.update(fake)

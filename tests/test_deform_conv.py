@@ -8,6 +8,7 @@ clean ONNX export that onnxruntime evaluates identically.
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +212,7 @@ def test_gradcheck() -> None:
     weight = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=generator, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, generator=generator, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda *args: modulated_deform_conv2d(*args, stride=1, padding=1, dilation=1),
+        partial(modulated_deform_conv2d, stride=1, padding=1, dilation=1),
         (x, offset, mask, weight, bias),
     )
 

@@ -27,6 +27,7 @@ MUTATORS = {"append", "extend", "insert", "pop", "popitem", "remove", "clear", "
 def _params(command: str | None = None) -> set[str]:
     """The flags of ``rapsam-edge COMMAND`` (with the app's global options)."""
     group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
     params = list(group.params) + (list(group.commands[command].params) if command else [])
     return {o for p in params for o in [*p.opts, *getattr(p, "secondary_opts", [])] if o.startswith("--")}
 
@@ -47,7 +48,7 @@ def _text(node: ast.AST, constants: dict[str, str]) -> list[str]:
     out = []
     for sub in ast.walk(node):
         if isinstance(sub, ast.JoinedStr):
-            out.append("".join(v.value if isinstance(v, ast.Constant) else "{}" for v in sub.values))
+            out.append("".join(str(v.value) if isinstance(v, ast.Constant) else "{}" for v in sub.values))
         elif isinstance(sub, ast.Constant) and isinstance(sub.value, str):
             out.append(sub.value)
         elif isinstance(sub, ast.Name) and sub.id in constants:
@@ -58,12 +59,13 @@ def _text(node: ast.AST, constants: dict[str, str]) -> list[str]:
 def _messages(path: Path, only_function: str | None = None) -> list[str]:
     """The error texts of a module: what its ``raise`` statements, ``...Error(...)`` / ``fail(...)`` calls and
     ``hint=`` arguments say."""
-    tree = ast.parse(path.read_text())
-    constants = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+    module = ast.parse(path.read_text())
+    constants = {t.id: n.value.value for n in module.body if isinstance(n, ast.Assign)
                  and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
                  for t in n.targets if isinstance(t, ast.Name)}
+    tree: ast.AST = module
     if only_function:
-        tree = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == only_function)
+        tree = next(n for n in ast.walk(module) if isinstance(n, ast.FunctionDef) and n.name == only_function)
     texts = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Raise) and node.exc is not None:
@@ -156,7 +158,7 @@ def _writes_to_module_state(path: Path) -> list[str]:
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATORS:
                 target = node.func.value
             if isinstance(target, ast.Name) and target.id in shared:
-                found.append(f"{path.name}:{node.lineno} {fn.name} changes {target.id}")
+                found.append(f"{path.name}:{target.lineno} {fn.name} changes {target.id}")
     return found
 
 

@@ -88,7 +88,7 @@ def test_resize_matches_torch_bitwise() -> None:
     """The official code calls F.interpolate(gt.float(), bilinear).bool(); ours must select the same pixels."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
-    sizes = [
+    sizes: list[tuple[int, ...]] = [
         (480, 640, 960, 1920),
         (427, 640, 800, 1216),
         (100, 100, 333, 500),

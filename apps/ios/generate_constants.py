@@ -71,7 +71,7 @@ def coreml_artifacts(manifest: dict[str, Any], precision: str) -> dict[str, dict
         have = sorted({a["precision"] for a in arts})
         raise GeneratorError(f"the bundle has no CoreML {', '.join(missing)} in precision {precision!r}; "
                              f"it has {', '.join(have)} (pass --precision).")
-    return chosen  # type: ignore[return-value]
+    return {g: a for g, a in chosen.items() if a is not None}  # all of them (none is missing)
 
 
 def shapes(art: dict[str, Any], key: str) -> dict[str, list[int]]:

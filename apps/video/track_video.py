@@ -90,7 +90,10 @@ def read_frames(source: str, max_frames: int | None = None) -> tuple[list[np.nda
                                "instead.") from None
     device = f"/dev/video{source}" if source.isdigit() else source
     frames: list[np.ndarray] = []
-    av_errors = tuple(e for e in (getattr(av, "FFmpegError", None),) if isinstance(e, type)) + (OSError, ValueError)
+    av_errors: tuple[type[BaseException], ...] = (OSError, ValueError)
+    ffmpeg_error = getattr(av, "FFmpegError", None)
+    if isinstance(ffmpeg_error, type) and issubclass(ffmpeg_error, BaseException):
+        av_errors = (ffmpeg_error, *av_errors)
     try:
         with av.open(device, format="v4l2" if camera else None) as container:
             for frame in container.decode(video=0):
@@ -133,7 +136,11 @@ def track_clicks(pipe: Any, frames: list[np.ndarray], clicks: list[tuple[float, 
         res = pipe.segment(frame, points=np.array([points[i] for i in live]))  # one decoder call, all objects
         for j, i in enumerate(live):
             masks[i, f], ious[i, f], used[i][f] = res.masks[j], res.iou[j], points[i]
-            points[i] = tuple(float(v) for v in interior_click(res.masks[j])) if res.masks[j].any() else None
+            if res.masks[j].any():
+                x, y = interior_click(res.masks[j])
+                points[i] = (float(x), float(y))
+            else:
+                points[i] = None
     return ClickTracks(masks, used, ious)
 
 
@@ -197,7 +204,7 @@ def run_clicks(pipe: Any, frames: list[np.ndarray], names: list[str], args: argp
     for f, (frame, name) in enumerate(zip(frames, names, strict=True)):
         live = [i for i in range(len(ids)) if tracks.clicks[i][f] is not None]
         img = draw(frame, tracks.masks[live, f], [ids[i] for i in live], [f"#{ids[i]}" for i in live],
-                   [tracks.clicks[i][f] for i in live])  # type: ignore[misc]
+                   [c for i in live if (c := tracks.clicks[i][f]) is not None])
         save_png(args.out / "frames" / f"{name}.png", img)
     results = [{"video_id": args.video_id, "category_id": None, "score": float(np.nanmean(tracks.ious[i])),
                 "segmentations": [encode_rle(m) for m in tracks.masks[i]]} for i in range(len(ids))]

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from serve import HERE, serve_in_background
 
@@ -66,13 +67,14 @@ def record(bundle: Path, image: Path, out: Path, threads: int | None, clicks: in
                                  timeout=900, cwd=HERE)
         finally:
             server.shutdown()
-        result = json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else {"error": res.stderr}
+        result: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() \
+            else {"error": res.stderr}
         if "error" in result:
             raise RuntimeError(f"the page failed: {result['error']}")
         with Image.open(shot) as im:  # small PNG for the repository
-            im = im.convert("RGB")
-            im.thumbnail((900, 900))
-            im.quantize(colors=128).save(out / "screenshot.png", optimize=True)
+            rgb = im.convert("RGB")
+            rgb.thumbnail((900, 900))
+            rgb.quantize(colors=128).save(out / "screenshot.png", optimize=True)
     manifest = (bundle / "manifest.json").read_bytes()
     m = json.loads(manifest)
     single = [c for c in result["clicks"] if len(c["points"]) == 1]

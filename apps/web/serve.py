@@ -16,10 +16,19 @@ import sys
 import threading
 import urllib.parse
 from pathlib import Path
+from typing import cast
 
 HERE = Path(__file__).resolve().parent
 ORT_DIST = HERE / "node_modules" / "onnxruntime-web" / "dist"
 PAGE_FILES = ("index.html", "app.js", "host.js")
+
+
+class BundleServer(http.server.ThreadingHTTPServer):
+    """The page's server: URL prefix -> folder routes (the bundle, onnxruntime-web) and whether to log requests."""
+
+    routes: list[tuple[str, Path]]
+    quiet: bool = False
+    daemon_threads = True
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -30,8 +39,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def translate_path(self, path: str) -> str:
         """URL path -> file: /bundle/... and /ort/... map to their folders, anything else to the page files."""
         url = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
-        routes: list[tuple[str, Path]] = self.server.routes  # type: ignore[attr-defined]
-        for prefix, root in routes:
+        for prefix, root in cast(BundleServer, self.server).routes:  # make_server pairs this handler with one
             if url.startswith(prefix):
                 parts = [p for p in url[len(prefix):].split("/") if p not in ("", ".", "..")]
                 target = root.joinpath(*parts)
@@ -52,7 +60,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 
 def make_server(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000,
-                quiet: bool = False) -> http.server.ThreadingHTTPServer:
+                quiet: bool = False) -> BundleServer:
     """A server for ``bundle`` (port 0 = any free port: read it from ``server.server_address``)."""
     bundle = Path(bundle).resolve()
     if not (bundle / "manifest.json").is_file():
@@ -61,18 +69,18 @@ def make_server(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000,
     if not ORT_DIST.is_dir():
         raise FileNotFoundError(f"onnxruntime-web is not installed in {HERE / 'node_modules'}; "
                                 f"run `npm ci` in {HERE}.")
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.routes = [("/bundle/", bundle), ("/ort/", ORT_DIST)]  # type: ignore[attr-defined]
-    server.quiet = quiet  # type: ignore[attr-defined]
-    server.daemon_threads = True
+    server = BundleServer((host, port), Handler)
+    server.routes = [("/bundle/", bundle), ("/ort/", ORT_DIST)]
+    server.quiet = quiet
     return server
 
 
-def serve_in_background(bundle: str | Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+def serve_in_background(bundle: str | Path) -> tuple[BundleServer, str]:
     """Start a quiet server on a free localhost port in a daemon thread; returns (server, base URL)."""
     server = make_server(bundle, port=0, quiet=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host, port = server.server_address[:2]
+    assert isinstance(host, str)  # an AF_INET server's address is (host text, port)
     return server, f"http://{host}:{port}/"
 
 

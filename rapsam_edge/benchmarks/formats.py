@@ -31,7 +31,6 @@ from ..runtime.trt_backend import engine_precisions
 
 OK, FAILED_VALIDATION, FAILED_EXPORT, NOT_EXPORTED, NOT_AVAILABLE = (
     "ok", "failed validation", "failed to export", "not exported", "not available")
-STATUSES = (OK, FAILED_VALIDATION, FAILED_EXPORT, NOT_EXPORTED, NOT_AVAILABLE)
 ALL_DEVICES = tuple(DEVICES)
 GPU_DEVICES = tuple(name for name, device in DEVICES.items() if device.tensorrt)  # the NVIDIA ones
 

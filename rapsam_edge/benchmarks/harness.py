@@ -18,6 +18,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,28 @@ from .formats import (
 )
 
 
-class Progress:
-    """Callbacks of a bench run (no-ops here; ``rapsam-edge bench`` renders them with rich)."""
+class Progress(typing.Protocol):
+    """Callbacks of a bench run: ``rapsam-edge bench`` renders them with rich (``cli.progress.BenchView``),
+    :class:`QuietProgress` ignores them."""
 
     def log(self, message: str) -> None: ...
 
     def format(self, done: int, total: int, name: str) -> None: ...
 
     def items(self, done: int, total: int, what: str) -> None: ...
+
+
+class QuietProgress:
+    """The :class:`Progress` of a run nobody watches (``run_bench``'s default)."""
+
+    def log(self, message: str) -> None:
+        pass
+
+    def format(self, done: int, total: int, name: str) -> None:
+        pass
+
+    def items(self, done: int, total: int, what: str) -> None:
+        pass
 
 
 @dataclass
@@ -211,8 +226,9 @@ def _latency(rows: list[FormatRow], pipes: dict[str, Any], data: accuracy.EvalDa
         names = list(results)
         for i, name in enumerate(names):
             progress.items(i, len(names), f"cold start: {name}")
-            cold = latency.cold_start(bundle_root, name, by_name[name].device, req.threads, image,
-                                      protocol=req.protocol)
+            device = by_name[name].device
+            assert device is not None  # _open_formats sets it on every row, before any is measured
+            cold = latency.cold_start(bundle_root, name, device, req.threads, image, protocol=req.protocol)
             by_name[name].cold_start = cold
             if "error" in cold:
                 by_name[name].fail(FAILED_VALIDATION, f"cold start in a fresh process failed: {cold['error']}")
@@ -254,7 +270,7 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
             happens).
         ValueError / FileNotFoundError: bad arguments, data or bundle (one sentence).
     """
-    progress = progress or Progress()
+    progress = progress or QuietProgress()
     req = req.validated()
     t_start = time.perf_counter()
     host = probe()

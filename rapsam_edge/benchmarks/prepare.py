@@ -95,16 +95,17 @@ def _export(root: Path | None, spec: MakeSpec, target: str, precision: str, **op
     return path
 
 
-def _calibrate(root: Path, spec: MakeSpec, flavor: Flavor) -> None:
+def _calibrate(root: Path, spec: MakeSpec, flavor: Flavor) -> Path:
     images, kind = _calib_images(spec)
     evalset, verify = calibration_context(root, spec.eval_data, spec.eval_subset, None, spec.verify_limit)
     opts = CalibrationOptions(images=images, data=kind, num=spec.calib_num, flavor=flavor, threads=spec.threads or 2,
                               verify_images=tuple(verify))
     calibrate(root, opts, evalset=evalset)
+    return root
 
 
-def plan(fmt: Format, profile: str) -> tuple[str, Callable[[Path | None, MakeSpec], Path]] | None:
-    """The step that makes ``fmt`` under ``profile`` (label, function(bundle root or None, spec) -> root)."""
+def plan(fmt: Format, profile: str) -> tuple[str, Callable[[Path, MakeSpec], Path]] | None:
+    """The step that makes ``fmt`` under ``profile`` (label, function(bundle root, spec) -> root)."""
     if fmt.backend == "torch":
         return None
     if fmt.backend == "onnxruntime" and fmt.precision in ("fp32", "fp16"):
@@ -112,7 +113,7 @@ def plan(fmt: Format, profile: str) -> tuple[str, Callable[[Path | None, MakeSpe
             lambda root, spec: _export(root, spec, "onnx", fmt.precision)
     if fmt.backend == "onnxruntime":
         flavor = next(f for f in Flavor if f.precision == fmt.precision)
-        return f"calibrate --flavor {flavor.value}", lambda root, spec: (_calibrate(root, spec, flavor), root)[1]
+        return f"calibrate --flavor {flavor.value}", lambda root, spec: _calibrate(root, spec, flavor)
     if fmt.backend == "tensorrt":
         return f"export --target tensorrt --precision {fmt.precision}", \
             lambda root, spec: _export(root, spec, "tensorrt", fmt.precision, device=spec.device_profile

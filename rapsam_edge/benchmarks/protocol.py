@@ -60,7 +60,9 @@ def grid_clicks(h: int, w: int) -> np.ndarray:
 def agreement(deployment: Pipeline, official: Pipeline, images: list[Path],
               progress: Progress | None = None) -> tuple[float, float, float]:
     """Mean panoptic agreement, click-mask IoU and object-query class agreement over ``images``."""
-    pan, ious, cls = [], [], []
+    pan: list[float] = []
+    ious: list[float] = []
+    cls: list[float] = []
     for i, path in enumerate(images):
         rgb = load_image(path)
         pa, pb = deployment.panoptic(rgb), official.panoptic(rgb)

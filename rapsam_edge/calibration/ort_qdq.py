@@ -170,7 +170,7 @@ def _kl_ranges(tensors: Any, unsigned_levels: bool) -> Any:
     out = {}
     for name, td in tensors.items():
         hist, edges = getattr(td, "hist", None), getattr(td, "bins", None)
-        if hist is None or np.ndim(edges) != 1 or np.size(edges) != np.size(hist) + 1:
+        if hist is None or edges is None or np.ndim(edges) != 1 or np.size(edges) != np.size(hist) + 1:
             out[name] = td
             continue
         hist = np.asarray(hist, np.float64)
@@ -193,7 +193,8 @@ def _clip_to_observed(tensors: Any) -> Any:
         hist = getattr(td, "hist", None)
         edges = getattr(td, "bins", getattr(td, "hist_edges", None))  # entropy/percentile store edges as "bins"
         # (onnxruntime's percentile result stores two histogram counts there instead: it clips to min/max itself)
-        if hist is not None and np.ndim(edges) == 1 and np.size(edges) == np.size(hist) + 1 and np.any(hist):
+        if (hist is not None and edges is not None and np.ndim(edges) == 1
+                and np.size(edges) == np.size(hist) + 1 and np.any(hist)):
             nz = np.flatnonzero(hist)
             lo, hi = max(lo, float(edges[nz[0]])), min(hi, float(edges[nz[-1] + 1]))
         lo, hi = min(lo, 0.0), max(hi, 0.0)  # the range must hold zero (padding, ReLU)

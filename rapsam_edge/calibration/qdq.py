@@ -58,7 +58,8 @@ def summarise(model: onnx.ModelProto) -> dict[str, Any]:
         elif n.op_type == "QuantizeLinear" or constant:  # activations, and constants entering Add/Concat
             act_dtypes[dtype] += 1
             nonzero_act_zp += nonzero
-    quantized, floating = [], []
+    quantized: list[str] = []
+    floating: list[str] = []
     for n in model.graph.node:
         if n.op_type in COMPUTE_OPS:
             fed = [producer.get(i) for i in n.input[:2]]

@@ -12,9 +12,10 @@ from .render import print_metrics
 
 
 def eval_cmd(
+    *,  # typer passes every option by name: a required option (--data, no default) may follow optional ones
     task: Annotated[str | None, typer.Option(help="panoptic | interactive | video (with --predictions: optional, "
                                                   "panoptic | instances | video, checked against the file)")] = None,
-    data: Annotated[Path, typer.Option(help="COCO / panoptic / YouTube-VIS layout folder.")] = ...,
+    data: Annotated[Path, typer.Option(help="COCO / panoptic / YouTube-VIS layout folder.")],
     predictions: Annotated[Path | None, typer.Option(help="Score this result file instead of running a model: COCO "
                                                           "panoptic, COCO instance or YouTube-VIS results.")] = None,
     prediction_pngs: Annotated[Path | None, typer.Option(help="PNG folder of COCO panoptic results (default: the "

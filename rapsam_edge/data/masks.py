@@ -55,7 +55,7 @@ class MaskStack:
         return cls(bits, k)
 
     @classmethod
-    def from_label_map(cls, label_map: np.ndarray, values: Sequence[int]) -> MaskStack:
+    def from_label_map(cls, label_map: np.ndarray, values: Sequence[int] | np.ndarray) -> MaskStack:
         """Masks ``label_map == v`` for each v of `values` (e.g. panoptic segment ids)."""
         return cls.from_masks((label_map == v for v in values), label_map.shape)
 

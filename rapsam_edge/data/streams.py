@@ -44,7 +44,7 @@ def _merge_stuff(masks: np.ndarray, labels: np.ndarray, isthing: np.ndarray,
             masks[first[lab]] |= masks[r]
             keep[r] = False
         else:
-            first[lab] = r
+            first[lab] = int(r)
     return masks[keep], labels[keep], ids[keep]
 
 

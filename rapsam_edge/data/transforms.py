@@ -112,7 +112,7 @@ class LargeScaleJitter:
 
     def __init__(self, size: Sequence[int], ratio_range: Sequence[float] = (0.1, 2.0), flip_prob: float = 0.5,
                  policy: InputPolicy | None = None) -> None:
-        self.policy = policy if policy is not None else InputPolicy(size=tuple(int(s) for s in size))
+        self.policy = policy if policy is not None else InputPolicy(size=(int(size[0]), int(size[1])))
         self.size = (int(size[0]), int(size[1]))
         if self.size[0] <= 0 or self.size[1] <= 0:
             raise ValueError(f"size must be positive (H, W), got {size!r}.")

@@ -145,14 +145,14 @@ def dynamic_coord_features(model: RapSam, max_size: tuple[int, int]) -> Iterator
     neck = model.neck
     previous = neck.__dict__.get("coord_features")
     twin = CoordFeaturesTwin(neck, max(max_size) // 4)
-    neck.coord_features = twin  # type: ignore[method-assign]
+    neck.coord_features = twin  # type: ignore[method-assign]  # deliberate: this instance only, undone below
     try:
         yield twin
     finally:
         if previous is None:
             del neck.coord_features
         else:
-            neck.coord_features = previous  # type: ignore[method-assign]
+            neck.coord_features = previous  # type: ignore[method-assign]  # the instance's own earlier patch
 
 
 # ---- dynamic dims of each graph --------------------------------------------------------------------------

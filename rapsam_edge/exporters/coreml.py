@@ -90,7 +90,7 @@ def _producer(var: Any) -> Any:
 
 
 def _input_vars(op: Any) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for v in op.inputs.values():
         out.extend(v if isinstance(v, (list, tuple)) else [v])
     return out
@@ -145,12 +145,12 @@ def enumerated_shapes(graph: str, canvas: CanvasSpec, hidden_dim: int = 256) -> 
     """Input name -> its shape at every enumerated canvas (the default, the deployment size, first); the boxes
     keep their fixed prompt slots and the object decoder one frame."""
     assert canvas.sizes is not None
-    sizes = [tuple(canvas.size)] + [s for s in canvas.sizes if s != tuple(canvas.size)]
+    sizes = [canvas.size] + [s for s in canvas.sizes if s != canvas.size]
     if graph == "encoder":
         return {"image": [(1, 3, h, w) for h, w in sizes]}
-    out = {"features": [(1, hidden_dim, h // 4, w // 4) for h, w in sizes]}
+    out: dict[str, list[tuple[int, ...]]] = {"features": [(1, hidden_dim, h // 4, w // 4) for h, w in sizes]}
     if graph == "prompt_decoder":
-        keys = [(1, (h // 4) * (w // 4), hidden_dim) for h, w in sizes]
+        keys: list[tuple[int, ...]] = [(1, (h // 4) * (w // 4), hidden_dim) for h, w in sizes]
         out.update(prompt_keys=keys, prompt_values=list(keys))
     return out
 
@@ -177,12 +177,17 @@ def convert_graph(module: torch.nn.Module, graph: str, example: tuple[torch.Tens
     import coremltools as ct
 
     io = GRAPH_IO[graph]
-    enumerated = canvas is not None and canvas.kind == "enumerated"
-    if enumerated and model is None:
-        raise ValueError("convert_graph needs the model whose graphs it converts for enumerated canvases.")
-    dims = _export_dims(graph, canvas) if enumerated else None  # type: ignore[arg-type]
-    coords = dynamic_coord_features(model, canvas.max_size) if enumerated and graph == "encoder" \
-        else contextlib.nullcontext()  # type: ignore[arg-type]
+    dims: dict[str, Any] | None = None
+    coords: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    if canvas is not None and canvas.kind == "enumerated":
+        if model is None:
+            raise ValueError("convert_graph needs the model whose graphs it converts for enumerated canvases.")
+        dims = _export_dims(graph, canvas)
+        if graph == "encoder":
+            assert canvas.max_size is not None  # CanvasSpec sets it from the enumerated sizes
+            coords = dynamic_coord_features(model, canvas.max_size)
+        shapes = enumerated_shapes(graph, canvas, example[0].shape[1] if graph != "encoder" else 256)
     t0 = time.perf_counter()
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
@@ -192,8 +197,6 @@ def convert_graph(module: torch.nn.Module, graph: str, example: tuple[torch.Tens
             program = torch.export.export(module.eval(), example, dynamic_shapes=dims).run_decompositions({})
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    shapes = enumerated_shapes(graph, canvas, example[0].shape[1] if graph != "encoder" else 256) \
-        if enumerated else {}  # type: ignore[arg-type]
     selector = _Fp16Selector()
     compute = ct.transform.FP16ComputePrecision(op_selector=selector) if precision == "fp16" \
         else ct.precision.FLOAT32

@@ -105,7 +105,9 @@ class _DequantWeight(nn.Module):
     """A reference-quantized conv/linear with its int8 weight stored as int8 and dequantized by
     ``quantized_decomposed.dequantize_per_channel`` (coremltools turns a constant one into constexpr int8)."""
 
-    def __init__(self, ref: nn.Module):
+    def __init__(self, ref: Any):
+        # ref: a torch.ao reference Conv2d / Linear / ConvTranspose2d, whose weight_* qparams are attributes
+        # set at run time that no type declares
         super().__init__()
         axis = int(ref.weight_axis_int)
         scale, zp = ref.weight_scale.float(), ref.weight_zero_point.long()
@@ -149,8 +151,9 @@ def _lower_to_decomposed(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     for node in list(g.nodes):
         if node.op == "call_function" and node.target is torch.quantize_per_tensor:
             x, s, zp, qdtype = node.args
-            scale = float(getattr(gm, s.target)) if isinstance(s, torch.fx.Node) else float(s)
-            zero = int(getattr(gm, zp.target)) if isinstance(zp, torch.fx.Node) else int(zp)
+            # a Node here is a get_attr node, whose target is the attribute's name
+            scale = float(getattr(gm, str(s.target))) if isinstance(s, torch.fx.Node) else float(s)
+            zero = int(getattr(gm, str(zp.target))) if isinstance(zp, torch.fx.Node) else int(zp)
             dtype, lo, hi = _QDTYPES[qdtype]
             with g.inserting_before(node):
                 q = g.call_function(qd.quantize_per_tensor.default, (x, scale, zero, lo, hi, dtype))
@@ -215,13 +218,16 @@ _CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("conv",
 FP32_MODULES = ("dynamic_layer", "input_gate", "update_gate", "norm_in", "input_norm_in", "norm_out")
 
 
-def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+def _fold(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise ValueError(f"cannot fold {bn}: it tracks no running statistics.")
+    scale = bn.weight / torch.sqrt(var + bn.eps)
     axis = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
     shape = [-1 if i == axis else 1 for i in range(conv.weight.dim())]
     conv.weight.data = conv.weight.data * scale.view(shape)
-    bias = conv.bias.data if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+    bias = conv.bias.data if conv.bias is not None else torch.zeros_like(mean)
+    conv.bias = nn.Parameter((bias - mean) * scale + bn.bias)
 
 
 @torch.no_grad()
@@ -237,8 +243,9 @@ def fold_batchnorm(model: nn.Module) -> int:
             n += 1
         if isinstance(mod, nn.Sequential):
             for i in range(len(mod) - 1):
-                if isinstance(mod[i], nn.Conv2d) and isinstance(mod[i + 1], nn.BatchNorm2d):
-                    _fold(mod[i], mod[i + 1])
+                conv, bn = mod[i], mod[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    _fold(conv, bn)
                     mod[i + 1] = nn.Identity()
                     n += 1
     return n
@@ -294,6 +301,7 @@ def simulated_model(model: RapSam, precision: str, compress: str, w8a8: W8A8Enco
             if leaf and name.rpartition(".")[2] not in FP32_MODULES:
                 mod.register_forward_hook(_round_fp16)
     if w8a8 is not None:  # encode = neck(backbone(normalised image)): the QDQ module is both (see _Encode)
+        # a simulation copy: RapSam types its parts, but any module computing the same function may stand in
         sim.backbone, sim.neck = w8a8.qdq, nn.Identity()  # type: ignore[assignment]
     return sim
 

@@ -72,6 +72,7 @@ def export_fp32(model: RapSam, graph: str, path: Path, opts: GraphSettings,
                                     dynamic_shapes=dyn, external_data=False, verbose=False,
                                     custom_translation_table=custom_translation_table)
     registration.setLevel(level)
+    assert program is not None  # dynamo=True always returns the ONNXProgram
     proto = program.model_proto
     simplified = False
     if opts.simplify:
@@ -128,8 +129,8 @@ def remove_cast_round_trips(model: onnx.ModelProto) -> int:
     rename: dict[str, str] = {}
     for node in model.graph.node:
         first = producer.get(node.input[0]) if node.input else None
-        if cast_to(node) == f32 and cast_to(first) == f16:
-            rename[node.output[0]] = first.input[0]  # type: ignore[union-attr]
+        if first is not None and cast_to(node) == f32 and cast_to(first) == f16:
+            rename[node.output[0]] = first.input[0]
     graph_outputs = {o.name for o in model.graph.output}
     rename = {k: v for k, v in rename.items() if k not in graph_outputs}
     for node in model.graph.node:
@@ -181,9 +182,10 @@ def pooling_matmuls(model: onnx.ModelProto) -> list[str]:
 def toposort(graph: onnx.GraphProto) -> None:
     """Order nodes so every input is produced earlier (the fp16 converter appends its input casts last)."""
     ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
     while pending:
-        rest = []
+        rest: list[onnx.NodeProto] = []
         for n in pending:
             (ordered if all(i in ready for i in n.input) else rest).append(n)
             if ordered and ordered[-1] is n:

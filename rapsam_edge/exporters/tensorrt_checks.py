@@ -65,10 +65,10 @@ def _ort_check(model: RapSam, graph: str, path: Path, slots: int, canvas: Canvas
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     io = GRAPH_IO[graph]
     ks = (PROMPT_MIN, slots, PROMPT_MAX) if graph == "prompt_decoder" else (4,)
-    sizes = [tuple(canvas.size)]
-    if canvas is not None and canvas.kind == "dynamic" and canvas.min_size not in sizes:
-        sizes.append(tuple(canvas.min_size))
-    cosines = []
+    sizes = [canvas.size]
+    if canvas.kind == "dynamic" and canvas.min_size is not None and canvas.min_size not in sizes:
+        sizes.append(canvas.min_size)
+    cosines: list[float] = []
     for k, size in [(k, size) for size in sizes for k in ks]:
         ex = example_inputs(graph, model, num_prompts=k, size=size)
         outs = sess.run(None, {n: t.numpy() for n, t in zip(io.inputs, ex, strict=True)})
@@ -86,7 +86,7 @@ def _ort_check(model: RapSam, graph: str, path: Path, slots: int, canvas: Canvas
 
 
 def check_onnx(model: RapSam, graph: str, path: Path, precision: str, slots: int,
-               canvas: CanvasSpec | None = None) -> dict[str, Any]:
+               canvas: CanvasSpec) -> dict[str, Any]:
     """onnx.checker, the TensorRT op allowlist and minimum version, Q/DQ form (int8), onnxruntime run."""
     onnx.checker.check_model(str(path))
     proto = onnx.load(str(path))

@@ -24,7 +24,7 @@ A video plays the role of a COCO image and a track (one mask or None per frame) 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -81,7 +81,7 @@ def to_rle(seg: Mapping[str, Any] | None) -> Rle | None:
 def track_ious(
     dt_tracks: Sequence[Sequence[Rle | None]],
     gt_tracks: Sequence[Sequence[Rle | None]],
-    gt_crowd: Sequence[bool] | None = None,
+    gt_crowd: Sequence[bool] | np.ndarray | None = None,
 ) -> np.ndarray:
     """(D, G) spatio-temporal IoU of predicted and GT tracks (lists of compressed RLE or None per frame).
 
@@ -101,8 +101,8 @@ def track_ious(
     for t in range(n_frames):
         d_idx = [i for i in range(n_d) if dt_tracks[i][t] is not None]
         g_idx = [j for j in range(n_g) if gt_tracks[j][t] is not None]
-        d_rles = [dt_tracks[i][t] for i in d_idx]
-        g_rles = [gt_tracks[j][t] for j in g_idx]
+        d_rles = [r for i in d_idx if (r := dt_tracks[i][t]) is not None]
+        g_rles = [r for j in g_idx if (r := gt_tracks[j][t]) is not None]
         if len({tuple(r["size"]) for r in (*d_rles, *g_rles)}) > 1:
             raise ValueError(f"masks of frame {t} do not all have the same size.")
         d_area = mask_utils.area(d_rles).astype(np.float64) if d_rles else np.zeros(0)
@@ -234,10 +234,10 @@ class VideoEvaluator:
 
     def reset(self) -> None:
         """Forget every video seen so far."""
-        self._cells: dict[tuple[Hashable, int], _Cell] = {}
-        self._videos: list[Hashable] = []
+        self._cells: dict[tuple[int, int], _Cell] = {}
+        self._videos: list[int] = []
 
-    def update(self, video_id: Hashable, gt: Sequence[Mapping[str, Any]], pred: Sequence[Mapping[str, Any]]) -> None:
+    def update(self, video_id: int, gt: Sequence[Mapping[str, Any]], pred: Sequence[Mapping[str, Any]]) -> None:
         """Add one video: YouTube-VIS GT annotations and results (``segmentations`` per frame, RLE or None)."""
         if video_id in self._videos:
             raise ValueError(f"video {video_id!r} was already added.")

@@ -10,9 +10,10 @@ metadata globals (they run no code and keep nothing), and only tensors are used.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -104,6 +105,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; pass the .pth file.")
     try:
         unknown = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        stubs: list[Callable[..., Any] | tuple[Callable[..., Any], str]]  # what safe_globals takes
         stubs = [(_placeholder(name), name) for name in unknown]
         with torch.serialization.safe_globals(stubs):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -119,7 +121,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def _entry(obj: dict[str, Any], key: str, kind: type, path: str | Path) -> Any:
+_T = TypeVar("_T")
+
+
+def _entry(obj: dict[str, Any], key: str, kind: type[_T], path: str | Path) -> _T:
     """``obj[key]`` of a rapsam-edge checkpoint, refusing (one sentence) a missing or mistyped entry."""
     if key not in obj:
         raise CheckpointError(f"rapsam-edge checkpoint {path} has no {key!r} entry; it is incomplete or was edited: "
@@ -200,7 +205,8 @@ def load_state_dict(model: nn.Module, sd: dict[str, Tensor], source: str, strict
     report.mismatched = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in sorted(sd)
                          if k in own and sd[k].shape != own[k].shape]
     if strict and not report.ok:
-        target = model.config.name if isinstance(getattr(model, "config", None), ModelConfig) else "the model"
+        config = getattr(model, "config", None)
+        target = config.name if isinstance(config, ModelConfig) else "the model"
         raise CheckpointError(f"checkpoint {path} does not match {target}: {report}. "
                               "Pass strict=False to load the matching part.")
     good = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
@@ -213,10 +219,11 @@ def load_state_dict(model: nn.Module, sd: dict[str, Tensor], source: str, strict
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
     """Load an official mmengine checkpoint, a bare state_dict or a rapsam-edge checkpoint into ``model``."""
     obj = read_checkpoint(path)
-    if obj.get("format") == FORMAT and getattr(model, "config", None) is not None:
+    config = getattr(model, "config", None)
+    if obj.get("format") == FORMAT and isinstance(config, ModelConfig):
         name = _entry(obj, "config", dict, path).get("name")
-        if strict and name and name != model.config.name:
-            raise CheckpointError(f"checkpoint {path} was saved from config {name!r}, not {model.config.name!r}; "
+        if strict and name and name != config.name:
+            raise CheckpointError(f"checkpoint {path} was saved from config {name!r}, not {config.name!r}; "
                                   f"load it with config {name!r}.")
     sd, source = extract_state_dict(obj, path)
     return load_state_dict(model, sd, source, strict, path)
@@ -230,7 +237,7 @@ def checkpoint_config(path: str | Path) -> tuple[ModelConfig, Vocabulary] | None
     return rapsam_sections(obj, path)
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None,
+def save_checkpoint(model: RapSam, path: str | Path, extra: dict[str, Any] | None = None,
                     half: bool = False) -> Path:
     """Write a rapsam-edge checkpoint atomically (temp file + rename); ``half`` stores floats as fp16."""
     path = Path(path)

@@ -20,6 +20,8 @@ from ..config import Vocabulary
 class Classifier(nn.Module):
     """Maps unit-norm class embeddings (B, N, D) to cosine logits (B, N, C+1); last column = background."""
 
+    embeddings: Tensor  # a Parameter ("learned") or a buffer ("text"): declared for the type checker
+
     def __init__(self, vocabulary: Vocabulary, embed_dim: int = 768, kind: str = "learned",
                  embeddings: Tensor | None = None):
         super().__init__()
@@ -43,18 +45,6 @@ class Classifier(nn.Module):
             self.embeddings = nn.Parameter(embeddings.clone())
         else:
             self.register_buffer("embeddings", embeddings.clone(), persistent=False)
-
-    @property
-    def num_classes(self) -> int:
-        return self.vocabulary.num_classes
-
-    def set_text_embeddings(self, embeddings: Tensor) -> None:
-        """Install (C, P, D) text embeddings (e.g. read with :func:`load_text_embeddings`)."""
-        check_embeddings(embeddings, self.num_classes, self.embed_dim)
-        if self.kind != "text":
-            raise ValueError("text embeddings can only be set on a 'text' classifier; this one is 'learned'.")
-        self.embeddings = embeddings.to(self.embeddings)
-        self.source = "file"
 
     def forward(self, x: Tensor) -> Tensor:
         c, p, d = self.embeddings.shape

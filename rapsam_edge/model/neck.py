@@ -9,6 +9,7 @@ deformable sampling is slow or unsupported (CoreML, older TensorRT).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,7 @@ class DeformLayer(_UpLayer):
         self.dcn_offset = nn.Conv2d(in_planes, 27, 3, 1, 1)
         self.dcn = ModulatedDeformConv2d(in_planes, out_planes, 3, 1, 1)
         nn.init.zeros_(self.dcn_offset.weight)
+        assert self.dcn_offset.bias is not None  # built with a bias just above
         nn.init.zeros_(self.dcn_offset.bias)
 
     def sample(self, x: Tensor) -> Tensor:
@@ -110,7 +112,7 @@ class LiteDeformConv(nn.Module):
         x4 = self.lateral_conv1(c4) + self.deform_conv1(x5)
         x3 = self.lateral_conv2(c3) + self.deform_conv2(x4)
         x2 = self.lateral_conv3(c2) + self.deform_conv3(x3)
-        up = dict(mode="bilinear", align_corners=False)
+        up: dict[str, Any] = dict(mode="bilinear", align_corners=False)
         s = (F.interpolate(self.conv_a5(x5), scale_factor=8.0, **up)
              + F.interpolate(self.conv_a4(x4), scale_factor=4.0, **up)
              + F.interpolate(self.conv_a3(x3), scale_factor=2.0, **up)

@@ -26,6 +26,9 @@ class RapSam(nn.Module):
     """RAP-SAM. Images are RGB, 0..255, (B, 3, H, W) with H, W multiples of 32; normalisation is inside
     (non-persistent buffers, as SAM does) so an exported encoder takes raw pixels."""
 
+    pixel_mean: Tensor  # buffers (register_buffer below), declared for the type checker
+    pixel_std: Tensor
+
     def __init__(self, config: ModelConfig, backbone: ResNet, neck: YOSONeck, prompt_encoder: PromptEncoder,
                  decoder: Decoder, classifier: Classifier):
         super().__init__()
@@ -143,7 +146,9 @@ def align_click_and_pixel_coordinates(neck: YOSONeck, prompt: PromptEncoder, gai
     w = neck.loc_conv.weight  # (C, agg + 2 + 2n, 1, 1): coordinate inputs are [x, y, sine(y) n, sine(x) n]
     w[: 2 * n] = 0.0
     w[: 2 * n, agg + 2: agg + 2 + 2 * n, 0, 0] = gain * torch.eye(2 * n)
-    neck.loc_conv.bias[: 2 * n] = 0.0
+    bias = neck.loc_conv.bias
+    assert bias is not None  # YOSONeck builds loc_conv with a bias
+    bias[: 2 * n] = 0.0
     # pos_linear input: parts (y, x, w, h) of SINE_FEATS each, (sin, cos) pairs; take every step-th pair
     step = SINE_FEATS // 2 // p
     cols = torch.arange(0, SINE_FEATS // 2, step).repeat_interleave(2) * 2 + torch.arange(2).repeat(p)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -18,7 +18,7 @@ from .pipeline import Pipeline
 from .torch_backend import TorchBackend
 
 
-def is_bundle(path: Any) -> bool:
+def is_bundle(path: object) -> TypeGuard[str | Path]:
     return isinstance(path, (str, Path)) and (Path(path) / "manifest.json").is_file()
 
 
@@ -54,7 +54,8 @@ def load(model: str | Path | ModelConfig | None = None, checkpoint: str | Path |
                          "(rapsam-edge export) instead of a config or checkpoint.")
     if checkpoint is None and seed is not None:
         torch.manual_seed(seed)
-    net, report = load_model(model, checkpoint, class_embeddings, strict)  # type: ignore[arg-type]
+    config = str(model) if isinstance(model, Path) else model  # a folder without manifest.json: no bundle
+    net, report = load_model(config, checkpoint, class_embeddings, strict)
     chosen = chosen or Protocol(net.config.default_protocol)
     meta: dict[str, Any] = {
         "config": net.config.name, "checkpoint": str(checkpoint) if checkpoint else None,

@@ -8,8 +8,10 @@ prompt jitter) is saved in every checkpoint. Multi-process training uses PyTorch
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import operator
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -168,7 +170,9 @@ class Trainer:
             terms = object_losses(self.forward(images, t, None), labels, masks, self.loss_weights)
         # zero-weight touch of every parameter: both tasks then produce gradients for all of them, which
         # DDP requires (upstream adds the same "* 0.0" dummy terms)
-        terms["total"] = sum(terms.values()) + 0.0 * sum(p.reshape(-1)[0] for p in self.model.parameters())
+        # (reduce, not sum: terms is never empty, and sum's int start would type "total" as Tensor | int)
+        terms["total"] = functools.reduce(operator.add, terms.values()) + 0.0 * sum(
+            p.reshape(-1)[0] for p in self.model.parameters())
         return terms
 
     def _diverged(self, what: str) -> NonFiniteError:
