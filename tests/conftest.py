@@ -127,3 +127,38 @@ def tiny_onnx_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_bundle")
     run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=128, out=out, verify_images=[ASTRONAUT]))
     return out / "rapsam_r18_lite"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_fp16_bundle(tiny_onnx_bundle, tmp_path_factory) -> Path:
+    """``tiny_onnx_bundle`` with the ONNX fp16 graphs added (the same model: one more export, not two).
+    Read-only."""
+    from rapsam_edge.exporters.export import ExportRequest, run_export
+
+    root = copy_bundle(tiny_onnx_bundle, tmp_path_factory.mktemp("tiny_fp16_bundle"))
+    run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=128, out=root.parent, precision="fp16",
+                             verify_images=[ASTRONAUT]))
+    return root
+
+
+@pytest.fixture(scope="session")
+def calib_images(tmp_path_factory) -> Path:
+    """Six real photos (the package's three embedded images, each twice under new names)."""
+    d = tmp_path_factory.mktemp("calib_images")
+    photos = sorted(p for p in ASSET_IMAGES.iterdir() if p.suffix in (".png", ".jpg"))
+    for i in range(6):
+        src = photos[i % len(photos)]
+        shutil.copy(src, d / f"{i:03d}{src.suffix}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_cpu_bundle(tiny_onnx_bundle, calib_images, tmp_path_factory):
+    """``tiny_onnx_bundle`` + the CPU INT8 flavour of its encoder, calibrated on 3 of ``calib_images``
+    (percentile, ort: the defaults). Returns (bundle root, calibrate's report). Read-only."""
+    from rapsam_edge.calibration import CalibrationOptions, Flavor, calibrate
+
+    root = copy_bundle(tiny_onnx_bundle, tmp_path_factory.mktemp("tiny_int8_bundle"))
+    report = calibrate(root, CalibrationOptions(images=calib_images, data="folder", num=3, sensitivity_images=1,
+                                                threads=1, flavor=Flavor.CPU))
+    return root, report

@@ -26,13 +26,10 @@ from rapsam_edge.runtime.torch_backend import TorchBackend
 IMAGES = sorted(ASSET_IMAGES.glob("*.png"))[:2]
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles")
-    for precision in ("fp32", "fp16"):
-        run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=128, out=out, precision=precision,
-                                 verify_images=IMAGES))
-    return out / "rapsam_r18_lite"
+@pytest.fixture()
+def bundle_dir(tiny_onnx_fp16_bundle):
+    """The session's 128-px bundle with ONNX fp32 and fp16 graphs, verified on the astronaut. Read-only."""
+    return tiny_onnx_fp16_bundle
 
 
 def test_manifest_records_the_contract(bundle_dir):
