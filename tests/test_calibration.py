@@ -103,12 +103,14 @@ def test_cpu_flavour_is_u8_activations_s8_per_channel_weights_with_provenance(ti
     assert (cal["method"], cal["backend"], cal["flavour"]) == ("percentile", "ort", "cpu")  # the defaults
     assert cal["exclusions"]["encoder"] == exc and art.details["calibration_images"] == 3
     assert cal["exclusion_overrides"]["rules"] == list(excl.DEFAULT_RULES)
-    assert cal["latency"]["speedup"] > 0 and "only 3 calibration images" in cal["warnings"][0]
+    timing = cal["latency"]
+    assert timing["speedup"] == round(timing["fp32"]["median_ms"] / timing["int8"]["median_ms"], 2)
+    assert "only 3 calibration images" in cal["warnings"][0]
     sens = json.loads((bundle / "calibration" / "encoder.int8-cpu.sensitivity.json").read_text())
     assert (bundle / "calibration" / "encoder.int8-cpu.sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sqnr = [r["sqnr_db"] for r in sens["tensors"]]
     assert sqnr == sorted(sqnr) and {r["kind"] for r in sens["tensors"]} == {"activation", "weight"}
-    assert all(-1 <= r["cosine"] <= 1.0 + 1e-9 for r in sens["tensors"]) and sens["nodes"]
+    assert sens["nodes"]  # the weight figures themselves: test_weight_sensitivity_is_the_rounding_on_the_scale_grid
     # the runtime resolves int8 for the encoder and fp32 for the decoders
     from rapsam_edge.calibration import calibrated_artifacts
     from rapsam_edge.runtime.ort_backend import resolve_precisions
@@ -154,6 +156,45 @@ def test_tensorrt_flavour_is_symmetric_s8_zero_point_0_and_writes_a_trt8_cache(b
     first = next(n for n in fp32.graph.node if n.name == cal["exclusions"]["encoder"][0])
     left_out = set(cal["files"]["trt_cache"]["left_out_for_float_nodes"])
     assert {"image", first.input[0]} <= left_out and not left_out & set(amax)
+
+
+def test_weight_sensitivity_is_the_rounding_on_the_scale_grid():
+    """sensitivity.weight_rows on a tiny Q/DQ graph: one row per quantized weight (the int32 bias has none), its
+    SQNR and cosine those of the FP32 weight vs the weight rounded on the per-channel int8 grid the quantizer
+    chose, computed here independently."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rapsam_edge.calibration.sensitivity import weight_rows
+
+    w = np.random.default_rng(3).normal(size=(3, 2, 3, 3)).astype(np.float32)
+    w[1] = np.round(w[1] * 4) / 4  # a channel whose values sit on its grid ...
+    w[1, 0, 0, 0] = 127 / 4  # ... of scale 1/4: rounding costs it nothing
+    scale = np.abs(w).reshape(3, -1).max(1) / 127
+    q = np.clip(np.rint(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])
+    fp32 = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")], "fp32", [x], [y],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(3, np.float32), "b")]))
+    qdq_inits = [numpy_helper.from_array(q, "w_q"), numpy_helper.from_array(scale.astype(np.float32), "w_s"),
+                 numpy_helper.from_array(np.zeros(3, np.int8), "w_z"), numpy_helper.from_array(np.zeros(3, np.int32),
+                                                                                               "b_q"),
+                 numpy_helper.from_array(np.full(3, 1e-3, np.float32), "b_s"),
+                 numpy_helper.from_array(np.zeros(3, np.int32), "b_z")]
+    qdq = helper.make_model(helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w_dq"], name="dq_w", axis=0),
+         helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b_dq"], name="dq_b", axis=0),
+         helper.make_node("Conv", ["x", "w_dq", "b_dq"], ["y"], name="conv")], "qdq", [x], [y], qdq_inits))
+    rows = weight_rows(qdq, fp32)
+    assert [(r["tensor"], r["kind"], r["consumers"], r["per_channel"]) for r in rows] == [("w", "weight", ["conv"],
+                                                                                          True)]
+    ref = w.astype(np.float64).ravel()
+    rounded = (q.astype(np.float64) * scale[:, None, None, None]).ravel()
+    err = ((ref - rounded) ** 2).sum()
+    assert rows[0]["sqnr_db"] == pytest.approx(10 * np.log10((ref @ ref) / err), abs=1e-6)
+    assert rows[0]["local_sqnr_db"] == rows[0]["sqnr_db"]
+    assert rows[0]["cosine"] == pytest.approx(ref @ rounded / np.linalg.norm(ref) / np.linalg.norm(rounded), abs=1e-9)
+    assert ((w[1] - q[1] * scale[1]) == 0).all() and err > 0  # the exact channel is exact, the others are not
 
 
 class _Feeds:
@@ -419,25 +460,59 @@ def test_accuracy_control_moves_the_most_sensitive_nodes_first():
 
 
 @pytest.mark.slow
-def test_calibrate_cli_with_max_drop_and_object_decoder(bundle, calib_images, shared_data, tmp_path):
-    """Mechanics of accuracy control through the CLI (random weights: a budget of 0 forces fallback steps)."""
+@pytest.mark.parametrize("drops, met_at", [((3.0, 0.5), 1), ((3.0, 3.0), None)], ids=["met_at_step_1", "never_met"])
+def test_calibrate_cli_with_max_drop_and_object_decoder(bundle, calib_images, shared_data, tmp_path, monkeypatch,
+                                                        drops, met_at):
+    """Accuracy control through the CLI, with the outcome its inputs determine. The task metric is scripted (a
+    random model's mIoU would decide nothing): FP32 scores 50 and the candidates of steps 0, 1 lose ``drops``
+    points against ``--max-drop miou=1``, with two steps allowed. Met at step 1: the graphs registered are exactly
+    the candidate step 1 evaluated (not step 0's), with its one layer moved back to float recorded. Never met:
+    exit 2, one sentence naming the steps, and the bundle unchanged."""
+    import functools
+    import hashlib
+
+    from rapsam_edge.calibration import accuracy
+
+    scores = iter([50.0, *(50.0 - d for d in drops)])
+    candidates: list[dict[str, str]] = []  # graph -> sha256 of each candidate built, in order
+
+    def scripted(pipe, evalset, metrics):
+        assert metrics == ("miou",) and len(evalset.paths) == 1
+        return {"miou": next(scores)}
+
+    def recorded(staging, files, precision, threads):
+        candidates.append({g: hashlib.sha256((staging.root / f).read_bytes()).hexdigest() for g, f in files.items()})
+        return real_candidate(staging, files, precision, threads)
+
+    real_candidate = accuracy.candidate_pipeline
+    monkeypatch.setattr(accuracy, "task_metrics", scripted)
+    monkeypatch.setattr(accuracy, "candidate_pipeline", recorded)
+    monkeypatch.setattr(accuracy, "control", functools.partial(accuracy.control, max_steps=1))
+    manifest_before = (bundle / "manifest.json").read_bytes()
     out = tmp_path / "report.json"
     res = CliRunner().invoke(app, [
         "calibrate", "--bundle", str(bundle), "--images", str(calib_images), "--data", "folder", "--num", "3",
-        "--graphs", "encoder,object_decoder", "--max-drop", "miou=0", "--max-drop", "pq=0",
+        "--graphs", "encoder,object_decoder", "--max-drop", "miou=1",
         "--eval-data", str(shared_data / "coco_mini"), "--eval-subset", "extra_val2017_from_COCO_MINI",
-        "--eval-limit", "3", "--verify-limit", "1", "--threads", "1", "--out", str(out)])
-    if res.exit_code != 0:  # random weights: a zero budget may be unreachable; then it must say so cleanly
-        assert res.exit_code == 2 and "could not bring the drop within" in res.output, res.output
-        assert "step 1:" in res.output and load_bundle(bundle).find("object_decoder", "onnx", "int8-cpu") is None
+        "--eval-limit", "1", "--verify-limit", "1", "--threads", "1", "--out", str(out)])
+    if met_at is None:
+        assert res.exit_code == 2, res.output
+        assert "could not bring the drop within {'miou': 1.0} after moving 1 layers back to float" in res.output
+        assert "step 1:" in res.output and "Traceback" not in res.output and len(candidates) == 2
+        assert (bundle / "manifest.json").read_bytes() == manifest_before and not out.exists()
         return
+    assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
-    assert set(report["exclusions"]) == {"encoder", "object_decoder"}
     steps = report["accuracy_control"]
-    assert steps[-1]["within_budget"] and all(d <= 0 for d in steps[-1]["drop"].values())
-    assert report["evaluation"]["overlapping_images"] == 0 and report["verification"]["images"] == 1
+    assert [len(s["moved_to_float"]) for s in steps] == [0, 1] and [s["within_budget"] for s in steps] == [False, True]
+    assert steps[-1]["drop"] == {"miou": 0.5} and steps[1]["excluded"] == steps[0]["excluded"] + 1
     b = load_bundle(bundle)
-    assert b.find("object_decoder", "onnx", "int8-cpu") is not None
+    registered = {g: b.require(g, "onnx", "int8-cpu").sha256 for g in ("encoder", "object_decoder")}
+    # steps 0 and 1 evaluated, then the final pipeline (the INT8-vs-FP32 agreement) is step 1's again
+    assert len(candidates) == 3 and candidates[0] != candidates[1] == candidates[2] == registered
+    moved = steps[1]["moved_to_float"][0]
+    assert sum(moved in names for names in report["exclusions"].values()) == 1
+    assert report["evaluation"]["overlapping_images"] == 0 and report["verification"]["images"] == 1
     # recorded, and printed as a warning when beyond tolerance (random weights: agreement means nothing here)
     failures = b.manifest["verification"]["onnx/int8-cpu"]["failures"]
     assert failures == report["verification"]["failures"]
