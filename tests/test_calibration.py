@@ -519,23 +519,6 @@ def test_calibrate_cli_with_max_drop_and_object_decoder(bundle, calib_images, sh
     assert bool(failures) == any("int8 tolerance" in w for w in report["warnings"])
 
 
-def test_unfolded_batchnorm_stays_float_by_default():
-    """The DCN neck's BatchNormalization follows a MatMul (nothing folds it): it is excluded by default, which
-    keeps int8 constants of its scale/bias out of the cpu flavour (found calibrating rapsam_r18)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    c = 4
-    inits = [numpy_helper.from_array(np.ones((c, c), np.float32), "w")] + [
-        numpy_helper.from_array(np.full(c, v, np.float32), n) for n, v in (("s", 1), ("b", 0), ("m", 0), ("v", 1))]
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
-             helper.make_node("Transpose", ["y"], ["t"], perm=[0, 2, 1], name="tr"),
-             helper.make_node("BatchNormalization", ["t", "s", "b", "m", "v"], ["z"], name="bn")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, c])],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, c, 8])], inits)
-    derived = excl.derive(helper.make_model(graph))
-    assert derived["batchnorm"] == ["bn"] and "batchnorm" in excl.DEFAULT_RULES
-
-
 def test_dynamic_canvas_bundle_calibrates_at_its_deployment_size(bundle, calib_images):
     """Bundles' ONNX graphs take any canvas of multiples of 32 (issue 12); calibration reads images at the
     deployment canvas of the input policy, and the INT8 encoder keeps the dynamic H/W."""
