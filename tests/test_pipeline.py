@@ -54,8 +54,10 @@ def test_grayscale_and_rgba_inputs_are_converted(small_pipeline):
     rgb = np.asarray(__import__("PIL.Image").Image.open(ASSET_IMAGES / "coffee.png").convert("RGB"))
     gray = rgb.mean(axis=2).astype(np.uint8)
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
-    for img in (gray, rgba):
-        assert small_pipeline.panoptic(img).panoptic_seg.shape == (400, 600)
+    # a grey image is its value in all three channels; an opaque RGBA image is its RGB
+    for img, as_rgb in ((gray, np.repeat(gray[..., None], 3, axis=2)), (rgba, rgb)):
+        np.testing.assert_array_equal(small_pipeline.set_image(img), as_rgb)  # the RGB image it encoded
+    assert small_pipeline.panoptic().panoptic_seg.shape == (400, 600)
 
 
 class _ShuffledQueries:
