@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -46,14 +47,17 @@ def test_manifest_records_the_contract(bundle_dir):
     assert [t.name for t in enc.outputs] == ["features", "prompt_keys", "prompt_values"]
     prompt = bundle.require("prompt_decoder", "onnx", "fp16")
     assert prompt.inputs[-1].shape == [1, "num_prompts", 4] and prompt.inputs[-1].dtype == "float32"
-    assert all(len(a.sha256) == 64 and a.bytes > 0 for a in bundle.artifacts)
+    for art in bundle.artifacts:  # what the manifest says of each file is that file
+        data = bundle.path(art).read_bytes()
+        assert (art.bytes, art.sha256) == (len(data), hashlib.sha256(data).hexdigest()), art.key
     for precision in ("fp32", "fp16"):
         report = m["verification"][f"onnx/{precision}"]
         assert report["failures"] == []
         assert report["pipeline"]["interactive_mask_iou"]["mean"] >= (0.99 if precision == "fp32" else 0.95)
         # the object queries each pipeline decodes from its own features (threshold-free end-to-end drift)
         assert report["pipeline"]["object_class_agreement"]["mean"] >= (0.99 if precision == "fp32" else 0.9)
-        assert 0.0 < report["pipeline"]["object_mask_iou"]["worst"] <= 1.0
+        obj = report["pipeline"]["object_mask_iou"]
+        assert obj["mean"] >= obj["worst"] >= (0.99 if precision == "fp32" else 0.9)
 
 
 def test_dynamic_prompts_and_clip_height_match_torch(bundle_dir):
@@ -179,7 +183,7 @@ def test_export_cli(tmp_path):
     from rapsam_edge.cli import app
 
     res = CliRunner().invoke(app, ["export", "--imgsz", "64", "--out", str(tmp_path), "--verify-images",
-                                   str(ASSET_IMAGES)])
+                                   str(ASSET_IMAGES), "--verify-limit", "1"])
     assert res.exit_code == 0, res.output
     assert "verification vs PyTorch" in res.output and "bundle" in res.output
     assert (tmp_path / "rapsam_r18_lite" / "manifest.json").is_file()
