@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from apps_common import APPS, load_app, small_bundle
-from conftest import ASSET_IMAGES, REPO
+from conftest import ASSET_IMAGES, CHROMIUM, REPO
 
 from rapsam_edge.bundle import host_contract
 from rapsam_edge.postprocess import (
@@ -33,22 +31,7 @@ from rapsam_edge.preprocess import (
 )
 
 WEB = APPS / "web"
-CHROMIUM = os.environ.get("RAPSAM_CHROMIUM", "/usr/bin/chromium")
 HAS_PROMPT_FRAME = "prompt_frame" in InputPolicy.__dataclass_fields__
-
-
-def _require(browser: bool) -> None:
-    """Skip (fail under CI, where scripts/dev.sh installs them) when node, the npm packages or chromium are missing."""
-    missing = [] if shutil.which("node") else ["node"]
-    if not all((WEB / "node_modules" / pkg).is_dir() for pkg in ("onnxruntime-web", "playwright-core")):
-        missing.append("the npm packages in apps/web/node_modules (npm ci in apps/web)")
-    if browser and not Path(CHROMIUM).is_file():
-        missing.append(f"Debian's chromium at {CHROMIUM} (apt-get install chromium)")
-    if missing:
-        reason = f"the web app test needs {' and '.join(missing)}; `bash scripts/dev.sh test` installs them"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 def _b64(a: np.ndarray) -> str:
@@ -106,8 +89,8 @@ if HAS_PROMPT_FRAME:
     POLICIES.append(InputPolicy(size=(64, 96), prompt_frame="padded"))
 
 
+@pytest.mark.node
 def test_host_js_preprocess_and_click_boxes_equal_python():
-    _require(browser=False)
     rng = np.random.default_rng(0)
     cases, expected, rgbs = [], [], []
     for policy in POLICIES:
@@ -134,11 +117,11 @@ def test_host_js_preprocess_and_click_boxes_equal_python():
         np.testing.assert_array_equal(js_boxes, boxes)
 
 
+@pytest.mark.node
 def test_host_js_letterbox_official_and_divisor_canvas():
     """Hand-derived: 427x640 at the official scale -> factor min(1333/640, 800/427) = 800/427 -> 800 x
     floor(640 * 800/427 + 0.5) = 800x1199, padded to 32 -> 800x1216; "divisor" with "longest" into 640x640 keeps
     427x640 and pads it to 448x640. The official encoder input itself equals preprocess() (cv2 bilinear)."""
-    _require(browser=False)
     sizes = [(427, 640), (640, 427), (480, 640), (300, 1000), (800, 1333), (90, 130), (1, 2000)]
     divisor = InputPolicy(size=(640, 640), canvas="divisor")
     cases = [{"kind": "letterbox", "manifest": _manifest(p), "h": h, "w": w} for p in (OFFICIAL, divisor)
@@ -164,11 +147,11 @@ def test_host_js_letterbox_official_and_divisor_canvas():
     _assert_cv2_ties_only(js, tensor, rgb, lb)
 
 
+@pytest.mark.node
 def test_host_js_contract_refuses_what_it_does_not_implement():
     """input_policy keys host.js does not know, or values it does not implement, are refused with a sentence (a
     silently ignored key would change the encoder input); an old manifest without the new keys reads as
     resize "longest" on a fixed canvas; the encoder graph's fixed (H, W) must be the image's canvas."""
-    _require(browser=False)
     base = _manifest(InputPolicy(size=(64, 64)))
 
     def with_policy(**changes):
@@ -207,11 +190,11 @@ def _two_step(logits: np.ndarray, lb) -> np.ndarray:
     return bilinear_weights(h0, rh).astype(np.float64) @ padded @ bilinear_weights(w0, rw).astype(np.float64).T
 
 
+@pytest.mark.node
 def test_host_js_two_step_mask_resize_equals_python():
     """host.js composes the official two-step resize from two bilinear tap lists (at most 4 taps per output
     sample): its float32 weights equal Python's composed matrix bit for bit, and the resized logits equal
     resize_logits_to_image (and the explicit two steps) to float32 rounding, on official and fixed canvases."""
-    _require(browser=False)
     rng = np.random.default_rng(3)
     setups = [(OFFICIAL, (427, 640)), (OFFICIAL, (90, 130)), (InputPolicy(size=(128, 128)), (300, 500)),
               (InputPolicy(size=(64, 64), canvas="divisor"), (37, 53))]
@@ -231,8 +214,8 @@ def test_host_js_two_step_mask_resize_equals_python():
     assert expected[0][0].padded_hw == (800, 1216)
 
 
+@pytest.mark.node
 def test_host_js_composed_taps_equal_the_python_matrix():
-    _require(browser=False)
     axes = [(427, 800, 800, 200), (640, 1199, 1216, 304), (130, 1156, 1184, 296), (500, 77, 128, 32), (7, 3, 32, 8)]
     script = ("import {composedTaps} from './apps/web/host.js';"
               f"const axes = {json.dumps(axes)};"
@@ -251,11 +234,11 @@ def test_host_js_composed_taps_equal_the_python_matrix():
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.node
 def test_host_js_sigmoid_and_underflow_tie_rule_follow_python():
     """float32 sigmoid without the +-88 clip (exactly 0 below about -88.72), and the panoptic case of
     tests/test_postprocess.py::test_panoptic_underflowed_pixels_go_to_the_first_kept_query: where every kept
     query's sigmoid is 0 the FIRST kept query wins, so q0 (lower score) survives the overlap test."""
-    _require(browser=False)
     x = np.array([-1000, -120, -104, -89, -88.8, -88.73, -88.72, -88.7, -88, -20, -1e-3, 0, 5, 20, 120], np.float32)
     a = np.full((16, 16), -100.0, np.float32)
     a[0:8, 0:8] = 10.0
@@ -287,9 +270,9 @@ MERGE_POLICIES = [InputPolicy(size=(64, 96)),
                   InputPolicy(size=(64, 64), resize="keep_ratio", scale=(112, 80), canvas="divisor")]
 
 
+@pytest.mark.node
 @pytest.mark.parametrize("policy", MERGE_POLICIES, ids=["fixed", "keep_ratio_divisor"])
 def test_host_js_masks_and_panoptic_merge_equal_python(policy):
-    _require(browser=False)
     rng = np.random.default_rng(1)
     isthing = [True, True, False]
     cases, expected = [], []
@@ -326,8 +309,8 @@ def test_host_js_masks_and_panoptic_merge_equal_python(policy):
             assert abs(a["area"] - b["area"]) <= 2 and abs(a["score"] - b["score"]) < 1e-6
 
 
+@pytest.mark.node
 def test_old_manifest_without_host_section_is_refused_with_a_sentence():
-    _require(browser=False)
     manifest = _manifest(InputPolicy(size=(64, 64)))
     del manifest["host"]
     script = ("import {readContract} from './apps/web/host.js';"
@@ -354,15 +337,15 @@ def bundle(tmp_path_factory) -> Path:
 
 
 def drive(url: str, job: dict, timeout: float = 120) -> dict:
-    res = subprocess.run(["node", str(WEB / "drive.mjs"), json.dumps({"url": url, "executable": CHROMIUM, **job})],
+    res = subprocess.run(["node", str(WEB / "drive.mjs"), json.dumps({"url": url, "executable": str(CHROMIUM), **job})],
                          capture_output=True, text=True, timeout=timeout, cwd=WEB)
     out = json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else {"error": res.stderr[-3000:]}
     assert res.returncode == 0 and "error" not in out, out.get("error") or res.stderr[-3000:]
     return out
 
 
+@pytest.mark.browser
 def test_page_click_and_shift_clicks_match_the_python_pipeline(bundle, tmp_path):
-    _require(browser=True)
     import rapsam_edge
 
     serve = load_app("web/serve.py", "rapsam_web_serve")

@@ -1,8 +1,10 @@
 """``rapsam-edge bench``: report schema, statuses of formats that cannot run here, the unavailable-device
 sentence, --floor / --max-drop exit codes, and the pure helpers (gates, targets, tegrastats parsing).
 
-One tiny bundle for the whole file: a seeded RANDOM rapsam_r18_lite at 128x128 with ONNX fp32 and the CPU INT8
-flavour (never an accuracy claim), measured on 2 held-out coco_mini images with 2 timed runs.
+The bundle is the session's seeded RANDOM rapsam_r18_lite at 128x128 with ONNX fp32 and the CPU INT8 flavour
+(conftest's ``tiny_int8_cpu_bundle``; never an accuracy claim). The schema run measures what fills every section of
+the report on the embedded photos (2 timed runs, drift and the protocol comparison on one photo); the task metrics
+on real data are the smaller run of ``test_task_metrics_on_coco_and_a_missed_floor``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ASSET_IMAGES, SHARED_DATA
+from conftest import ASTRONAUT
 from typer.testing import CliRunner
 
 from rapsam_edge.benchmarks import devices, gates, report
@@ -21,86 +23,97 @@ from rapsam_edge.benchmarks.formats import FORMATS, FormatRow
 from rapsam_edge.benchmarks.latency import MEASURES
 from rapsam_edge.bundle import load_bundle
 from rapsam_edge.cli import app
-from rapsam_edge.runtime.devices import DEVICES, HostFacts, missing, probe, resolve
+from rapsam_edge.runtime.devices import DEVICES, HostFacts, probe, resolve
 
 runner = CliRunner()
-HAVE_DATA = (SHARED_DATA / "coco_mini").is_dir()
-DATA = ["--data", "coco", "--limit", "2"] if HAVE_DATA else ["--data", "none"]
 FAST = ["--device", "cpu", "--threads", "1", "--runs", "2", "--warmup", "1", "--drift-images", "1",
         "--protocol-images", "1"]
+FORMAT_ORDER = ["torch", "onnx-fp32", "onnx-int8-cpu", "onnx-fp16", "trt-fp16", "coreml-fp16"]
 
 
 @pytest.fixture(scope="session")
-def bench_bundle(tiny_onnx_bundle, tmp_path_factory) -> Path:
-    """The shared tiny bundle + the CPU INT8 flavour (calibrated on the three embedded photos)."""
-    from rapsam_edge.calibration import CalibrationOptions, calibrate
-
-    out = tmp_path_factory.mktemp("bench_bundles")
-    root = out / "rapsam_r18_lite"
-    shutil.copytree(tiny_onnx_bundle, root)
-    calib = out / "calib"
-    calib.mkdir()
-    for p in ASSET_IMAGES.iterdir():
-        if p.suffix in (".png", ".jpg"):
-            shutil.copy(p, calib / p.name)
-    calibrate(root, CalibrationOptions(images=calib, data="folder", num=3, threads=1, sensitivity_images=1))
-    return root
+def bench_bundle(tiny_int8_cpu_bundle) -> Path:
+    """fp32 + the CPU INT8 encoder; read-only (the bench writes nothing into a bundle without --make-missing)."""
+    return tiny_int8_cpu_bundle[0]
 
 
 @pytest.fixture(scope="session")
 def bench_run(bench_bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_report")
-    gates_ok = ["--floor", "class_agreement=0.5"] + (["--max-drop", "miou=100"] if HAVE_DATA else [])
-    res = runner.invoke(app, ["bench", "--bundle", str(bench_bundle), *FAST, *DATA, "--out", str(out),
-                              "--formats", "torch,onnx-fp32,onnx-int8-cpu,onnx-fp16,trt-fp16,coreml-fp16", *gates_ok])
+    res = runner.invoke(app, ["bench", "--bundle", str(bench_bundle), *FAST, "--data", "none", "--out", str(out),
+                              "--formats", ",".join(FORMAT_ORDER), "--floor", "class_agreement=0.5"])
     return res, out, json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else None
+
+
+def _graph_mb(bundle, precisions: dict[str, str]) -> float:
+    return round(sum(bundle.require(g, "onnx", p).bytes for g, p in precisions.items()) / 1e6, 2)
 
 
 def test_report_schema(bench_run, bench_bundle):
     res, out, doc = bench_run
     assert res.exit_code == 0, res.output
     assert doc["schema"] == report.SCHEMA and doc["exit_code"] == 0
-    assert doc["command"].startswith("rapsam-edge") and doc["device"] == {"requested": "cpu", "profile": "cpu"}
+    assert doc["command"].startswith("rapsam-edge") and doc["device"] == {"requested": "cpu",
+                                                                                         "profile": "cpu"}
+    bundle = load_bundle(bench_bundle)
     b = doc["bundle"]
-    assert b["manifest_sha256"] == load_bundle(bench_bundle).manifest_hash()
+    assert b["manifest_sha256"] == bundle.manifest_hash() and b["path"] == str(bench_bundle)
     assert b["random_init"] is True and doc["accuracy_claims"] is False and "RANDOM WEIGHTS" in doc["notes"][0]
-    assert b["input_size"] == [128, 128] and "cpu" in b["calibration"]
+    assert b["input_size"] == [128, 128] and set(b["calibration"]) == {"cpu"}
+    assert doc["data"]["data"] == "none" and doc["settings"]["image"] == str(ASTRONAUT)  # the first embedded photo
     system = doc["system"]
     for key in ("cpu_model", "cpu_cores_logical", "os", "memory_gb"):
         assert system[key]
     assert {"torch", "onnxruntime", "tensorrt", "coremltools"} <= set(system["versions"])
-    assert system["versions"]["tensorrt"] == "not installed" and system["profile"]["threads"] == 1
+    assert system["versions"]["tensorrt"] == (probe().tensorrt or "not installed")
+    assert system["profile"]["threads"] == 1
     rows = {r["format"]: r for r in doc["formats"]}
-    assert list(rows) == ["torch", "onnx-fp32", "onnx-int8-cpu", "onnx-fp16", "trt-fp16", "coreml-fp16"]
-    for name in ("torch", "onnx-fp32", "onnx-int8-cpu"):
+    assert list(rows) == FORMAT_ORDER
+    graphs = {"torch": ("fp32", "fp32"), "onnx-fp32": ("fp32", "fp32"), "onnx-int8-cpu": ("int8-cpu", "fp32")}
+    for name, (encoder, decoders) in graphs.items():
         r = rows[name]
         assert r["status"] == "ok", r["reasons"]
-        assert set(MEASURES) <= set(r["latency"]) and r["latency"]["encoder"]["runs"] == 2
-        assert r["latency"]["encoder"]["p90_ms"] >= r["latency"]["encoder"]["median_ms"] > 0
-        assert r["latency"]["fps"]["panoptic"] > 0 and r["latency"]["fps"]["click"] > 0
-        assert r["cold_start"]["load_and_first_inference_ms"] > 0 and r["cold_start"]["peak_rss_mb"] > 100
-        assert r["size_mb"] > 0 and r["gates"]["passed"]
-        if HAVE_DATA:
-            assert {"pq", "miou", "noc@0.85", "pq_official"} <= set(r["metrics"])
+        precisions = {"encoder": encoder, "object_decoder": decoders, "prompt_decoder": decoders}
+        assert r["graphs"] == precisions and r["size_mb"] == _graph_mb(bundle, precisions)
+        lat = r["latency"]
+        assert set(MEASURES) <= set(lat) and {m["runs"] for k, m in lat.items() if k != "fps"} == {2}
+        assert lat["encoder"]["p90_ms"] >= lat["encoder"]["median_ms"] >= lat["encoder"]["min_ms"] > 0
+        assert lat["fps"] == {"panoptic": round(1000 / lat["panoptic_e2e"]["median_ms"], 2),
+                              "click": round(1000 / lat["click_e2e"]["median_ms"], 2)}
+        cold = r["cold_start"]  # a fresh process: imports, then bundle load + first panoptic inference
+        assert cold["load_and_first_inference_ms"] == pytest.approx(cold["load_ms"] + cold["first_panoptic_ms"],
+                                                                    abs=0.2)
+        assert cold["peak_rss_mb"] >= cold["rss_after_import_mb"] > 100
+        assert r["gates"] == {"passed": True, "missed": []} and r["metrics"] is None  # --data none: no task metrics
+    fp32, int8 = rows["onnx-fp32"]["latency"], rows["onnx-int8-cpu"]["latency"]
+    assert rows["onnx-fp32"]["speedup_vs_onnx_fp32"]["encoder"] == 1.0
+    assert rows["onnx-int8-cpu"]["speedup_vs_onnx_fp32"]["encoder"] == pytest.approx(
+        fp32["encoder"]["median_ms"] / int8["encoder"]["median_ms"], abs=1e-3)
+    # drift vs PyTorch on the photo: fp32 onnxruntime is the same computation, INT8 is not
+    assert rows["torch"]["drift"] is None  # the reference itself
+    same, lossy = rows["onnx-fp32"]["drift"], rows["onnx-int8-cpu"]["drift"]
+    assert same["failures"] == [] and same["summary"]["class_agreement"] == 1.0
+    assert same["summary"]["per_output"]["encoder.features"]["max_abs"] < 1e-3
+    assert lossy["summary"]["per_output"]["encoder.features"]["max_abs"] > 100 * (
+        same["summary"]["per_output"]["encoder.features"]["max_abs"])
+    assert lossy["summary"]["encoder_cosine"] < same["summary"]["encoder_cosine"]
+    # the 128x128 deployment canvas vs the official protocol, same weights (the PyTorch reference), on the photo
     assert doc["settings"]["protocol"] == "deployment"  # a fixed-canvas bundle
-    proto = doc["protocol"]  # the 128x128 deployment canvas vs the official protocol, same weights
-    assert proto["images"] == 1 and proto["deployment_policy"]["size"] == [128, 128]
+    proto = doc["protocol"]
+    assert proto["images"] == 1 and proto["deployment_policy"]["size"] == [128, 128] and proto["metrics"] == {}
     assert proto["official_policy"]["canvas"] == "divisor" and proto["official_policy"]["scale"] == [1333, 800]
-    for key in ("panoptic_agreement", "interactive_mask_iou", "object_class_agreement"):
-        assert 0 <= proto[key] <= 1
-    if HAVE_DATA:
-        assert set(proto["metrics"]) == {"deployment", "official", "official_minus_deployment"}
-        assert "miou" in proto["metrics"]["official_minus_deployment"]
+    import rapsam_edge
+    from rapsam_edge.benchmarks.protocol import agreement
+
+    deployment = rapsam_edge.load(bench_bundle, backend="torch", protocol="deployment", threads=1)
+    official = rapsam_edge.load(bench_bundle, backend="torch", protocol="official", threads=1)
+    want = agreement(deployment, official, [ASTRONAUT])
+    got = tuple(proto[k] for k in ("panoptic_agreement", "interactive_mask_iou", "object_class_agreement"))
+    assert got == pytest.approx(want, abs=1e-6) and want != (1.0, 1.0, 1.0)  # the small canvas does cost
     assert "Input protocol: deployment canvas vs official" in (out / "report.md").read_text()
     assert "input protocol: deployment canvas 128x128" in " ".join(res.output.split())
-    assert rows["onnx-fp32"]["speedup_vs_onnx_fp32"]["encoder"] == 1.0
-    assert rows["onnx-int8-cpu"]["graphs"] == {"encoder": "int8-cpu", "object_decoder": "fp32",
-                                               "prompt_decoder": "fp32"}
-    assert rows["torch"]["drift"] is None  # the reference itself
-    summary = rows["onnx-int8-cpu"]["drift"]["summary"]
-    assert 0 <= summary["class_agreement"] <= 1 and 0 <= summary["mask_iou"] <= 1
-    assert summary["per_output"]["encoder.features"]["max_abs"] > 0
-    assert rows["onnx-fp32"]["drift"]["failures"] == []
+    assert doc["gates"] == {"floor": {"class_agreement": 0.5}, "max_drop": {}, "max_drop_reference": None,
+                            "failures": [], "passed": True}
     assert any(t["format"] == "onnx-int8-cpu" and "PyTorch" in t["target"] for t in doc["targets"])
     md = (out / "report.md").read_text()
     assert "RANDOM WEIGHTS" in md and "| onnx-int8-cpu | ok |" in md and doc["command"] in md
@@ -121,9 +134,10 @@ def test_formats_that_cannot_run_here_say_why(bench_run):
 
 @pytest.mark.parametrize("device, words", [("jetson", "/etc/nv_tegra_release"), ("cuda", "NVIDIA GPU"),
                                            ("coreml", "macOS")])
-def test_unavailable_device_is_one_sentence_and_nonzero(device, words, tmp_path):
-    if missing(DEVICES[device], probe()) is None:
-        pytest.skip("this host has the device")
+def test_unavailable_device_is_one_sentence_and_nonzero(device, words, tmp_path, monkeypatch):
+    from rapsam_edge.benchmarks import harness
+
+    monkeypatch.setattr(harness, "probe", lambda: HostFacts(os="Linux"))  # a host without any of them
     res = runner.invoke(app, ["bench", "--device", device, "--out", str(tmp_path)])
     assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
     assert not (tmp_path / "report.json").exists()
@@ -140,16 +154,33 @@ def test_runtime_problems_from_host_facts():
     assert devices.runtime_problem("onnxruntime", DEVICES["cpu"], gpu, "cpu") is None
 
 
-@pytest.mark.skipif(not HAVE_DATA, reason="needs ../shared/data/coco_mini for task metrics")
-def test_floor_miss_exits_one_and_marks_the_format(bench_bundle, tmp_path):
+@pytest.mark.needs_shared_data
+def test_task_metrics_on_coco_and_a_missed_floor(bench_bundle, tmp_path):
+    """With real data (one coco_mini image, one format) a row holds both tasks' metrics, those of the official
+    panoptic subset too, and its mIoU is evaluate_interactive's on that image; the protocol comparison adds its
+    metrics; a floor nothing can reach (mIoU 101) fails the format and the run: exit 1."""
+    import rapsam_edge
+    from rapsam_edge.benchmarks.accuracy import EVAL_SPLIT
+    from rapsam_edge.evaluate import evaluate_interactive
+    from rapsam_edge.training.recipes import open_coco
+
     res = runner.invoke(app, ["bench", "--bundle", str(bench_bundle), *FAST, "--data", "coco", "--limit", "1",
-                              "--tasks", "interactive", "--formats", "onnx-fp32", "--runs", "1", "--warmup", "0",
-                              "--no-cold-start", "--floor", "miou=101", "--out", str(tmp_path)])
+                              "--formats", "onnx-fp32", "--runs", "1", "--warmup", "0", "--no-cold-start",
+                              "--floor", "miou=101", "--out", str(tmp_path)])
     assert res.exit_code == 1, res.output
     doc = json.loads((tmp_path / "report.json").read_text())
     row = doc["formats"][0]
     assert row["status"] == "failed validation" and "floor 101" in row["reasons"][-1]
     assert doc["gates"]["passed"] is False and doc["exit_code"] == 1 and "gates failed" in res.output
+    assert {"pq", "sq", "rq", "miou", "noc@0.85", "pq_official"} <= set(row["metrics"])
+    assert doc["data"]["subset"] == EVAL_SPLIT and doc["data"]["images"] == 1
+    pipe = rapsam_edge.load(bench_bundle, precision="fp32", threads=1)
+    data = open_coco(Path(doc["data"]["path"]), pipe.vocabulary, subset=EVAL_SPLIT)
+    assert row["metrics"]["miou"] == pytest.approx(evaluate_interactive(pipe, data, 1)["miou"], abs=1e-9)
+    proto = doc["protocol"]["metrics"]
+    assert set(proto) == {"deployment", "official", "official_minus_deployment"}
+    assert proto["official_minus_deployment"]["miou"] == pytest.approx(
+        proto["official"]["miou"] - proto["deployment"]["miou"], abs=1e-6)
 
 
 def test_official_protocol_on_a_fixed_canvas_bundle_is_one_sentence(bench_bundle, tmp_path):

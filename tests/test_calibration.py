@@ -1,7 +1,9 @@
 """INT8 calibration: Q/DQ structure of both flavours and backends, exclusions derived from the graph, overlap
 refusal, empty / unreadable calibration folders, manifest provenance, TensorRT cache format, accuracy control.
 
-The bundle is a seeded RANDOM rapsam_r18_lite at 128x128: fine for structure, never for accuracy claims.
+The bundle is the session's seeded RANDOM rapsam_r18_lite at 128x128 (conftest's ``tiny_onnx_bundle``; its CPU
+INT8 flavour is ``tiny_int8_cpu_bundle``, which the bench tests read too): fine for structure, never for accuracy
+claims.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import ASSET_IMAGES
+from conftest import ASSET_IMAGES, copy_bundle
 from typer.testing import CliRunner
 
 from rapsam_edge.bundle import edit_bundle, load_bundle
@@ -35,35 +37,13 @@ from rapsam_edge.calibration.accuracy import EvalSet, Step, control
 from rapsam_edge.calibration.quantizers import OrtQuantizer
 from rapsam_edge.calibration.readers import ImageReader, overlapping, select_images
 from rapsam_edge.cli import app
-from rapsam_edge.exporters.export import ExportRequest, run_export
 from rapsam_edge.preprocess import InputPolicy
-
-VERIFY = sorted(ASSET_IMAGES.glob("*.png"))[:1]
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("calib_bundles")
-    run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=128, out=out, verify_images=VERIFY))
-    return out / "rapsam_r18_lite"
 
 
 @pytest.fixture()
-def bundle(exported, tmp_path) -> Path:
-    dst = tmp_path / "bundle"
-    shutil.copytree(exported, dst)
-    return dst
-
-
-@pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory) -> Path:
-    """Six real photos (the package's embedded images, repeated under new names)."""
-    d = tmp_path_factory.mktemp("calib")
-    photos = sorted(p for p in ASSET_IMAGES.iterdir() if p.suffix in (".png", ".jpg"))
-    for i in range(6):
-        src = photos[i % len(photos)]
-        shutil.copy(src, d / f"{i:03d}{src.suffix}")
-    return d
+def bundle(tiny_onnx_bundle, tmp_path) -> Path:
+    """A private copy of the session's fp32 bundle, for tests that calibrate into it."""
+    return copy_bundle(tiny_onnx_bundle, tmp_path)
 
 
 def _opts(images: Path, **kw) -> CalibrationOptions:
@@ -90,8 +70,8 @@ def _zero_points(model: onnx.ModelProto) -> list[tuple[str, int, bool]]:
     return out
 
 
-def test_cpu_flavour_is_u8_activations_s8_per_channel_weights_with_provenance(bundle, calib_dir):
-    report = calibrate(bundle, _opts(calib_dir, flavor=Flavor.CPU))
+def test_cpu_flavour_is_u8_activations_s8_per_channel_weights_with_provenance(tiny_int8_cpu_bundle, calib_images):
+    bundle, report = tiny_int8_cpu_bundle  # calibrate(..., num=3, flavor cpu) of 6 images in calib_images
     b = load_bundle(bundle)  # sha256 of every artifact checked
     art = b.require("encoder", "onnx", "int8-cpu")
     model = onnx.load(str(b.path(art)))
@@ -119,16 +99,18 @@ def test_cpu_flavour_is_u8_activations_s8_per_channel_weights_with_provenance(bu
     assert set(b.manifest["calibration"]) == {"cpu"}  # flavour sections only (the FP32 baselines have a file)
     cal = b.manifest["calibration"]["cpu"]
     assert cal["data"]["count"] == 3 and cal["data"]["available"] == 6 and len(cal["data"]["image_ids_sha256"]) == 64
-    assert cal["data"]["data"] == "folder" and cal["data"]["path"] == str(calib_dir)
+    assert cal["data"]["data"] == "folder" and cal["data"]["path"] == str(calib_images)
     assert (cal["method"], cal["backend"], cal["flavour"]) == ("percentile", "ort", "cpu")  # the defaults
     assert cal["exclusions"]["encoder"] == exc and art.details["calibration_images"] == 3
     assert cal["exclusion_overrides"]["rules"] == list(excl.DEFAULT_RULES)
-    assert cal["latency"]["speedup"] > 0 and "only 3 calibration images" in cal["warnings"][0]
+    timing = cal["latency"]
+    assert timing["speedup"] == round(timing["fp32"]["median_ms"] / timing["int8"]["median_ms"], 2)
+    assert "only 3 calibration images" in cal["warnings"][0]
     sens = json.loads((bundle / "calibration" / "encoder.int8-cpu.sensitivity.json").read_text())
     assert (bundle / "calibration" / "encoder.int8-cpu.sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sqnr = [r["sqnr_db"] for r in sens["tensors"]]
     assert sqnr == sorted(sqnr) and {r["kind"] for r in sens["tensors"]} == {"activation", "weight"}
-    assert all(-1 <= r["cosine"] <= 1.0 + 1e-9 for r in sens["tensors"]) and sens["nodes"]
+    assert sens["nodes"]  # the weight figures themselves: test_weight_sensitivity_is_the_rounding_on_the_scale_grid
     # the runtime resolves int8 for the encoder and fp32 for the decoders
     from rapsam_edge.calibration import calibrated_artifacts
     from rapsam_edge.runtime.ort_backend import resolve_precisions
@@ -138,15 +120,16 @@ def test_cpu_flavour_is_u8_activations_s8_per_channel_weights_with_provenance(bu
     assert calibrated_artifacts(bundle) == {"cpu": {"encoder": b.path(art)}}
 
 
-def test_tensorrt_flavour_is_symmetric_s8_zero_point_0_and_writes_a_trt8_cache(bundle, calib_dir, tmp_path):
+def test_tensorrt_flavour_is_symmetric_s8_zero_point_0_and_writes_a_trt8_cache(bundle, calib_images, tmp_path):
     from rapsam_edge.onnx_qdq import symmetric_int8
 
     chosen = _middle_conv(bundle / "encoder.onnx")
     copy = tmp_path / "eval" / "same_bytes.png"  # an evaluation image that is also a calibration image ...
     copy.parent.mkdir()
-    shutil.copy(select_images(calib_dir, num=3).paths[0], copy)
+    shutil.copy(select_images(calib_images, num=3).paths[0], copy)
     evalset = EvalSet(copy.parent, None, 1, None, [copy])
-    calibrate(bundle, _opts(calib_dir, flavor=Flavor.TENSORRT, exclude=(chosen,), allow_overlap=True), evalset=evalset)
+    calibrate(bundle, _opts(calib_images, flavor=Flavor.TENSORRT, exclude=(chosen,), allow_overlap=True),
+              evalset=evalset)
     b = load_bundle(bundle)
     model = onnx.load(str(b.path(b.require("encoder", "onnx", "int8-trt"))))
     zps = _zero_points(model)
@@ -173,6 +156,45 @@ def test_tensorrt_flavour_is_symmetric_s8_zero_point_0_and_writes_a_trt8_cache(b
     first = next(n for n in fp32.graph.node if n.name == cal["exclusions"]["encoder"][0])
     left_out = set(cal["files"]["trt_cache"]["left_out_for_float_nodes"])
     assert {"image", first.input[0]} <= left_out and not left_out & set(amax)
+
+
+def test_weight_sensitivity_is_the_rounding_on_the_scale_grid():
+    """sensitivity.weight_rows on a tiny Q/DQ graph: one row per quantized weight (the int32 bias has none), its
+    SQNR and cosine those of the FP32 weight vs the weight rounded on the per-channel int8 grid the quantizer
+    chose, computed here independently."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rapsam_edge.calibration.sensitivity import weight_rows
+
+    w = np.random.default_rng(3).normal(size=(3, 2, 3, 3)).astype(np.float32)
+    w[1] = np.round(w[1] * 4) / 4  # a channel whose values sit on its grid ...
+    w[1, 0, 0, 0] = 127 / 4  # ... of scale 1/4: rounding costs it nothing
+    scale = np.abs(w).reshape(3, -1).max(1) / 127
+    q = np.clip(np.rint(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])
+    fp32 = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")], "fp32", [x], [y],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(3, np.float32), "b")]))
+    qdq_inits = [numpy_helper.from_array(q, "w_q"), numpy_helper.from_array(scale.astype(np.float32), "w_s"),
+                 numpy_helper.from_array(np.zeros(3, np.int8), "w_z"), numpy_helper.from_array(np.zeros(3, np.int32),
+                                                                                               "b_q"),
+                 numpy_helper.from_array(np.full(3, 1e-3, np.float32), "b_s"),
+                 numpy_helper.from_array(np.zeros(3, np.int32), "b_z")]
+    qdq = helper.make_model(helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w_dq"], name="dq_w", axis=0),
+         helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b_dq"], name="dq_b", axis=0),
+         helper.make_node("Conv", ["x", "w_dq", "b_dq"], ["y"], name="conv")], "qdq", [x], [y], qdq_inits))
+    rows = weight_rows(qdq, fp32)
+    assert [(r["tensor"], r["kind"], r["consumers"], r["per_channel"]) for r in rows] == [("w", "weight", ["conv"],
+                                                                                          True)]
+    ref = w.astype(np.float64).ravel()
+    rounded = (q.astype(np.float64) * scale[:, None, None, None]).ravel()
+    err = ((ref - rounded) ** 2).sum()
+    assert rows[0]["sqnr_db"] == pytest.approx(10 * np.log10((ref @ ref) / err), abs=1e-6)
+    assert rows[0]["local_sqnr_db"] == rows[0]["sqnr_db"]
+    assert rows[0]["cosine"] == pytest.approx(ref @ rounded / np.linalg.norm(ref) / np.linalg.norm(rounded), abs=1e-9)
+    assert ((w[1] - q[1] * scale[1]) == 0).all() and err > 0  # the exact channel is exact, the others are not
 
 
 class _Feeds:
@@ -221,15 +243,16 @@ def test_entropy_and_percentile_clip_outliers_unlike_minmax(tmp_path):
 
 
 @pytest.mark.parametrize("flavor", ["cpu", "tensorrt"])
-def test_nncf_backend_meets_the_flavour(exported, calib_dir, tmp_path, flavor):
+def test_nncf_backend_meets_the_flavour(tiny_onnx_bundle, calib_images, tmp_path, flavor):
     from rapsam_edge.calibration import nncf_backend
 
     policy = InputPolicy(size=(128, 128))
-    reader = ImageReader(select_images(calib_dir, num=2).paths, policy)
+    reader = ImageReader(select_images(calib_images, num=2).paths, policy)
     out = tmp_path / "q.onnx"
-    chosen = _middle_conv(exported / "encoder.onnx")
-    details = nncf_backend.quantize(exported / "encoder.onnx", out, reader, QUANTIZERS["nncf"].setting(Method.MINMAX),
-                                    Flavor(flavor), [chosen])
+    encoder = tiny_onnx_bundle / "encoder.onnx"
+    chosen = _middle_conv(encoder)
+    details = nncf_backend.quantize(encoder, out, reader, QUANTIZERS["nncf"].setting(Method.MINMAX), Flavor(flavor),
+                                    [chosen])
     model = onnx.load(str(out))
     s = qdq.summarise(model)
     assert qdq.check_flavor(model, Flavor(flavor), s) == [] and details["activation_qdq_retyped"] > 0
@@ -240,14 +263,14 @@ def test_nncf_backend_meets_the_flavour(exported, calib_dir, tmp_path, flavor):
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
     feats = sess.run(None, reader.feed(0))[0]
-    ref = ort.InferenceSession(str(exported / "encoder.onnx"), so, providers=["CPUExecutionProvider"]).run(
+    ref = ort.InferenceSession(str(encoder), so, providers=["CPUExecutionProvider"]).run(
         None, reader.feed(0))[0]
     cos = float((feats * ref).sum() / np.linalg.norm(feats) / np.linalg.norm(ref))
     assert cos > 0.98
 
 
-def test_exclusions_are_derived_from_the_object_decoder_graph(exported):
-    model = onnx.load(str(exported / "object_decoder.onnx"))
+def test_exclusions_are_derived_from_the_object_decoder_graph(tiny_onnx_bundle):
+    model = onnx.load(str(tiny_onnx_bundle / "object_decoder.onnx"))
     counts = {op: sum(n.op_type == op for n in model.graph.node) for op in ("LayerNormalization", "Softmax")}
     derived = excl.derive(model)
     assert len(derived["layernorm"]) == counts["LayerNormalization"] and len(derived["softmax"]) == counts["Softmax"]
@@ -260,24 +283,24 @@ def test_exclusions_are_derived_from_the_object_decoder_graph(exported):
     assert derived["classifier"][0] not in final
     with pytest.raises(ValueError, match="not a node of the graph"):
         excl.apply_overrides(derived, model, exclude=["no_such_node"])
-    prompt = onnx.load(str(exported / "prompt_decoder.onnx"))
+    prompt = onnx.load(str(tiny_onnx_bundle / "prompt_decoder.onnx"))
     assert excl.attention_inputs(prompt) == {"prompt_keys", "prompt_values"}
-    encoder = onnx.load(str(exported / "encoder.onnx"))
+    encoder = onnx.load(str(tiny_onnx_bundle / "encoder.onnx"))
     ctx = excl.Context(frozenset(excl.attention_inputs(prompt)))
     kv = excl.derive(encoder, excl.RULES, ctx)["attention_kv_outputs"]  # opt-in rule, not a default
     assert len(kv) == 2 and "attention_kv_outputs" not in excl.DEFAULT_RULES
     assert {o for n in encoder.graph.node if n.name in kv for o in n.output} == {"prompt_keys", "prompt_values"}
 
 
-def test_overlap_with_the_evaluation_images_is_refused(bundle, calib_dir, tmp_path):
+def test_overlap_with_the_evaluation_images_is_refused(bundle, calib_images, tmp_path):
     copy = tmp_path / "eval" / "renamed.png"
     copy.parent.mkdir()
-    shutil.copy(sorted(calib_dir.iterdir())[0], copy)  # same bytes, other name: still caught
+    shutil.copy(sorted(calib_images.iterdir())[0], copy)  # same bytes, other name: still caught
     evalset = EvalSet(copy.parent, None, 1, None, [copy])
     with pytest.raises(OverlapError, match="also evaluation images.*--allow-overlap"):
-        calibrate(bundle, _opts(calib_dir), evalset=evalset)
+        calibrate(bundle, _opts(calib_images), evalset=evalset)
     assert load_bundle(bundle).find("encoder", "onnx", "int8-cpu") is None  # nothing written
-    assert overlapping([copy], [sorted(calib_dir.iterdir())[1]]) == []
+    assert overlapping([copy], [sorted(calib_images.iterdir())[1]]) == []
 
 
 def test_empty_missing_and_unreadable_calibration_folders(tmp_path):
@@ -304,19 +327,20 @@ def test_empty_missing_and_unreadable_calibration_folders(tmp_path):
     assert [p.name for p in picked.paths] == ["c.png"] and len(picked.skipped) == 2
 
 
-def test_cli_refuses_bad_calibration_input_in_one_sentence(exported, tmp_path):
+def test_cli_refuses_bad_calibration_input_in_one_sentence(tiny_onnx_bundle, tmp_path):
     runner = CliRunner()
+    bundle = str(tiny_onnx_bundle)
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = runner.invoke(app, ["calibrate", "--bundle", str(exported), "--images", str(empty), "--data", "folder",
+    res = runner.invoke(app, ["calibrate", "--bundle", bundle, "--images", str(empty), "--data", "folder",
                               "--eval-data", str(tmp_path / "none")])
     assert res.exit_code == 2
-    res = runner.invoke(app, ["calibrate", "--bundle", str(exported), "--images", str(empty), "--data", "folder",
+    res = runner.invoke(app, ["calibrate", "--bundle", bundle, "--images", str(empty), "--data", "folder",
                               "--verify-limit", "0"])
     assert res.exit_code == 2 and "holds no image files" in res.output and "Traceback" not in res.output
-    res = runner.invoke(app, ["calibrate", "--bundle", str(exported), "--images", str(empty), "--method", "kl"])
+    res = runner.invoke(app, ["calibrate", "--bundle", bundle, "--images", str(empty), "--method", "kl"])
     assert res.exit_code == 2 and "--method 'kl' is not one of" in res.output
-    res = runner.invoke(app, ["calibrate", "--bundle", str(exported), "--images", str(empty), "--max-drop", "pq"])
+    res = runner.invoke(app, ["calibrate", "--bundle", bundle, "--images", str(empty), "--max-drop", "pq"])
     assert res.exit_code == 2 and "METRIC=POINTS" in res.output
 
 
@@ -436,49 +460,66 @@ def test_accuracy_control_moves_the_most_sensitive_nodes_first():
 
 
 @pytest.mark.slow
-def test_calibrate_cli_with_max_drop_and_object_decoder(bundle, calib_dir, shared_data, tmp_path):
-    """Mechanics of accuracy control through the CLI (random weights: a budget of 0 forces fallback steps)."""
+@pytest.mark.parametrize("drops, met_at", [((3.0, 0.5), 1), ((3.0, 3.0), None)], ids=["met_at_step_1", "never_met"])
+def test_calibrate_cli_with_max_drop_and_object_decoder(bundle, calib_images, shared_data, tmp_path, monkeypatch,
+                                                        drops, met_at):
+    """Accuracy control through the CLI, with the outcome its inputs determine. The task metric is scripted (a
+    random model's mIoU would decide nothing): FP32 scores 50 and the candidates of steps 0, 1 lose ``drops``
+    points against ``--max-drop miou=1``, with two steps allowed. Met at step 1: the graphs registered are exactly
+    the candidate step 1 evaluated (not step 0's), with its one layer moved back to float recorded. Never met:
+    exit 2, one sentence naming the steps, and the bundle unchanged."""
+    import functools
+    import hashlib
+
+    from rapsam_edge.calibration import accuracy
+
+    scores = iter([50.0, *(50.0 - d for d in drops)])
+    candidates: list[dict[str, str]] = []  # graph -> sha256 of each candidate built, in order
+
+    def scripted(pipe, evalset, metrics):
+        assert metrics == ("miou",) and len(evalset.paths) == 1
+        return {"miou": next(scores)}
+
+    def recorded(staging, files, precision, threads):
+        candidates.append({g: hashlib.sha256((staging.root / f).read_bytes()).hexdigest() for g, f in files.items()})
+        return real_candidate(staging, files, precision, threads)
+
+    real_candidate = accuracy.candidate_pipeline
+    monkeypatch.setattr(accuracy, "task_metrics", scripted)
+    monkeypatch.setattr(accuracy, "candidate_pipeline", recorded)
+    monkeypatch.setattr(accuracy, "control", functools.partial(accuracy.control, max_steps=1))
+    manifest_before = (bundle / "manifest.json").read_bytes()
     out = tmp_path / "report.json"
     res = CliRunner().invoke(app, [
-        "calibrate", "--bundle", str(bundle), "--images", str(calib_dir), "--data", "folder", "--num", "3",
-        "--graphs", "encoder,object_decoder", "--max-drop", "miou=0", "--max-drop", "pq=0",
+        "calibrate", "--bundle", str(bundle), "--images", str(calib_images), "--data", "folder", "--num", "3",
+        "--graphs", "encoder,object_decoder", "--max-drop", "miou=1",
         "--eval-data", str(shared_data / "coco_mini"), "--eval-subset", "extra_val2017_from_COCO_MINI",
-        "--eval-limit", "3", "--verify-limit", "1", "--threads", "1", "--out", str(out)])
-    if res.exit_code != 0:  # random weights: a zero budget may be unreachable; then it must say so cleanly
-        assert res.exit_code == 2 and "could not bring the drop within" in res.output, res.output
-        assert "step 1:" in res.output and load_bundle(bundle).find("object_decoder", "onnx", "int8-cpu") is None
+        "--eval-limit", "1", "--verify-limit", "1", "--threads", "1", "--out", str(out)])
+    if met_at is None:
+        assert res.exit_code == 2, res.output
+        assert "could not bring the drop within {'miou': 1.0} after moving 1 layers back to float" in res.output
+        assert "step 1:" in res.output and "Traceback" not in res.output and len(candidates) == 2
+        assert (bundle / "manifest.json").read_bytes() == manifest_before and not out.exists()
         return
+    assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
-    assert set(report["exclusions"]) == {"encoder", "object_decoder"}
     steps = report["accuracy_control"]
-    assert steps[-1]["within_budget"] and all(d <= 0 for d in steps[-1]["drop"].values())
-    assert report["evaluation"]["overlapping_images"] == 0 and report["verification"]["images"] == 1
+    assert [len(s["moved_to_float"]) for s in steps] == [0, 1] and [s["within_budget"] for s in steps] == [False, True]
+    assert steps[-1]["drop"] == {"miou": 0.5} and steps[1]["excluded"] == steps[0]["excluded"] + 1
     b = load_bundle(bundle)
-    assert b.find("object_decoder", "onnx", "int8-cpu") is not None
+    registered = {g: b.require(g, "onnx", "int8-cpu").sha256 for g in ("encoder", "object_decoder")}
+    # steps 0 and 1 evaluated, then the final pipeline (the INT8-vs-FP32 agreement) is step 1's again
+    assert len(candidates) == 3 and candidates[0] != candidates[1] == candidates[2] == registered
+    moved = steps[1]["moved_to_float"][0]
+    assert sum(moved in names for names in report["exclusions"].values()) == 1
+    assert report["evaluation"]["overlapping_images"] == 0 and report["verification"]["images"] == 1
     # recorded, and printed as a warning when beyond tolerance (random weights: agreement means nothing here)
     failures = b.manifest["verification"]["onnx/int8-cpu"]["failures"]
     assert failures == report["verification"]["failures"]
     assert bool(failures) == any("int8 tolerance" in w for w in report["warnings"])
 
 
-def test_unfolded_batchnorm_stays_float_by_default():
-    """The DCN neck's BatchNormalization follows a MatMul (nothing folds it): it is excluded by default, which
-    keeps int8 constants of its scale/bias out of the cpu flavour (found calibrating rapsam_r18)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    c = 4
-    inits = [numpy_helper.from_array(np.ones((c, c), np.float32), "w")] + [
-        numpy_helper.from_array(np.full(c, v, np.float32), n) for n, v in (("s", 1), ("b", 0), ("m", 0), ("v", 1))]
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
-             helper.make_node("Transpose", ["y"], ["t"], perm=[0, 2, 1], name="tr"),
-             helper.make_node("BatchNormalization", ["t", "s", "b", "m", "v"], ["z"], name="bn")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, c])],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, c, 8])], inits)
-    derived = excl.derive(helper.make_model(graph))
-    assert derived["batchnorm"] == ["bn"] and "batchnorm" in excl.DEFAULT_RULES
-
-
-def test_dynamic_canvas_bundle_calibrates_at_its_deployment_size(bundle, calib_dir):
+def test_dynamic_canvas_bundle_calibrates_at_its_deployment_size(bundle, calib_images):
     """Bundles' ONNX graphs take any canvas of multiples of 32 (issue 12); calibration reads images at the
     deployment canvas of the input policy, and the INT8 encoder keeps the dynamic H/W."""
     import onnxruntime as ort
@@ -489,15 +530,15 @@ def test_dynamic_canvas_bundle_calibrates_at_its_deployment_size(bundle, calib_d
     before = load_bundle(bundle)
     assert bundle_canvas(before).kind == "dynamic"
     policy = InputPolicy.from_dict(before.manifest["input_policy"])
-    reader = ImageReader(sorted(p for p in calib_dir.iterdir())[:2], policy)
+    reader = ImageReader(sorted(p for p in calib_images.iterdir())[:2], policy)
     assert [reader.feed(i)["image"].shape for i in range(len(reader))] == [(1, 3, 128, 128)] * 2
-    calibrate(bundle, _opts(calib_dir, flavor=Flavor.CPU, num=2))
+    calibrate(bundle, _opts(calib_images, flavor=Flavor.CPU, num=2))
     b = load_bundle(bundle)
     art = b.require("encoder", "onnx", "int8-cpu")
     assert art.inputs[0].shape == [1, 3, "H", "W"] and bundle_canvas(b) == bundle_canvas(before)
     from PIL import Image  # a real photo at a canvas the calibration never saw (noise is off the data's ranges)
 
-    photo = sorted(calib_dir.iterdir())[-1]
+    photo = sorted(calib_images.iterdir())[-1]
     image = np.asarray(Image.open(photo).convert("RGB").resize((160, 96)), np.float32).transpose(2, 0, 1)[None]
     outs = [ort.InferenceSession(str(b.path(b.require("encoder", "onnx", p))),
                                  providers=["CPUExecutionProvider"]).run(None, {"image": image})[0]

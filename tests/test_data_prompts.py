@@ -19,7 +19,7 @@ from rapsam_edge.data.prompts import (
     rescale_masks_nearest,
     sample_clicks,
 )
-from rapsam_edge.preprocess import CLICK_BOX_SIZE, InputPolicy, compute_letterbox, points_to_boxes
+from rapsam_edge.preprocess import InputPolicy, compute_letterbox, points_to_boxes
 
 
 def _rects(n, hw=(40, 50)):
@@ -105,8 +105,11 @@ def test_click_boxes_match_inference_encoding():
     """A click on an image that needs no resize encodes exactly like preprocess.points_to_boxes."""
     lb = compute_letterbox((64, 96), InputPolicy(size=(64, 96)))
     pts = np.array([[10.0, 5.0], [95.0, 63.0]])
-    np.testing.assert_allclose(clicks_to_boxes(pts, lb.resized_hw), points_to_boxes(pts, lb), rtol=1e-6)
-    assert CLICK_BOX_SIZE == 6
+    boxes = clicks_to_boxes(pts, lb.resized_hw)
+    np.testing.assert_allclose(boxes, points_to_boxes(pts, lb), rtol=1e-6)
+    # the official click: a 6x6-pixel box [x-3, y-3, x+3, y+3] over the image (w, h) = (96, 64), as (cx, cy, w, h)
+    np.testing.assert_allclose(boxes, [[10 / 96, 5 / 64, 6 / 96, 6 / 64], [95 / 96, 63 / 64, 6 / 96, 6 / 64]],
+                               rtol=1e-6)
 
 
 def test_interior_click_square_and_rectangle_centre():

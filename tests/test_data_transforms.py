@@ -77,12 +77,21 @@ def test_masks_stay_aligned_with_image(interp):
 
 
 def test_flip_mirrors_content():
+    """The same draw with and without its flip: image and masks are exact left-right mirrors (the whole resized
+    image is kept at ratio 1, so no crop offset enters)."""
+    import dataclasses
+
     img, masks = _scene()
     jit = LargeScaleJitter((96, 160), (1.0, 1.0), flip_prob=1.0)
-    fr = jit.apply(img, masks, jit.sample(img.shape[:2], np.random.default_rng(0)))
+    params = jit.sample(img.shape[:2], np.random.default_rng(0))
+    assert params.flip and params.crop_yx == (0, 0) and params.crop_hw == params.resized_hw
+    fr = jit.apply(img, masks, params)
+    plain = jit.apply(img, masks, dataclasses.replace(params, flip=False))
     h, w = fr.valid_hw
-    ys, xs = np.nonzero(fr.masks[0, :h, :w])
-    assert xs.mean() > w / 2  # the red (left) rectangle is now on the right
+    assert (h, w) == plain.valid_hw
+    np.testing.assert_array_equal(fr.masks[:, :h, :w], plain.masks[:, :h, :w][:, :, ::-1])
+    np.testing.assert_array_equal(fr.image[:, :h, :w], plain.image[:, :h, :w][:, :, ::-1])
+    assert fr.masks[0, :h, w // 2:].any() and not fr.masks[0, :h, : w // 4].any()  # red (left) now on the right
 
 
 def test_determinism_and_variation():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -27,13 +28,10 @@ from rapsam_edge.verify import VerificationError
 IMAGES = sorted(ASSET_IMAGES.glob("*.png"))[:2]
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles")
-    for precision in ("fp32", "fp16"):
-        run_export(ExportRequest(target="onnx", config="rapsam_r18_lite", imgsz=128, out=out, precision=precision,
-                                 verify_images=IMAGES))
-    return out / "rapsam_r18_lite"
+@pytest.fixture()
+def bundle_dir(tiny_onnx_fp16_bundle):
+    """The session's 128-px bundle with ONNX fp32 and fp16 graphs, verified on the astronaut. Read-only."""
+    return tiny_onnx_fp16_bundle
 
 
 def test_manifest_records_the_contract(bundle_dir):
@@ -50,14 +48,17 @@ def test_manifest_records_the_contract(bundle_dir):
     assert [t.name for t in enc.outputs] == ["features", "prompt_keys", "prompt_values"]
     prompt = bundle.require("prompt_decoder", "onnx", "fp16")
     assert prompt.inputs[-1].shape == [1, "num_prompts", 4] and prompt.inputs[-1].dtype == "float32"
-    assert all(len(a.sha256) == 64 and a.bytes > 0 for a in bundle.artifacts)
+    for art in bundle.artifacts:  # what the manifest says of each file is that file
+        data = bundle.path(art).read_bytes()
+        assert (art.bytes, art.sha256) == (len(data), hashlib.sha256(data).hexdigest()), art.key
     for precision in ("fp32", "fp16"):
         report = m["verification"][f"onnx/{precision}"]
         assert report["failures"] == []
         assert report["pipeline"]["interactive_mask_iou"]["mean"] >= (0.99 if precision == "fp32" else 0.95)
         # the object queries each pipeline decodes from its own features (threshold-free end-to-end drift)
         assert report["pipeline"]["object_class_agreement"]["mean"] >= (0.99 if precision == "fp32" else 0.9)
-        assert 0.0 < report["pipeline"]["object_mask_iou"]["worst"] <= 1.0
+        obj = report["pipeline"]["object_mask_iou"]
+        assert obj["mean"] >= obj["worst"] >= (0.99 if precision == "fp32" else 0.9)
 
 
 def test_dynamic_prompts_and_clip_height_match_torch(bundle_dir):
@@ -183,7 +184,7 @@ def test_export_cli(tmp_path):
     from rapsam_edge.cli import app
 
     res = CliRunner().invoke(app, ["export", "--imgsz", "64", "--out", str(tmp_path), "--verify-images",
-                                   str(ASSET_IMAGES)])
+                                   str(ASSET_IMAGES), "--verify-limit", "1"])
     assert res.exit_code == 0, res.output
     assert "verification vs PyTorch" in res.output and "bundle" in res.output
     assert (tmp_path / "rapsam_r18_lite" / "manifest.json").is_file()
@@ -316,3 +317,74 @@ def test_official_size_canvases_match_torch_at_a_640_deployment(tmp_path):
         feats = enc_ref["features"]
         _, masks, _ = ort_b.decode_objects(feats)
         assert mask_iou(ref.decode_objects(feats)[1], masks) > TOLERANCES["fp32"].mask_iou, hw
+
+
+# ---- graph surgery of the fp16 conversion, on tiny graphs built with onnx.helper ------------------------------
+
+def _tiny(nodes, inits=(), outputs=("y",), shape=(1, 4)):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, list(shape)) for o in outputs],
+                              list(inits))
+    return helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def test_cast_round_trips_between_fp32_nodes_are_bypassed():
+    """remove_cast_round_trips: a Cast(fp16) -> Cast(fp32) pair between two fp32 nodes goes (its consumer reads the
+    fp32 value, so a large pooled sum cannot overflow in between); a pair whose end is a graph output stays."""
+    from onnx import TensorProto, helper
+
+    from rapsam_edge.exporters.onnx import remove_cast_round_trips
+
+    n = helper.make_node
+    model = _tiny([n("Relu", ["x"], ["a"], name="a"),
+                   n("Cast", ["a"], ["a16"], name="to16", to=TensorProto.FLOAT16),
+                   n("Cast", ["a16"], ["a32"], name="to32", to=TensorProto.FLOAT),
+                   n("Relu", ["a32"], ["y"], name="b"),
+                   n("Cast", ["y"], ["y16"], name="out16", to=TensorProto.FLOAT16),
+                   n("Cast", ["y16"], ["z"], name="out32", to=TensorProto.FLOAT)], outputs=("y", "z"))
+    assert remove_cast_round_trips(model) == 1
+    nodes = {node.name: node for node in model.graph.node}
+    assert list(nodes["b"].input) == ["a"] and "to32" not in nodes
+    assert {"out16", "out32"} <= set(nodes)  # z is a graph output: kept as the converter wrote it
+
+
+def test_toposort_puts_producers_first_and_names_a_dangling_input():
+    from onnx import helper
+
+    from rapsam_edge.exporters.onnx import toposort
+
+    n = helper.make_node
+    model = _tiny([n("Relu", ["b"], ["y"], name="last"), n("Neg", ["a"], ["b"], name="middle"),
+                   n("Abs", ["x"], ["a"], name="first")])
+    toposort(model.graph)
+    assert [node.name for node in model.graph.node] == ["first", "middle", "last"]
+    broken = _tiny([n("Relu", ["nowhere"], ["y"], name="orphan")])
+    with pytest.raises(RuntimeError, match="dangling input near node 'orphan'"):
+        toposort(broken.graph)
+
+
+def test_pooling_and_shape_only_nodes_stay_fp32():
+    """pooling_matmuls: the MatMul pooling a thresholded (Greater) mask and what it feeds up to the next
+    LayerNormalization; shape_only_nodes: what depends on the input only through its shape."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rapsam_edge.exporters.onnx import pooling_matmuls, shape_only_nodes
+
+    n = helper.make_node
+    inits = [numpy_helper.from_array(np.zeros((1, 4), np.float32), "zero"),
+             numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+             numpy_helper.from_array(np.ones(4, np.float32), "g"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "b")]
+    model = _tiny([n("Greater", ["x", "zero"], ["hard"], name="threshold"),
+                   n("Cast", ["hard"], ["hard_f"], name="to_float", to=TensorProto.FLOAT),
+                   n("MatMul", ["hard_f", "w"], ["pooled"], name="pool"), n("Add", ["pooled", "x"], ["s"], name="sum"),
+                   n("LayerNormalization", ["s", "g", "b"], ["normed"], name="ln", axis=-1),
+                   n("Relu", ["normed"], ["r"], name="after_ln"), n("MatMul", ["r", "w"], ["y"], name="proj"),
+                   n("Shape", ["x"], ["shape"], name="shape"), n("Cast", ["shape"], ["shape_f"], name="shape_cast",
+                                                                  to=TensorProto.FLOAT)], inits)
+    assert pooling_matmuls(model) == ["pool", "sum", "ln"]  # a plain MatMul (proj) is not pooling
+    assert shape_only_nodes(model) == ["shape", "shape_cast"]

@@ -1,10 +1,11 @@
-"""--target tensorrt on a machine without TensorRT: checked ONNX inputs + trtexec lines land in the bundle, the
-engine build stops with one sentence (no GPU, no fake tensorrt module). The device probes, ``--device`` and engine
-fingerprints are tests/test_devices.py's."""
+"""--target tensorrt: the checked ONNX inputs + trtexec lines land in the bundle before the engine build, which
+runs as its own step after the commit (no GPU, no fake tensorrt module). The fixtures replace that build step, so
+what the export commits is checked on any host; the refusal on a host without TensorRT is marked ``no_tensorrt``.
+The device probes, ``--device`` and engine fingerprints are tests/test_devices.py's."""
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -12,42 +13,53 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import ASTRONAUT, copy_bundle
 from onnx import TensorProto, helper
 
-from rapsam_edge.bundle import BundleError, bundle_canvas, load_bundle
+from rapsam_edge.bundle import BundleError, bundle_canvas, edit_bundle, load_bundle
 from rapsam_edge.exporters.export import ExportRequest, run_export
 from rapsam_edge.exporters.options import TensorRTOptions
-from rapsam_edge.exporters.targets import options_for
+from rapsam_edge.exporters.targets import TARGETS, options_for
 from rapsam_edge.exporters.tensorrt import INT8_NEEDS_CALIBRATION, build_options
-from rapsam_edge.exporters.tensorrt_build import main, recorded_profiles
+from rapsam_edge.exporters.tensorrt_build import main, post_export, recorded_profiles
 from rapsam_edge.exporters.tensorrt_checks import _check_qdq
 from rapsam_edge.exporters.tensorrt_engines import EngineSpec, ShapeProfile, TrtOptions, engine_specs, shape_profiles
 from rapsam_edge.exporters.tensorrt_script import trtexec_line
 from rapsam_edge.preprocess import CanvasSpec
+from rapsam_edge.runtime import devices
 from rapsam_edge.runtime.base import backend_factory
 from rapsam_edge.runtime.trt_backend import TrtBackend, engine_precisions
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
-                                reason="these tests cover a machine without TensorRT")
-ASTRONAUT = Path(__file__).resolve().parents[1] / "rapsam_edge" / "assets" / "images" / "astronaut.png"
+JETSON_FP16 = ExportRequest(target="tensorrt", config="rapsam_r18_lite", imgsz=128,
+                            options=TensorRTOptions(device="jetson"), verify_images=[ASTRONAUT])
+
+
+class EngineBuildFailed(RuntimeError):
+    pass
+
+
+def _export_without_engine_build(req: ExportRequest) -> Path:
+    """run_export with the after-commit engine build replaced by one that fails: the bundle holds exactly what
+    export commits before building engines, on any host. Returns the bundle root."""
+
+    def build(bundle, precision, request):
+        raise EngineBuildFailed("no engines in this test")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(TARGETS, "tensorrt", dataclasses.replace(TARGETS["tensorrt"], post=build))
+        with pytest.raises(EngineBuildFailed):
+            run_export(req)
+    return req.out / "rapsam_r18_lite"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """One fp16 export at 128 px for the Jetson profile; returns (bundle root, the error run_export raised)."""
-    out = tmp_path_factory.mktemp("trt")
-    req = ExportRequest(target="tensorrt", config="rapsam_r18_lite", imgsz=128, out=out,
-                        options=TensorRTOptions(device="jetson"), verify_images=[ASTRONAUT])
-    with pytest.raises(RuntimeError) as err:
-        run_export(req)
-    return out / "rapsam_r18_lite", err.value
+def exported(tmp_path_factory) -> Path:
+    """One fp16 export at 128 px for the Jetson profile, up to the engine build."""
+    return _export_without_engine_build(dataclasses.replace(JETSON_FP16, out=tmp_path_factory.mktemp("trt")))
 
 
-def test_export_without_tensorrt_keeps_checked_inputs(exported):
-    root, err = exported
-    msg = str(err)
-    assert msg.startswith("TensorRT is not installed here") and msg.count(". ") == 0 and msg.endswith(".")
-    assert "build_fp16.sh" in msg and str(root / "tensorrt") in msg
+def test_a_failed_engine_build_keeps_the_checked_inputs(exported):
+    root = exported
     bundle = load_bundle(root)  # committed and sha256-clean despite the failed engine build
     keys = {a.key for a in bundle.artifacts}
     assert keys == {f"{g}/tensorrt-onnx/fp16" for g in ("encoder", "object_decoder", "prompt_decoder", "build")}
@@ -70,8 +82,22 @@ def test_export_without_tensorrt_keeps_checked_inputs(exported):
     assert report["failures"] == [] and report["graphs"]["prompt_decoder.mask_iou"]["mean"] > 0.95
 
 
+@pytest.mark.no_tensorrt
+def test_without_tensorrt_the_engine_build_is_one_sentence_naming_the_inputs(exported, tmp_path):
+    """The real after-commit step on this host: one sentence saying where the inputs and the build script are,
+    and the bundle keeps exactly what it had."""
+    root = copy_bundle(exported, tmp_path)
+    before = {a.key for a in load_bundle(root).artifacts}
+    with pytest.raises(RuntimeError) as err, edit_bundle(root) as bundle:
+        post_export(bundle, "fp16", dataclasses.replace(JETSON_FP16, out=tmp_path))
+    msg = str(err.value)
+    assert msg.startswith("TensorRT is not installed here") and msg.count(". ") == 0 and msg.endswith(".")
+    assert "build_fp16.sh" in msg and str(root / "tensorrt") in msg
+    assert {a.key for a in load_bundle(root).artifacts} == before
+
+
 def test_build_script_and_manifest_record_trtexec_lines(exported):
-    root, _ = exported
+    root = exported
     bundle = load_bundle(root)
     build = bundle.require("build", "tensorrt-onnx", "fp16")
     script = (root / build.path).read_text()
@@ -96,7 +122,7 @@ def test_build_script_and_manifest_record_trtexec_lines(exported):
 
 
 def test_register_needs_built_engines(exported):
-    root, _ = exported
+    root = exported
     with pytest.raises(FileNotFoundError, match="build_fp16.sh"):
         main(["register", str(root), "--precision", "fp16"])
 
@@ -133,9 +159,10 @@ def test_options_refused_with_one_sentence(options, match):
         build_options(options_for("tensorrt", **options))
 
 
-def test_options_defaults_per_device():
+def test_options_defaults_per_device(monkeypatch):
     assert build_options(TensorRTOptions(device="a100")).workspace_mb == 4096
     assert build_options(TensorRTOptions(device="jetson", workspace=512)).workspace_mb == 512
+    monkeypatch.setattr(devices, "probe", lambda: devices.HostFacts(os="Linux"))  # a host without a GPU
     here = build_options(TensorRTOptions())  # auto on a CPU-only host: Jetson-safe defaults
     assert (here.device, here.profile, here.workspace_mb) == ("auto", "jetson", 1024)
 
@@ -158,8 +185,9 @@ def test_qdq_must_be_symmetric_int8():
         _check_qdq(_qdq_model(TensorProto.INT32))  # onnxruntime's default QuantizeBias
 
 
+@pytest.mark.no_tensorrt
 def test_trt_backend_without_tensorrt(exported):
-    root, _ = exported
+    root = exported
     assert backend_factory("tensorrt") is TrtBackend
     with pytest.raises(RuntimeError) as err:
         TrtBackend(load_bundle(root), precision="fp16")
@@ -176,9 +204,7 @@ def exported_dynamic(tmp_path_factory):
     out = tmp_path_factory.mktemp("trt_dynamic")
     req = ExportRequest(target="tensorrt", config="rapsam_r18_lite", imgsz=64, out=out, verify_images=[ASTRONAUT],
                         options=options_for("tensorrt", device="jetson", canvas="dynamic", max_canvas="800x800"))
-    with pytest.raises(RuntimeError, match="TensorRT is not installed here"):
-        run_export(req)
-    return load_bundle(out / "rapsam_r18_lite")
+    return load_bundle(_export_without_engine_build(req))
 
 
 def test_dynamic_canvas_writes_profiles_into_trtexec_lines_and_manifest(exported_dynamic):
@@ -212,7 +238,7 @@ def test_dynamic_canvas_writes_profiles_into_trtexec_lines_and_manifest(exported
 
 def test_fixed_profiles_of_older_build_records_are_recomputed(exported):
     """Build records written before profiles were recorded get the fixed canvas's K profile back."""
-    root, _ = exported
+    root = exported
     bundle = load_bundle(root)
     build = bundle.require("build", "tensorrt-onnx", "fp16")
     opts = TrtOptions.from_record(build.details["options"], build.details["canvas"])

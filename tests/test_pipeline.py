@@ -54,20 +54,71 @@ def test_grayscale_and_rgba_inputs_are_converted(small_pipeline):
     rgb = np.asarray(__import__("PIL.Image").Image.open(ASSET_IMAGES / "coffee.png").convert("RGB"))
     gray = rgb.mean(axis=2).astype(np.uint8)
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
-    for img in (gray, rgba):
-        assert small_pipeline.panoptic(img).panoptic_seg.shape == (400, 600)
+    # a grey image is its value in all three channels; an opaque RGBA image is its RGB
+    for img, as_rgb in ((gray, np.repeat(gray[..., None], 3, axis=2)), (rgba, rgb)):
+        np.testing.assert_array_equal(small_pipeline.set_image(img), as_rgb)  # the RGB image it encoded
+    assert small_pipeline.panoptic().panoptic_seg.shape == (400, 600)
+
+
+class _ShuffledQueries:
+    """The pipeline's backend, computing each encode / decode once (memoised on the input bytes), that can hand
+    out the object queries of each decode_objects call in a fresh random order, as a model whose query slots do
+    not keep their order from clip to clip would."""
+
+    def __init__(self, inner):
+        self.inner, self.shuffle, self.perms = inner, False, []
+        self._rng, self._memo = np.random.default_rng(0), {}
+
+    def _once(self, fn, array):
+        key = (fn.__name__, array.shape, array.tobytes())
+        if key not in self._memo:
+            self._memo[key] = fn(array)
+        return self._memo[key]
+
+    def encode(self, image):
+        return self._once(self.inner.encode, image)
+
+    def decode_objects(self, features):
+        out = self._once(self.inner.decode_objects, features)
+        if not self.shuffle:
+            return out
+        perm = self._rng.permutation(out[0].shape[1])
+        self.perms.append(perm)
+        return tuple(o[:, perm] for o in out)  # cls, masks, queries: (1, Q, ...) reordered alike
+
+    def describe(self):
+        return self.inner.describe()
 
 
 def test_track_gives_consistent_ids_over_davis_frames(small_pipeline, shared_data):
+    """A track id is one object over the frames: when the backend returns each clip's queries in another order,
+    the tracker's query matching puts them back, so every id keeps the same masks, class and scores as when the
+    order never changes; and a track's mask in one frame overlaps its own mask in the next frame more than the
+    other tracks' masks do on average (7 consecutive DAVIS frames)."""
+    from rapsam_edge.runtime.pipeline import Pipeline
+
     frames = sorted((shared_data / "video_mini/JPEGImages/480p/blackswan").glob("*.jpg"))[:7]
-    for mode in ("clip", "stream"):
-        video = small_pipeline.track(frames, mode=mode)
+    backend = _ShuffledQueries(small_pipeline.backend)
+    pipe = Pipeline(backend, small_pipeline.policy, small_pipeline.vocabulary, dict(small_pipeline.meta))
+    for mode, clips in (("clip", 3), ("stream", 7)):  # tubes of 3, 3, 1 frames; or one frame each
+        backend.shuffle, backend.perms = False, []
+        video = pipe.track(frames, mode=mode, max_per_video=8)
+        backend.shuffle = True
+        shuffled = pipe.track(frames, mode=mode, max_per_video=8)
+        assert len(backend.perms) == clips and all((p != np.arange(len(p))).any() for p in backend.perms)
+        n = len(video.track_ids)
+        assert n >= 4 and video.masks_at(6).shape == (n, 480, 854)
+        np.testing.assert_array_equal(shuffled.labels, video.labels)
+        np.testing.assert_allclose(shuffled.frame_scores, video.frame_scores, rtol=1e-5)
+        assert shuffled.segmentations == video.segmentations, f"{mode}: a track id changed object between clips"
+        masks = np.stack([video.masks_at(t) for t in range(7)]).reshape(7, n, -1).astype(np.float32)
+        for t in range(6):
+            inter = masks[t] @ masks[t + 1].T
+            iou = inter / np.maximum(masks[t].sum(1)[:, None] + masks[t + 1].sum(1)[None] - inter, 1)
+            others = (iou.sum(1) - np.diag(iou)) / (n - 1)
+            assert (np.diag(iou) > others).all(), (mode, t)
         results = video.to_ytvis(video_id=1, categories=small_pipeline.vocabulary.coco_categories())
-        assert results, "a random model still ranks its top (query, class) pairs"
-        for r in results:
-            assert len(r["segmentations"]) == 7
-        assert len(set(video.track_ids.tolist())) == len(video.track_ids)
-        assert video.masks_at(6).shape == (len(video.track_ids), 480, 854)
+        assert [len(r["segmentations"]) for r in results] == [7] * n
 
 
 def test_non_finite_model_outputs_are_refused_not_written(small_pipeline):
