@@ -259,7 +259,9 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
         extra.update(calibration_source=source, calibration_seconds=round(time.perf_counter() - t0, 2))
         modules["encoder"] = (calibrated, "iOS17")
     arts = []
+    tick = req.progress.counter("graphs converted")
     for graph, (module, target) in modules.items():
+        tick(len(arts), len(modules))
         example = example_inputs(graph, model, canvas.size, num_prompts=slots)
         mlmodel, details = convert_graph(module, graph, example, precision, target, canvas, model)
         t0 = time.perf_counter()
@@ -292,6 +294,7 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
         arts.append(Artifact(graph, "coreml", artifact_precision(precision, compress), rel,
                              _spec_tensors(spec.description.input), _spec_tensors(spec.description.output),
                              details=details))
+    tick(len(arts), len(modules))
     return CoreMLExport(arts, calibrated)
 
 

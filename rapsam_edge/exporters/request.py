@@ -10,13 +10,16 @@ from ..bundle import Artifact
 from ..config import ModelConfig
 from ..errors import InputError, InputNotFoundError
 from ..preprocess import InputPolicy
+from ..progress import Progress
 from .options import OptionsT, TargetOptions
 
 
 @dataclass
 class ExportRequest:
     """One ``rapsam-edge export``. ``options``: the target's typed options (:mod:`.options`; None = its defaults),
-    made from the command's flags by :func:`~rapsam_edge.exporters.targets.options_for`."""
+    made from the command's flags by :func:`~rapsam_edge.exporters.targets.options_for`. ``progress``: told the
+    steps of the export (export, verify, build) and the items of each (graphs and precisions, images); not part
+    of what is asked (it is never recorded)."""
 
     target: str = "onnx"
     config: str | None = None
@@ -30,6 +33,7 @@ class ExportRequest:
     seed: int = 0
     verify_images: list[Path] = field(default_factory=list)
     options: TargetOptions | None = None
+    progress: Progress = field(default_factory=Progress, compare=False, repr=False)
 
     def options_as(self, kind: type[OptionsT]) -> OptionsT:
         """The request's options as the target's own class (its defaults when none were given)."""
