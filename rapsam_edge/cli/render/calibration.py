@@ -14,15 +14,19 @@ if TYPE_CHECKING:  # a type only: the CLI imports no onnx before a command runs
     from ...calibration.register import CalibrationSummary
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def print_calibration(summary: CalibrationSummary) -> None:
-    for w in summary.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+    """The result of a calibration. Its warnings are not repeated: ``calibrate`` logs each one as it arises."""
     for graph, nodes in summary.exclusions.items():
-        console.print(f"{graph}: {len(nodes)} nodes kept in floating point: {', '.join(nodes) or 'none'}")
+        console.print(f"{graph}: {_count(len(nodes), 'node')} kept in floating point: {', '.join(nodes) or 'none'}",
+                      highlight=False)
     table = Table(title=f"calibration {summary.precision} ({summary.backend}, {summary.method}, "
-                        f"{summary.images} images)")
+                        f"{_count(summary.images, 'image')})")
     table.add_column("what")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")  # file names: folded, never cut
     if summary.encoder_ms is not None:
         fp32, int8 = summary.encoder_ms
         table.add_row("encoder fp32 / int8 (median ms)", f"{fp32} / {int8}")
