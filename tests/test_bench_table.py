@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from rich.console import Console
 from typer.testing import CliRunner
 
 from rapsam_edge.benchmarks.formats import FORMATS, STATUSES
@@ -18,6 +19,7 @@ from rapsam_edge.benchmarks.summary import BenchSummary
 from rapsam_edge.benchmarks.table import COLUMNS, COMPACT_WIDTH, formats_table
 from rapsam_edge.cli import app
 from rapsam_edge.cli.render import bench as render
+from rapsam_edge.cli.render.out import natural_width
 
 REPORTS = sorted((REPO / "benchmarks" / "results").glob("*/*/report.json"))
 LITE = REPO / "benchmarks" / "results" / "cpu" / "rapsam_r18_lite" / "report.json"
@@ -34,7 +36,7 @@ def _every_format(doc: dict) -> dict:
 
 def _drawn(table, width: int) -> list[str]:
     out = io.StringIO()
-    render.Console(file=out, width=width, color_system=None).print(table)
+    Console(file=out, width=width, color_system=None).print(table)
     return out.getvalue().splitlines()
 
 
@@ -56,7 +58,7 @@ def test_compact_table_fits_120_columns_and_cuts_no_cell(report: Path, every_for
     doc = json.loads(report.read_text())
     s = BenchSummary.of(_every_format(doc) if every_format else doc)
     table = render.formats_table(s)
-    assert render.natural_width(table) <= COMPACT_WIDTH
+    assert natural_width(table) <= COMPACT_WIDTH
     lines = _drawn(table, COMPACT_WIDTH)
     assert max(map(len, lines)) <= COMPACT_WIDTH and "…" not in "\n".join(lines)
     for cells in s.table.rows:
@@ -121,3 +123,29 @@ def test_committed_report_md_is_rendered_from_its_json(report: Path, tmp_path: P
     assert (tmp_path / "report.md").read_text() == (report.parent / "report.md").read_text()
     header = "| " + " | ".join(c.name for c in formats_table(doc["formats"], wide=True).columns) + " |"
     assert header in (report.parent / "report.md").read_text().splitlines()
+
+
+def test_no_table_is_cut_in_a_pipe_or_on_a_narrow_terminal(capsys, monkeypatch):
+    """Every renderer prints through out.print_table: a pipe gets the whole table (it printed
+    `object_decoder.mask_logi…` at 80 columns), a narrow terminal gets long cells folded, never an ellipsis."""
+    from rapsam_edge.benchmarks.accuracy import VerificationSummary
+    from rapsam_edge.cli.render import out as render_out
+    from rapsam_edge.cli.render import print_metrics, print_verification
+
+    long = "object_decoder.mask_logits_of_a_very_long_output_name"
+    graphs = {"images": 1, **{f"{long}.{m}": {"worst": 0.1, "mean": 0.1} for m in ("max_abs", "mean_abs", "cosine")}}
+    print_verification(VerificationSummary.of({"graphs": graphs, "pipeline": {}}))
+    print_metrics({"a_long_evaluation_name_" * 4: {"pq": 1.0}})
+    printed = capsys.readouterr().out
+    assert long in printed and "a_long_evaluation_name_" * 4 in printed and "…" not in printed
+
+    narrow = io.StringIO()
+    monkeypatch.setattr(render_out, "Console", lambda **kw: Console(file=narrow, width=30, force_terminal=True,
+                                                                    color_system=None, **kw))
+    table = render.Table(title=None)
+    table.add_column("name")
+    table.add_row(long)
+    render_out.print_table(table)
+    lines = narrow.getvalue().splitlines()
+    assert "…" not in narrow.getvalue() and max(map(len, lines)) <= 30
+    assert "".join(line.strip(" │┃") for line in lines[3:-1]) == long  # folded over lines, whole

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich import box
-from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
 from rich.table import Table
 
 from ..common import console
+from .out import print_table
 
 if TYPE_CHECKING:  # types only: the CLI imports no runtime code before a command runs
     from ...benchmarks.summary import BenchSummary
@@ -27,7 +26,7 @@ COLOURS = {"ok": "green", "failed validation": "red", "failed to export": "red",
 
 def formats_table(s: BenchSummary, wide: bool = False) -> Table:
     """The formats table as a Rich table: one line per format, headers over two lines, the legend as caption.
-    Cells fold rather than end in an ellipsis on a terminal too narrow for them, so no figure is ever cut."""
+    :func:`~.out.print_table` folds cells on a terminal too narrow for them, so no figure is ever cut."""
     t: FormatsTable = s.wide_table if wide else s.table
     host = f"{s.cpu_model}, {s.cpu_cores} cores" + (f", {s.gpu_name}" if s.gpu_name else "")
     table = Table(title=f"{s.bundle} {s.input_px}px, {s.protocol} protocol, on {s.device} ({host})",
@@ -35,27 +34,17 @@ def formats_table(s: BenchSummary, wide: bool = False) -> Table:
                                       "p90s and every measure)"),
                   caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     for col in t.columns:
-        table.add_column(col.header, justify="left" if col.left else "right", overflow="fold")
+        table.add_column(col.header, justify="left" if col.left else "right")
     for cells in t.rows:
         status = cells[1]
         table.add_row(cells[0], f"[{COLOURS.get(status, 'white')}]{escape(status)}[/]", *cells[2:])
     return table
 
 
-def natural_width(table: Table) -> int:
-    """The columns ``table`` needs to show every cell on one line."""
-    wide = Console(width=10_000)
-    return Measurement.get(wide, wide.options, table).maximum
-
-
 def print_bench(s: BenchSummary, wide: bool = False) -> None:
     if s.random_label is not None:
         console.print(f"[bold yellow]{escape(s.random_label)}[/]")
-    table = formats_table(s, wide)
-    out = Console()  # stdout: the table is the result; everything else is a message on stderr
-    if not out.is_terminal:  # a file or a pipe has no width: give it the whole table, never a cut one
-        out = Console(width=natural_width(table))
-    out.print(table)
+    print_table(formats_table(s, wide))  # stdout, never cut; everything else is a message on stderr
     if s.protocol_line is not None:
         console.print(f"input protocol: {escape(s.protocol_line)}")
     for r in s.rows:

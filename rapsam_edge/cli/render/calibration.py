@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 
 from ..common import console
+from .out import print_table
 
 if TYPE_CHECKING:  # a type only: the CLI imports no onnx before a command runs
     from ...calibration.register import CalibrationSummary
@@ -26,7 +26,7 @@ def print_calibration(summary: CalibrationSummary) -> None:
     table = Table(title=f"calibration {summary.precision} ({summary.backend}, {summary.method}, "
                         f"{_count(summary.images, 'image')})")
     table.add_column("what")
-    table.add_column("value", justify="right", overflow="fold")  # file names: folded, never cut
+    table.add_column("value", justify="right")
     if summary.encoder_ms is not None:
         fp32, int8 = summary.encoder_ms
         table.add_row("encoder fp32 / int8 (median ms)", f"{fp32} / {int8}")
@@ -39,4 +39,4 @@ def print_calibration(summary: CalibrationSummary) -> None:
             f"{k} {v:+.2f}" for k, v in step.drop.items()) + (" ok" if step.within_budget else ""))
     for graph, files in summary.files.items():
         table.add_row(graph, ", ".join(files))
-    Console().print(table)
+    print_table(table)
