@@ -224,12 +224,13 @@ def summarise(results: Iterable[dict[str, Any]]) -> dict[str, float]:
 def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: str | None,
                         class_embeddings: Path | None, split: str, subset: str | None, limit: int | None,
                         mode: str, imgsz: int | None = None, protocol: str | None = None,
-                        clicks: str | None = None) -> dict[str, Any]:
+                        clicks: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """The library function behind ``rapsam-edge eval``.
 
     ``protocol`` None = the config's default (official for the official configs); ``imgsz`` asks for a
     deployment canvas of that square size, so it implies ``deployment`` and contradicts ``official``.
     ``clicks`` (interactive only) None = ``official``; see :class:`~rapsam_edge.data.prompts.ClickProtocol`.
+    ``progress`` is told each image (video) evaluated.
     """
     tasks = ("panoptic", "interactive", "video")
     if limit is not None and limit < 1:  # before the model loads: it would evaluate nothing
@@ -250,12 +251,12 @@ def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: 
     if imgsz:
         pipe.policy = dataclasses.replace(pipe.policy, size=(imgsz, imgsz))  # torch takes any multiple of 32
     if task == "video":
-        result = evaluate_video(pipe, open_video(data, pipe.vocabulary, video_split(split)), limit, mode)
+        result = evaluate_video(pipe, open_video(data, pipe.vocabulary, video_split(split)), limit, mode, progress)
     else:
         dataset = open_coco(data, pipe.vocabulary, split, subset)
         if task == "panoptic":
-            result = evaluate_panoptic(pipe, dataset, limit)
+            result = evaluate_panoptic(pipe, dataset, limit, progress)
         else:
-            result = evaluate_interactive(pipe, dataset, limit, clicks=clicks or "official")
+            result = evaluate_interactive(pipe, dataset, limit, progress, clicks=clicks or "official")
     # which protocol produced the numbers travels with them (official numbers are only comparable to official)
     return {**result, "protocol": pipe.meta.get("protocol"), "input_policy": pipe.policy.to_dict()}

@@ -25,6 +25,7 @@ from .bundle import Bundle, bundle_canvas
 from .errors import RapsamError
 from .model.rapsam import RapSam
 from .preprocess import CanvasSpec, InputPolicy, compute_letterbox, load_image, preprocess
+from .progress import Tick
 from .runtime.base import Backend
 from .runtime.ort_backend import OrtBackend
 from .runtime.pipeline import Pipeline
@@ -40,10 +41,12 @@ def _merge(acc: dict[str, list[float]], prefix: str, stats: dict[str, float]) ->
         acc.setdefault(f"{prefix}.{k}", []).append(v)
 
 
-def verify_graphs(reference: Backend, candidate: Backend, images: list[Path], policy: InputPolicy) -> dict[str, Any]:
-    """Per-graph comparison on ``images``; returns worst-case and mean figures per output."""
+def verify_graphs(reference: Backend, candidate: Backend, images: list[Path], policy: InputPolicy,
+                  progress: Tick | None = None) -> dict[str, Any]:
+    """Per-graph comparison on ``images``; returns worst-case and mean figures per output. ``progress`` is told
+    each image done."""
     acc: dict[str, list[float]] = {}
-    for path in images:
+    for n, path in enumerate(images):
         tensor, lb = preprocess(load_image(path), policy)
         enc_ref, enc_out = reference.encode(tensor), candidate.encode(tensor)
         boxes = grid_clicks(lb.resized_hw)
@@ -60,6 +63,8 @@ def verify_graphs(reference: Backend, candidate: Backend, images: list[Path], po
         for name, a, b in zip(("mask_logits", "iou"), pr_ref, pr_out, strict=True):
             _merge(acc, f"prompt_decoder.{name}", compare(a, b))
         acc.setdefault("prompt_decoder.mask_iou", []).append(mask_iou(pr_ref[0], pr_out[0]))
+        if progress:
+            progress(n + 1, len(images))
     out: dict[str, Any] = {"images": len(images)}
     for key, vals in acc.items():
         worst = max(vals) if key.endswith(("max_abs", "mean_abs")) else min(vals)
@@ -81,18 +86,20 @@ def verify_official_canvas(reference: Backend, candidate: Backend, images: list[
     return {"skipped": f"no verification image has an official canvas within {canvas.describe()}"}
 
 
-def verify_pipelines(reference: Any, candidate: Any, images: list[Path]) -> dict[str, Any]:
+def verify_pipelines(reference: Any, candidate: Any, images: list[Path], progress: Tick | None = None
+                     ) -> dict[str, Any]:
     """End to end, per image: panoptic category-map agreement, interactive mask IoU (grid clicks), and the
     object queries each pipeline decodes from its OWN features (top-1 class agreement, mask IoU).
 
     The last pair is threshold-free: a weak model whose scores never pass the 0.8 panoptic threshold has
     identical (empty) panoptic maps in both pipelines, yet its queries still show how far an INT8 encoder
-    moves the object path. It is reported, not gated (``check`` judges the other two)."""
+    moves the object path. It is reported, not gated (``check`` judges the other two). ``progress`` is told each
+    image done."""
     agree: list[float] = []
     ious: list[float] = []
     obj_cls: list[float] = []
     obj_iou: list[float] = []
-    for path in images:
+    for n, path in enumerate(images):
         rgb = load_image(path)
         pa, pb = reference.panoptic(rgb), candidate.panoptic(rgb)
         agree.append(float((category_map(pa) == category_map(pb)).mean()))
@@ -105,6 +112,8 @@ def verify_pipelines(reference: Any, candidate: Any, images: list[Path]) -> dict
         inter = (ma & mb).sum(axis=(1, 2))
         union = (ma | mb).sum(axis=(1, 2))
         ious.extend((inter[union > 0] / union[union > 0]).tolist() or [1.0])
+        if progress:
+            progress(n + 1, len(images))
 
     def stats(v: list[float]) -> dict[str, float]:
         return {"worst": min(v), "mean": float(np.mean(v))}
@@ -114,18 +123,29 @@ def verify_pipelines(reference: Any, candidate: Any, images: list[Path]) -> dict
 
 
 def verify_backend(model: RapSam, candidate: Backend, policy: InputPolicy, canvas: CanvasSpec, precision: str,
-                   images: list[Path], pipelines: bool = True, threads: int | None = None) -> dict[str, Any]:
+                   images: list[Path], pipelines: bool = True, threads: int | None = None,
+                   progress: Tick | None = None) -> dict[str, Any]:
     """A backend over exported graphs against PyTorch on ``images``: per graph, per graph at an official canvas
     when ``canvas`` is dynamic, end to end through the Pipeline (``pipelines``); ``failures`` judged by
     :func:`check` with the ``precision``'s tolerance. ``policy``: the bundle's input policy (its deployment
-    canvas), which the images are read under."""
+    canvas), which the images are read under. ``progress`` counts the image comparisons (each image per graph,
+    the official canvas, each image end to end)."""
+    passes = [len(images), int(canvas.kind == "dynamic"), len(images) if pipelines else 0]
+    total = sum(passes)
+
+    def part(before: int) -> Tick | None:  # one pass's count, as part of the whole
+        return None if progress is None else lambda done, _: progress(before + done, total)
+
     reference = TorchBackend(model, threads=threads)
-    report: dict[str, Any] = {"graphs": verify_graphs(reference, candidate, images, policy)}
+    report: dict[str, Any] = {"graphs": verify_graphs(reference, candidate, images, policy, part(0))}
     if canvas.kind == "dynamic":
         report["official_canvas"] = verify_official_canvas(reference, candidate, images, policy, canvas)
+        if progress:
+            progress(sum(passes[:2]), total)
     if pipelines:
         report["pipeline"] = verify_pipelines(Pipeline(reference, policy, model.vocabulary),
-                                              Pipeline(candidate, policy, model.vocabulary), images)
+                                              Pipeline(candidate, policy, model.vocabulary), images,
+                                              part(sum(passes[:2])))
     report["failures"] = check(report, precision)
     report["images"] = [str(p) for p in images]
     return report
@@ -137,7 +157,7 @@ def bundle_policy(bundle: Bundle) -> InputPolicy:
 
 
 def verify_onnx_bundle(model: RapSam, bundle: Bundle, precision: str, images: list[Path],
-                       threads: int | None = None) -> dict[str, Any]:
+                       threads: int | None = None, progress: Tick | None = None) -> dict[str, Any]:
     """Per-graph and end-to-end agreement of the bundle's ONNX graphs with PyTorch on ``images``."""
     return verify_backend(model, OrtBackend(bundle, precision, threads=threads), bundle_policy(bundle),
-                          bundle_canvas(bundle), precision, images, threads=threads)
+                          bundle_canvas(bundle), precision, images, threads=threads, progress=progress)

@@ -58,6 +58,33 @@ def test_automatic_tracking_writes_consistent_tracks(app, clip, bundle, tmp_path
     assert out["drawn"] and len(out["drawn"]) == len(results)  # --score-thr 0 draws every track
 
 
+@pytest.mark.parametrize("click", [False, True], ids=["automatic", "click"])
+def test_tracking_and_drawing_report_each_frame(app, clip, bundle, tmp_path, monkeypatch, click):
+    """The video app's progress display (rapsam_edge.cli.progress.job_progress) is told both steps and each
+    frame of each (Pipeline.track's callback in automatic mode)."""
+    import contextlib
+
+    import rapsam_edge.cli.progress as shown
+    from rapsam_edge.progress import Progress
+
+    calls = []
+
+    class Recorder(Progress):
+        def stage(self, done, total, name):
+            calls.append((name, done, total))
+
+        def items(self, done, total, what):
+            calls.append((what, done, total))
+
+    monkeypatch.setattr(shown, "job_progress", lambda console, label: contextlib.nullcontext(Recorder()))
+    folder, _ = clip
+    app.main([str(bundle), str(folder), "--out", str(tmp_path), "--threads", "1", "--max-frames", "4"]
+             + (["--click", "20,20"] if click else []))
+    track, draw = calls.index(("track", 0, 2)), calls.index(("draw", 1, 2))
+    assert track < draw and calls[draw - 1] == ("frames", 4, 4) and calls[-1] == ("frames", 4, 4)
+    assert calls[draw + 1:] == [("frames", f, 4) for f in range(1, 5)]
+
+
 def test_click_to_track_follows_the_interior_point(app, clip, bundle, tmp_path):
     folder, gt = clip
     from rapsam_edge.data.prompts import interior_click

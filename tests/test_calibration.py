@@ -344,6 +344,23 @@ def test_cli_refuses_bad_calibration_input_in_one_sentence(tiny_onnx_bundle, tmp
     assert res.exit_code == 2 and "METRIC=POINTS" in res.output
 
 
+def test_calibrate_cli_prints_each_warning_once_and_counts_in_words(bundle, calib_dir, capsys):
+    """One calibration image: its warning is printed once (it was printed live and again with the result), and
+    every count reads right ("1 calibration image", "1 node", never "1 nodes")."""
+    from rapsam_edge.calibration.register import CalibrationSummary
+    from rapsam_edge.cli.render import print_calibration
+
+    res = CliRunner().invoke(app, ["calibrate", "--bundle", str(bundle), "--images", str(calib_dir), "--data",
+                                   "folder", "--num", "1", "--verify-limit", "0", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("warning: only 1 calibration image (of --num 1)") == 1, res.output
+    assert res.output.count("warning:") == 1 and "(ort, percentile, 1 image)" in res.output
+    assert not re.search(r"\b1 (nodes|images)\b", res.output) and "\x1b[?25l" not in res.output  # and no bar
+    section = load_bundle(bundle).manifest["calibration"]["cpu"]
+    print_calibration(CalibrationSummary.of({**section, "exclusions": {"encoder": ["Conv_0"]}}))
+    assert "encoder: 1 node kept in floating point: Conv_0" in capsys.readouterr().err
+
+
 def test_options_and_max_drop_parsing():
     assert parse_max_drop(["pq=0.5", "miou=0.25,sq=1"]) == {"pq": 0.5, "miou": 0.25, "sq": 1.0}
     with pytest.raises(ValueError, match="did you mean 'miou'"):

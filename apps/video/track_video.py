@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from rapsam_edge.errors import InputError, InputNotFoundError, RapsamError, UnavailableError, os_error_sentence
+from rapsam_edge.progress import Progress, Tick
 
 
 def parse_click(text: str) -> tuple[float, float]:
@@ -119,8 +120,10 @@ class ClickTracks:
     ious: np.ndarray  # (N, T), nan once lost
 
 
-def track_clicks(pipe: Any, frames: list[np.ndarray], clicks: list[tuple[float, float]]) -> ClickTracks:
-    """Prompt-decoder tracking: frame 0 at the given clicks, later frames at the previous masks' interior points."""
+def track_clicks(pipe: Any, frames: list[np.ndarray], clicks: list[tuple[float, float]],
+                 progress: Tick | None = None) -> ClickTracks:
+    """Prompt-decoder tracking: frame 0 at the given clicks, later frames at the previous masks' interior points;
+    ``progress(done, total)`` after each frame."""
     from rapsam_edge.data.prompts import interior_click
 
     n, t = len(clicks), len(frames)
@@ -141,6 +144,8 @@ def track_clicks(pipe: Any, frames: list[np.ndarray], clicks: list[tuple[float, 
                 points[i] = (float(x), float(y))
             else:
                 points[i] = None
+        if progress:
+            progress(f + 1, t)
     return ClickTracks(masks, used, ious)
 
 
@@ -174,10 +179,13 @@ def save_png(path: Path, rgb: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- runs
-def run_auto(pipe: Any, frames: list[np.ndarray], names: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def run_auto(pipe: Any, frames: list[np.ndarray], names: list[str], args: argparse.Namespace,
+             progress: Progress | None = None) -> dict[str, Any]:
     from rapsam_edge.postprocess import decode_rle
 
-    video = pipe.track(frames, mode=args.mode, max_per_video=args.max_per_video)
+    progress = progress or Progress()
+    progress.stage(0, 2, "track")
+    video = pipe.track(frames, mode=args.mode, max_per_video=args.max_per_video, progress=progress.counter("frames"))
     categories = pipe.vocabulary.coco_categories()
     results = video.to_ytvis(args.video_id, categories)
     tracks = [{"track_id": int(tid), "category_id": int(categories[int(lab)]["id"]),
@@ -187,25 +195,32 @@ def run_auto(pipe: Any, frames: list[np.ndarray], names: list[str], args: argpar
                                            strict=True)]
     shown = [i for i, tr in enumerate(tracks) if tr["score"] >= args.score_thr]
     shown.sort(key=lambda i: tracks[i]["score"])  # best on top
+    progress.stage(1, 2, "draw")
     for f, (frame, name) in enumerate(zip(frames, names, strict=True)):
         masks = np.stack([decode_rle(video.segmentations[i][f]) for i in shown]) if shown \
             else np.zeros((0, *frame.shape[:2]), dtype=bool)
         ids = [tracks[i]["track_id"] for i in shown]
         labels = [f"{tracks[i]['class']} #{tracks[i]['track_id']}" for i in shown]
         save_png(args.out / "frames" / f"{name}.png", draw(frame, masks, ids, labels))
+        progress.items(f + 1, len(frames), "frames")
     return {"results": results, "tracks": tracks, "drawn": [tracks[i]["track_id"] for i in shown]}
 
 
-def run_clicks(pipe: Any, frames: list[np.ndarray], names: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def run_clicks(pipe: Any, frames: list[np.ndarray], names: list[str], args: argparse.Namespace,
+               progress: Progress | None = None) -> dict[str, Any]:
     from rapsam_edge.postprocess import encode_rle
 
-    tracks = track_clicks(pipe, frames, args.click)
+    progress = progress or Progress()
+    progress.stage(0, 2, "track")
+    tracks = track_clicks(pipe, frames, args.click, progress.counter("frames"))
     ids = list(range(1, len(args.click) + 1))
+    progress.stage(1, 2, "draw")
     for f, (frame, name) in enumerate(zip(frames, names, strict=True)):
         live = [i for i in range(len(ids)) if tracks.clicks[i][f] is not None]
         img = draw(frame, tracks.masks[live, f], [ids[i] for i in live], [f"#{ids[i]}" for i in live],
                    [c for i in live if (c := tracks.clicks[i][f]) is not None])
         save_png(args.out / "frames" / f"{name}.png", img)
+        progress.items(f + 1, len(frames), "frames")
     results = [{"video_id": args.video_id, "category_id": None, "score": float(np.nanmean(tracks.ious[i])),
                 "segmentations": [encode_rle(m) for m in tracks.masks[i]]} for i in range(len(ids))]
     summary = [{"track_id": ids[i], "clicks": tracks.clicks[i], "iou": [None if np.isnan(v) else float(v)
@@ -247,7 +262,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if bad:
         raise InputError(f"--click {bad[0][0]:g},{bad[0][1]:g} lies outside the {w0}x{h0} first frame.")
     (args.out / "frames").mkdir(parents=True, exist_ok=True)
-    out = run_clicks(pipe, frames, names, args) if args.click else run_auto(pipe, frames, names, args)
+    from rich.console import Console
+
+    from rapsam_edge.cli.progress import job_progress
+
+    with job_progress(Console(stderr=True), "video") as view:  # bars on a terminal only
+        out = (run_clicks if args.click else run_auto)(pipe, frames, names, args, view)
     (args.out / "results.json").write_text(json.dumps(out["results"]))
     (args.out / "tracks.json").write_text(json.dumps({"source": args.source, "frames": names, "mode": "click" if
                                                       args.click else args.mode, "tracks": out["tracks"]}, indent=1))

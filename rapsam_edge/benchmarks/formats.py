@@ -31,6 +31,7 @@ from ..runtime.trt_backend import engine_precisions
 
 OK, FAILED_VALIDATION, FAILED_EXPORT, NOT_EXPORTED, NOT_AVAILABLE = (
     "ok", "failed validation", "failed to export", "not exported", "not available")
+STATUSES = (OK, FAILED_VALIDATION, FAILED_EXPORT, NOT_EXPORTED, NOT_AVAILABLE)  # every status a row can have
 ALL_DEVICES = tuple(DEVICES)
 GPU_DEVICES = tuple(name for name, device in DEVICES.items() if device.tensorrt)  # the NVIDIA ones
 

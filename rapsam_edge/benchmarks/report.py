@@ -3,7 +3,7 @@ plots (accuracy vs latency per format; per-graph latency bars), drawn with matpl
 
 Ratios and targets are computed on the run's :class:`~.formats.FormatRow` objects; the Markdown, the plots and
 the terminal table render the report document (rows as report.json holds them), so a saved report.json renders
-the same."""
+the same. The formats table itself is :mod:`.table`'s."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 from .formats import FormatRow
 from .latency import LABELS
 from .protocol import summary_line
+from .table import BASELINE, formats_table
 
 SCHEMA = "rapsam-edge/bench/1"
-BASELINE = "onnx-fp32"
 GRAPH_MEASURES = ("encoder", "object_decoder", "prompt_k1", "prompt_k16")
 RANDOM_LABEL = ("RANDOM WEIGHTS: the bundle was exported without a checkpoint (seeded random init). Task "
                 "metrics below are meaningless and make no accuracy claim; drift against PyTorch, latency and memory "
@@ -94,33 +94,6 @@ def primary_metric(rows: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def main_table(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """Header + one line per format (shared by report.md; the terminal table has its own columns)."""
-    metric_cols = [m for m in ("pq", "pq_official", "miou", "noc@0.85", "ap") if any(
-        m in (r.get("metrics") or {}) for r in rows)]
-    header = ["format", "status", "size MB", *metric_cols, "mask IoU vs torch", "class agr.", "encoder ms",
-              "obj. decoder ms", "prompt K=1 ms", "prompt K=16 ms", "panoptic FPS", "click FPS", "cold start s",
-              "peak RSS MB", "encoder vs onnx-fp32"]
-    lines = [header]
-    for r in rows:
-        lat, cold = r.get("latency") or {}, r.get("cold_start") or {}
-        summ = (r.get("drift") or {}).get("summary") or {}
-        speed = (r.get("speedup_vs_onnx_fp32") or {}).get("encoder")
-
-        def ms(m: str, lat: dict[str, Any] = lat) -> str:
-            return f"{lat[m]['median_ms']:.1f} ({lat[m]['p90_ms']:.1f})" if m in lat else "–"
-
-        lines.append([
-            r["format"], r["status"], _fmt(r.get("size_mb"), 1),
-            *[_fmt((r.get("metrics") or {}).get(m)) for m in metric_cols],
-            "reference" if r["format"] == "torch" and r.get("latency") else _fmt(summ.get("interactive_mask_iou"), 4),
-            _fmt(summ.get("class_agreement"), 3), ms("encoder"), ms("object_decoder"), ms("prompt_k1"),
-            ms("prompt_k16"), _fmt((lat.get("fps") or {}).get("panoptic")), _fmt((lat.get("fps") or {}).get("click")),
-            _fmt(cold["load_and_first_inference_ms"] / 1000, 2) if "load_and_first_inference_ms" in cold else "–",
-            _fmt(cold.get("peak_rss_mb"), 0), f"{speed:.2f}x" if speed else "–"])
-    return lines
-
-
 def _md_table(lines: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
     out += ["| " + " | ".join(c.replace("|", "/") for c in line) + " |" for line in lines[1:]]
@@ -189,7 +162,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
               f"{report['settings']['runs']} timed runs after {report['settings']['warmup']} warm-up runs; threads "
               f"{report['settings']['threads'] or 'runtime default'}; input protocol of the formats: "
               f"{report['settings'].get('protocol') or 'deployment'}.", "",
-              "## Formats", "", *_md_table(main_table(rows)), ""]
+              "## Formats", ""]
+    table = formats_table(rows, wide=True)
+    lines += [*_md_table(table.lines()), "", f"Columns: {table.legend}.", ""]
     notes = [f"- **{r['format']}** ({r['status']}): {'; '.join(r['reasons'])}" for r in rows if r.get("reasons")]
     notes += [f"- {n}" for n in report.get("notes", [])]
     if notes:
@@ -197,16 +172,16 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     metrics = [r for r in rows if r.get("metrics")]
     if metrics:
         keys = sorted({k for r in metrics for k in r["metrics"]})
-        table = [["metric", *[r["format"] for r in metrics]]]
-        table += [[k, *[_fmt(r["metrics"].get(k)) for r in metrics]] for k in keys]
+        cells = [["metric (report.json / --floor key)", *[r["format"] for r in metrics]]]
+        cells += [[k, *[_fmt(r["metrics"].get(k)) for r in metrics]] for k in keys]
         lines += ["## Task metrics" + (" (random weights: not accuracy claims)" if b["random_init"] else ""), "",
-                  f"Data: `{json.dumps(report['data'])}`", "", *_md_table(table), ""]
+                  f"Data: `{json.dumps(report['data'])}`", "", *_md_table(cells), ""]
     lines += _latency_md(rows) + _drift_md(rows) + _protocol_md(report.get("protocol"))
     if report["targets"]:
-        table = [["target", "format", "value", "threshold", "met", "missed by"]]
-        table += [[t["target"], t["format"], f"{t['value']:.3f}", f"{t['comparison']} {t['threshold']:g}",
+        cells = [["target", "format", "value", "threshold", "met", "missed by"]]
+        cells += [[t["target"], t["format"], f"{t['value']:.3f}", f"{t['comparison']} {t['threshold']:g}",
                    "yes" if t["met"] else "**no**", t["missed_by"] or ""] for t in report["targets"]]
-        lines += ["## Targets", "", *_md_table(table), ""]
+        lines += ["## Targets", "", *_md_table(cells), ""]
     g = report["gates"]
     if g["floor"] or g["max_drop"]:
         lines += ["## Gates", "", f"floor {g['floor']}, max drop {g['max_drop']} (vs {g['max_drop_reference']}): "

@@ -9,7 +9,7 @@ from typing import Any
 
 from .formats import FAILED_EXPORT, FAILED_VALIDATION, FormatRow
 from .protocol import summary_line
-from .report import main_table
+from .table import FormatsTable, formats_table
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ class BenchSummary:
         cpu_model / cpu_cores / gpu_name: the host (``gpu_name`` None without a GPU).
         random_label: the random-weights warning when the bundle has no checkpoint, else None.
         notes: the other notes, in order.
-        table: the formats table, header first (:func:`~.report.main_table`, shared with report.md).
+        table / wide_table: the compact formats table (the default, fits 120 columns) and the wide one (every
+            measure, as report.md has it): :func:`~.table.formats_table`.
         protocol_line: the deployment-vs-official protocol sentence (None when not compared).
         rows: the formats as typed rows.
         targets / gates: the latency targets and the gates.
@@ -66,7 +67,8 @@ class BenchSummary:
     gpu_name: str | None
     random_label: str | None
     notes: tuple[str, ...]
-    table: list[list[str]]
+    table: FormatsTable
+    wide_table: FormatsTable
     protocol_line: str | None
     rows: tuple[FormatRow, ...]
     targets: tuple[TargetCheck, ...]
@@ -89,7 +91,8 @@ class BenchSummary:
             cpu_model=system["cpu_model"], cpu_cores=system["cpu_cores_usable"],
             gpu_name=system["gpu"].get("gpu_name") or None,
             random_label=doc["notes"][0] if random_init else None,
-            notes=tuple(doc["notes"][1 if random_init else 0:]), table=main_table(doc["formats"]),
+            notes=tuple(doc["notes"][1 if random_init else 0:]), table=formats_table(doc["formats"]),
+            wide_table=formats_table(doc["formats"], wide=True),
             protocol_line=summary_line(doc["protocol"]) if doc.get("protocol") else None,
             rows=tuple(FormatRow.from_dict(r) for r in doc["formats"]),
             targets=tuple(TargetCheck(**{k: t[k] for k in ("target", "format", "value", "threshold", "comparison",

@@ -25,6 +25,7 @@ from ..config import Vocabulary
 from ..data.locate import HELDOUT_SPLIT, dataset_image_paths, default_shared_data, open_coco
 from ..errors import InputError, RapsamError
 from ..evaluate import evaluate_interactive, evaluate_panoptic, summarise
+from ..progress import Tick
 from ..runtime.loader import load_from_bundle
 from ..runtime.ort_backend import open_session
 from ..timing import interleaved
@@ -96,14 +97,22 @@ def candidate_pipeline(bundle: Bundle, files: dict[str, str], precision: str, th
     return load_from_bundle(candidate_view(bundle, files, precision), "onnxruntime", precision, "cpu", threads)
 
 
-def task_metrics(pipe: Any, evalset: EvalSet, metrics: tuple[str, ...]) -> dict[str, float]:
-    """Headline numbers (:func:`rapsam_edge.evaluate.summarise`) of the tasks ``metrics`` need."""
-    tasks = {TASK_OF[m] for m in metrics}
+def task_metrics(pipe: Any, evalset: EvalSet, metrics: tuple[str, ...], progress: Tick | None = None
+                 ) -> dict[str, float]:
+    """Headline numbers (:func:`rapsam_edge.evaluate.summarise`) of the tasks ``metrics`` need; ``progress`` is
+    told each image evaluated, over all the tasks."""
+    tasks = [t for t in ("panoptic", "interactive") if t in {TASK_OF[m] for m in metrics}]
+    total = len(evalset.paths) * len(tasks)
+
+    def part(before: int) -> Tick | None:
+        return None if progress is None else lambda done, _: progress(before + done, total)
+
     results = []
     if "panoptic" in tasks:
-        results.append(evaluate_panoptic(pipe, evalset.dataset, limit=evalset.limit))
+        results.append(evaluate_panoptic(pipe, evalset.dataset, limit=evalset.limit, progress=part(0)))
     if "interactive" in tasks:
-        results.append(evaluate_interactive(pipe, evalset.dataset, limit=evalset.limit))
+        results.append(evaluate_interactive(pipe, evalset.dataset, limit=evalset.limit,
+                                            progress=part(len(evalset.paths) * (len(tasks) - 1))))
     return {k: float(v) for k, v in summarise(results).items() if k in metrics}
 
 

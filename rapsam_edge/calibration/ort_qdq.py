@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..progress import Tick
 from .choices import Flavor
 
 CALIBRATORS = {"MinMax": "MinMax", "Entropy": "Entropy (KL on |x|, 2048-bin histograms, 128 levels)",
@@ -80,9 +81,10 @@ def _quiet() -> Any:
 
 
 def collect_ranges(model_path: Path, reader: Any, calibrator: str, symmetric: bool, num_bins: int = 2048,
-                   percentile: float = 99.999, workdir: Path | None = None, threads: int | None = None) -> Ranges:
+                   percentile: float = 99.999, workdir: Path | None = None, threads: int | None = None,
+                   progress: Tick | None = None) -> Ranges:
     """Calibrate every float tensor of ``model_path`` on ``reader`` (an ImageReader / GraphInputReader) with
-    onnxruntime's ``calibrator`` (a key of :data:`CALIBRATORS`)."""
+    onnxruntime's ``calibrator`` (a key of :data:`CALIBRATORS`); ``progress`` is told the images read."""
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
     extra: dict[str, Any] = {"symmetric": symmetric}
@@ -95,8 +97,12 @@ def collect_ranges(model_path: Path, reader: Any, calibrator: str, symmetric: bo
                                       calibrate_method=getattr(CalibrationMethod, calibrator), extra_options=extra)
         if threads:
             _limit_threads(collector, threads)
+        done = 0
         for part in reader.chunks(CHUNK):
             collector.collect_data(part)
+            done += len(part)
+            if progress:
+                progress(done, len(reader))
         tensors = collector.compute_data()
     if calibrator == "Entropy":
         tensors = _kl_ranges(tensors, unsigned_levels=not symmetric)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import InputError
+from ..progress import Tick
 from . import nncf_backend, ort_qdq
 from .choices import Method
 
@@ -39,6 +40,7 @@ class GraphJob:
     derived: dict[str, list[str]]
     excluded: list[str]
     ranges: Any = None  # statistics a quantizer keeps between re-quantizations (onnxruntime: ort_qdq.Ranges)
+    progress: Tick | None = None  # told the calibration images read (onnxruntime's range collection)
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -97,7 +99,7 @@ class OrtQuantizer(Quantizer):
         if job.ranges is None:
             job.ranges = ort_qdq.collect_ranges(job.model, job.reader, self.setting(opts.method),
                                                 opts.flavor.symmetric_activations, opts.num_bins, opts.percentile,
-                                                out.parent, opts.threads)
+                                                out.parent, opts.threads, job.progress)
         return ort_qdq.quantize(job.model, out, job.ranges, opts.flavor, job.excluded)
 
 

@@ -27,6 +27,7 @@ import onnx
 from ..bundle import Bundle, edit_bundle, load_bundle
 from ..errors import InputError, RapsamError
 from ..preprocess import InputPolicy
+from ..progress import Progress, Steps
 from ..runtime.loader import load, reference_model
 from ..runtime.ort_backend import load_onnx, open_session
 from ..verify import VerificationError, verify_onnx_bundle
@@ -141,13 +142,15 @@ def _named_as_the_bundle(staging: Path, root: Path) -> Iterator[None]:
 
 
 def calibrate(bundle_root: str | Path, opts: CalibrationOptions, log: Log = lambda s: None,
-              evalset: Any = None) -> dict[str, Any]:
+              evalset: Any = None, progress: Progress | None = None) -> dict[str, Any]:
     """Calibrate, check, measure and register; returns the report (also stored in the manifest).
 
     ``evalset`` (an :class:`~.accuracy.EvalSet`) is the evaluation split: overlap is refused against it, and
-    ``opts.max_drop`` / ``opts.evaluate`` measure on it.
+    ``opts.max_drop`` / ``opts.evaluate`` measure on it. ``log`` gets each warning once, as it arises (the
+    report's ``warnings`` keep them); ``progress`` is told the steps and the images of each.
     """
     t_start = time.perf_counter()
+    progress = progress or Progress()
     opts = opts.validated()
     load_bundle(bundle_root)  # refuse a bad bundle and bad images before any work; re-read under its lock below
     if (opts.max_drop or opts.evaluate) and evalset is None:
@@ -155,28 +158,38 @@ def calibrate(bundle_root: str | Path, opts: CalibrationOptions, log: Log = lamb
     images = select_images(opts.images, opts.data, opts.annotations, opts.num)
     warnings = [f"skipped unreadable image {s}" for s in images.skipped]
     if len(images.paths) < WARN_BELOW:
-        warnings.append(f"only {len(images.paths)} calibration images (of --num {opts.num}); ranges from fewer than "
+        warnings.append(f"only {_count(len(images.paths), 'calibration image')} (of --num {opts.num}); ranges from "
+                        "fewer than "
                         f"~{WARN_BELOW} images may not cover what the model meets (NVIDIA recommends >= 500).")
     for w in warnings:
         log(f"warning: {w}")
     eval_info = _check_overlap(images, evalset, opts)
+    steps = Steps(progress, 6 + bool(opts.max_drop or opts.evaluate) + bool(opts.verify_images))
     with edit_bundle(bundle_root, log=log) as bundle, _named_as_the_bundle(bundle.root, Path(bundle_root)):
         work = Path(tempfile.mkdtemp(dir=bundle.root, prefix=".calibrate."))
         try:
+            steps.begin("derive exclusions")
             jobs = prepare_jobs(bundle, opts, images, work)
             for g, job in jobs.items():
-                log(f"{g}: {len(job.excluded)} nodes stay float: " + "; ".join(
+                log(f"{g}: {_count(len(job.excluded), 'node')} stay float: " + "; ".join(
                     f"{rule} {len(names)}" for rule, names in job.derived.items() if names))
+                job.progress = progress.counter(f"{g}: calibration images")
+            steps.begin(f"calibrate + quantize ({opts.method.value})")
             files = _quantize_all(jobs, opts, work, "step0")
+            steps.begin("sensitivity")
             sens = _sensitivity(bundle, jobs, files, opts, images)
             control_steps: list[Any] = []
             metrics: dict[str, Any] = {}
             if opts.max_drop or opts.evaluate:
+                steps.begin("accuracy control" if opts.max_drop else "evaluate fp32 vs int8")
                 first = files
-                files, control_steps, metrics = _accuracy(bundle, jobs, files, opts, evalset, sens, work, log)
+                files, control_steps, metrics = _accuracy(bundle, jobs, files, opts, evalset, sens, work, log,
+                                                          progress)
                 if files != first:  # layers moved back to float: report the sensitivity of what is registered
                     sens = _sensitivity(bundle, jobs, files, opts, images)
-            verification = _verify(bundle, files, opts)
+            if opts.verify_images:
+                steps.begin("verify against PyTorch")
+            verification = _verify(bundle, files, opts, progress)
             if verification and verification.get("skipped"):
                 warnings.append(f"INT8 vs PyTorch comparison skipped: {verification['skipped']}")
                 log(f"warning: {warnings[-1]}")
@@ -184,17 +197,26 @@ def calibrate(bundle_root: str | Path, opts: CalibrationOptions, log: Log = lamb
                 warnings.append("INT8 vs PyTorch beyond the int8 tolerance (recorded in manifest['verification']): "
                                 + "; ".join(verification["failures"]))
                 log(f"warning: {warnings[-1]}")
+            steps.begin("int8 vs fp32 outputs")
             fidelity = _fidelity(bundle, jobs, files, opts, images, evalset)
             metrics["output_fidelity"] = fidelity
+            steps.begin("encoder latency")
             timing = _latency(bundle, files, opts)
+            steps.begin("register")
             report = register(bundle, CalibrationResult(
                 opts=opts, images=images, jobs=jobs, files=files, sensitivity=sens, evaluation=eval_info,
                 control_steps=control_steps, accuracy=metrics, latency=timing, verification=verification,
                 warnings=warnings, seconds=round(time.perf_counter() - t_start, 1)))
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    steps.finish()
     log(f"registered {', '.join(f'{g}/onnx/{opts.flavor.precision}' for g in jobs)}")
     return report
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 node``, ``3 nodes``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _sensitivity(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], opts: CalibrationOptions,
@@ -221,12 +243,13 @@ def _fidelity(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], 
 
 
 def _accuracy(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], opts: CalibrationOptions,
-              evalset: Any, sens: dict[str, Any], work: Path, log: Log
+              evalset: Any, sens: dict[str, Any], work: Path, log: Log, progress: Progress
               ) -> tuple[dict[str, str], list[Any], dict[str, Any]]:
     wanted = tuple(opts.max_drop) or ("pq", "miou")
     fp32 = load(bundle.root, precision="fp32", threads=opts.threads)
     t0 = time.perf_counter()
-    base = baselines.fp32_baseline(bundle, evalset, wanted, lambda: accuracy.task_metrics(fp32, evalset, wanted))
+    base = baselines.fp32_baseline(bundle, evalset, wanted, lambda: accuracy.task_metrics(
+        fp32, evalset, wanted, progress.counter("fp32 evaluation images")))
     log(f"fp32 on {len(evalset.paths)} evaluation images: " + ", ".join(f"{k} {v:.2f}" for k, v in base.items())
         + f" ({time.perf_counter() - t0:.0f} s)")
     precision = opts.flavor.precision
@@ -243,7 +266,7 @@ def _accuracy(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], 
 
     def evaluate(candidate: dict[str, str]) -> dict[str, float]:
         return accuracy.task_metrics(accuracy.candidate_pipeline(bundle, candidate, precision, opts.threads),
-                                     evalset, wanted)
+                                     evalset, wanted, progress.counter("int8 evaluation images"))
 
     budget = opts.max_drop or {m: float("inf") for m in wanted}
     # each graph keeps its most robust node quantized: a graph with no Q/DQ left is no INT8 graph (and
@@ -268,7 +291,8 @@ def _most_robust_weighted(nodes: list[dict[str, Any]]) -> str:
     return max(weighted or nodes, key=lambda r: r["local_sqnr_db"])["node"]
 
 
-def _verify(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> dict[str, Any] | None:
+def _verify(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions, progress: Progress
+            ) -> dict[str, Any] | None:
     """PyTorch vs the INT8 graphs (rapsam_edge/verify.py, ``agreement.TOLERANCES["int8"]``) on
     ``opts.verify_images``."""
     if not opts.verify_images:
@@ -281,7 +305,8 @@ def _verify(bundle: Bundle, files: dict[str, str], opts: CalibrationOptions) -> 
             raise VerificationError(f"--strict-verify needs the PyTorch reference, which cannot be built: {e}") from e
         return {"skipped": f"the PyTorch reference could not be built ({e})", "failures": [], "precision": precision}
     report = verify_onnx_bundle(reference, accuracy.candidate_view(bundle, files, precision), precision,
-                                list(opts.verify_images), threads=opts.threads)
+                                list(opts.verify_images), threads=opts.threads,
+                                progress=progress.counter("image comparisons"))
     report["precision"] = precision
     if report["failures"] and opts.strict_verify:
         raise VerificationError(f"the {precision} graphs disagree with PyTorch beyond the int8 tolerance: "

@@ -52,6 +52,8 @@ def bench(
                                                "(writes into the bundle).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Also exit 1 when a format failed validation or export.")
                       ] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Print every measure (p90s, per-graph latency, FPS, cold start, "
+                                       "memory), as report.md has it, instead of the compact table.")] = False,
     compute_units: Annotated[str, typer.Option(help="coreml: all | cpuAndNeuralEngine | cpuAndGPU | cpuOnly.")
                              ] = "all",
     config: Annotated[str | None, typer.Option(help="No --bundle: config (default rapsam_r18_lite).")] = None,
@@ -85,7 +87,7 @@ def bench(
                       calib_images=calib_images, calib_num=calib_num, threads=threads or None))
     with bench_progress(console) as view:
         summary = BenchSummary.of(run_bench(req, view))
-    print_bench(summary)
+    print_bench(summary, wide=wide)
     print_written(out, summary)
     if summary.exit_code or (strict and summary.failed):
         raise typer.Exit(1)

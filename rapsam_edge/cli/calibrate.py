@@ -56,6 +56,7 @@ def calibrate(
     from ..calibration import calibrate as run_calibration
     from ..calibration.options import ExclusionOverrides
     from ..calibration.register import CalibrationSummary
+    from .progress import job_progress
 
     extra = ExclusionOverrides() if exclusions_file is None else ExclusionOverrides.read(exclusions_file)
     evalset, verify = calibration_context(bundle, eval_data, eval_subset, eval_limit, verify_limit)
@@ -66,7 +67,8 @@ def calibrate(
         rules=None if rules is None else tuple(r for r in names(rules) if r != "none"),
         allow_overlap=allow_overlap, evaluate=evaluate, threads=threads, trt_cache=not no_trt_cache,
         verify_images=tuple(verify), strict_verify=strict_verify)
-    report = run_calibration(bundle, opts, log=lambda s: console.print(f"  {s}"), evalset=evalset)
+    with job_progress(console, "calibrate") as view:  # warnings are logged once, as they arise
+        report = run_calibration(bundle, opts, log=view.log, evalset=evalset, progress=view)
     print_calibration(CalibrationSummary.of(report))
     if out:
         write_report(out, report)

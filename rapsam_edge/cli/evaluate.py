@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import fail, write_report
+from .common import console, fail, write_report
 from .render import print_metrics
 
 
@@ -55,11 +55,13 @@ def eval_cmd(
             evaluate_checkpoint,  # imports torch; scoring a file above does not
             summarise,
         )
+        from .progress import items_progress
 
         if task is None:
             fail("give --task (panoptic, interactive or video) to evaluate a checkpoint, or --predictions FILE.")
-        result = evaluate_checkpoint(task, data, checkpoint, config, class_embeddings, split, subset, limit,
-                                     mode, imgsz, protocol, clicks=clicks)
+        with items_progress(console, "eval", "videos" if task == "video" else "images") as tick:
+            result = evaluate_checkpoint(task, data, checkpoint, config, class_embeddings, split, subset, limit,
+                                         mode, imgsz, protocol, clicks=clicks, progress=tick)
         print_metrics({task: summarise([result])})
     if out:
         write_report(out, result)

@@ -52,6 +52,7 @@ def export(
     from ..exporters.export import ExportRequest, run_export
     from ..exporters.request import image_folder
     from ..exporters.targets import options_for
+    from .progress import job_progress
 
     calib = None if calib_images is None else image_folder(calib_images, "--calib-images")
     verify = [] if verify_images is None else image_folder(verify_images, "--verify-images")[:verify_limit]
@@ -61,6 +62,8 @@ def export(
     req = ExportRequest(target=target, config=config, checkpoint=checkpoint, class_embeddings=class_embeddings,
                         precision=precision, imgsz=imgsz, out=out, name=name, force=force, seed=seed,
                         verify_images=verify, options=options)
-    root, report = run_export(req, log=lambda s: console.print(f"  {s}"))
+    with job_progress(console, "export") as view:  # bars on a terminal only
+        req.progress = view
+        root, report = run_export(req, log=view.log)
     console.print(f"[green]bundle[/] {root}")
     print_verification(VerificationSummary.of(report))

@@ -261,8 +261,10 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
         calibrated, extra = w8a8_encoder(model, images, req.deployment_policy(model.config))
         extra.update(calibration_source=source, calibration_seconds=round(time.perf_counter() - t0, 2))
         modules["encoder"] = (calibrated, "iOS17")
-    arts = []
+    arts: list[Artifact] = []
+    tick = req.progress.counter("graphs converted")
     for graph, (module, target) in modules.items():
+        tick(len(arts), len(modules))
         example = example_inputs(graph, model, canvas.size, num_prompts=slots)
         mlmodel, details = convert_graph(module, graph, example, precision, target, canvas, model)
         t0 = time.perf_counter()
@@ -295,6 +297,7 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
         arts.append(Artifact(graph, "coreml", artifact_precision(precision, compress), rel,
                              _spec_tensors(spec.description.input), _spec_tensors(spec.description.output),
                              details=details))
+    tick(len(arts), len(modules))
     return CoreMLExport(arts, calibrated)
 
 

@@ -23,6 +23,7 @@ from ..fsutil import sha256_path
 from ..model.checkpoint import load_model
 from ..model.rapsam import RapSam
 from ..preprocess import CanvasSpec, InputPolicy
+from ..progress import Steps
 from ..verify import VerificationError
 from .canvas import MIN_CANVAS
 from .options import OnnxOptions
@@ -92,27 +93,30 @@ def _same_model(bundle: Bundle, section: dict[str, Any]) -> bool:
 
 
 def run_export(req: ExportRequest, log: Callable[[str], None] = lambda s: None) -> tuple[Path, dict[str, Any]]:
-    """Export, verify and register; returns (bundle path, verification report of this export)."""
+    """Export, verify and register; returns (bundle path, verification report of this export). Its steps (load
+    the model, export, verify, and TensorRT's engine build) are told to ``req.progress``."""
     precision = validate(req)
     target = target_named(req.target)
     req = replace(req, options=req.options_as(target.options))
+    steps = Steps(req.progress, 3 + (target.post is not None))
+    steps.begin("load the model")
     model, section = prepare_model(req)
     name = req.name or model.config.name
     root = req.out / name
     if req.force or not is_bundle(root):  # a new bundle (new_bundle refuses to replace anything but a bundle)
         manifest = base_manifest(model, name, section, req.deployment_policy(model.config))
         with new_bundle(root, manifest, overwrite=req.force, log=log) as bundle:
-            report = _export_into(bundle, bundle.root, model, precision, req, target, log, record_canvas=True)
-        return root, _post(target, root, precision, req, report, log)
+            report = _export_into(bundle, bundle.root, model, precision, req, target, log, steps, record_canvas=True)
+        return root, _post(target, root, precision, req, report, log, steps)
     if not _same_model(load_bundle(root), section):  # before the work; checked again under the bundle's lock
         raise _other_model(root)
     with edit_bundle(root, log=log) as bundle:  # a copy, swapped in only if this export verifies
         if not _same_model(bundle, section):
             raise _other_model(root)
-        report = _export_into(bundle, bundle.root, model, precision, req, target, log,
+        report = _export_into(bundle, bundle.root, model, precision, req, target, log, steps,
                               record_canvas=req.target == "onnx")
         bundle.manifest["tools"] = tool_versions()
-    return root, _post(target, root, precision, req, report, log)
+    return root, _post(target, root, precision, req, report, log, steps)
 
 
 def _other_model(root: Path) -> BundleError:
@@ -121,19 +125,23 @@ def _other_model(root: Path) -> BundleError:
 
 
 def _post(target: Target, root: Path, precision: str, req: ExportRequest, report: dict[str, Any],
-          log: Callable[[str], None]) -> dict[str, Any]:
+          log: Callable[[str], None], steps: Steps) -> dict[str, Any]:
     """The target's after-commit step (TensorRT engine builds), as its own transaction on the bundle."""
     if target.post is not None:
+        steps.begin("build engines")
         with edit_bundle(root, log=log) as bundle:
             report = {**report, "post": target.post(bundle, precision, req)}
+    steps.finish()
     return report
 
 
 def _export_into(bundle: Bundle, root: Path, model: RapSam, precision: str, req: ExportRequest,
-                 target: Target, log: Callable[[str], None], record_canvas: bool = False) -> dict[str, Any]:
+                 target: Target, log: Callable[[str], None], steps: Steps, record_canvas: bool = False
+                 ) -> dict[str, Any]:
     """Export, register and verify into ``bundle``. ``record_canvas``: write the encoder's canvas as the
     manifest's ``canvas`` section (:func:`rapsam_edge.bundle.bundle_canvas`): done by ONNX exports, whose
     graphs the section describes, and by the export that creates a bundle."""
+    steps.begin(f"export {req.target} {precision}")
     result = target.export(model, root, precision, req)
     arts = result.artifacts
     for art in arts:
@@ -143,6 +151,7 @@ def _export_into(bundle: Bundle, root: Path, model: RapSam, precision: str, req:
     if record_canvas and canvas is not None:
         bundle.update(canvas=canvas)
         log(f"canvas: {CanvasSpec.from_dict(canvas).describe()}")
+    steps.begin("verify against PyTorch")
     report = target.verify(model, bundle, precision, req, result)
     fails = report.get("failures", [])
     key = f"{req.target}/{report.get('precision', precision)}"  # e.g. coreml/fp16-int8

@@ -25,6 +25,7 @@ from ..errors import InputError, UnavailableError
 from ..model.rapsam import RapSam
 from ..onnx_graph import onnx_artifact, shape_only_nodes
 from ..preprocess import CanvasSpec
+from ..progress import Tick
 from ..verify import verify_onnx_bundle
 from .canvas import dynamic_coord_features, dynamic_shapes, name_dims
 from .deformconv import DEFORMCONV_OPSET, deformconv_translation, with_deformconv_nodes
@@ -198,8 +199,10 @@ def toposort(graph: onnx.GraphProto) -> None:
 
 
 def export_onnx(model: RapSam, root: Path, precision: str, opts: GraphSettings,
-                graphs: tuple[str, ...] = tuple(GRAPH_IO), dcn: DcnMode = DcnMode.PYTORCH) -> list[Artifact]:
+                graphs: tuple[str, ...] = tuple(GRAPH_IO), dcn: DcnMode = DcnMode.PYTORCH,
+                progress: Tick | None = None) -> list[Artifact]:
     """Write ``<graph>.onnx`` (and ``<graph>.fp16.onnx``) into ``root``; returns unregistered artifacts.
+    ``progress`` is told each graph and precision written.
 
     ``dcn`` deformconv: the encoder's DCNv2 layers become ONNX ``DeformConv`` nodes (deformconv.py) and every
     graph is exported at opset 19 (the decoders contain no DCN)."""
@@ -211,19 +214,24 @@ def export_onnx(model: RapSam, root: Path, precision: str, opts: GraphSettings,
     if dcn is DcnMode.DEFORMCONV:
         sources["encoder"] = with_deformconv_nodes(model)  # refuses a model without DCN before any export
         opts, table = replace(opts, opset=DEFORMCONV_OPSET), deformconv_translation()
-    arts = []
+    arts: list[Artifact] = []
+    total = len(graphs) * (2 if precision == "fp16" else 1)
     for graph in graphs:
         fp32_rel = f"{graph}.onnx"
         details = export_fp32(sources[graph], graph, root / fp32_rel, opts, custom_translation_table=table)
         if graph == "encoder" and dcn is DcnMode.DEFORMCONV:
             details["dcn"] = "deformconv"
         arts.append(onnx_artifact(graph, fp32_rel, "fp32", details, root))
+        if progress:
+            progress(len(arts), total)
         if precision == "fp16":
             rel = f"{graph}.fp16.onnx"
             t0 = time.perf_counter()
             extra = convert_fp16(root / fp32_rel, root / rel)
             extra["convert_seconds"] = round(time.perf_counter() - t0, 2)
             arts.append(onnx_artifact(graph, rel, "fp16", {**details, **extra}, root))
+            if progress:
+                progress(len(arts), total)
     return arts
 
 
@@ -231,10 +239,12 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
     """The ``--target onnx`` entry of :data:`rapsam_edge.exporters.targets.TARGETS`."""
     opts = req.options_as(OnnxOptions)
     settings = GraphSettings(simplify=opts.simplify, canvas=opts.canvas_for(req.deployment_size(model.config)))
-    return ExportResult(export_onnx(model, root, precision, settings, dcn=opts.dcn))
+    return ExportResult(export_onnx(model, root, precision, settings, dcn=opts.dcn,
+                                    progress=req.progress.counter("graphs written")))
 
 
 def verify_target(model: RapSam, bundle: Bundle, precision: str, req: ExportRequest,
                   result: ExportResult) -> dict[str, Any]:
     """The ONNX graphs in onnxruntime against PyTorch (:func:`rapsam_edge.verify.verify_onnx_bundle`)."""
-    return verify_onnx_bundle(model, bundle, precision, req.verify_images or default_verify_images())
+    return verify_onnx_bundle(model, bundle, precision, req.verify_images or default_verify_images(),
+                              progress=req.progress.counter("image comparisons"))

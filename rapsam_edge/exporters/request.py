@@ -11,13 +11,16 @@ from ..config import ModelConfig
 from ..data.coco import list_images
 from ..errors import InputError, InputNotFoundError
 from ..preprocess import IMAGE_SUFFIXES, InputPolicy
+from ..progress import Progress
 from .options import OptionsT, TargetOptions
 
 
 @dataclass
 class ExportRequest:
     """One ``rapsam-edge export``. ``options``: the target's typed options (:mod:`.options`; None = its defaults),
-    made from the command's flags by :func:`~rapsam_edge.exporters.targets.options_for`."""
+    made from the command's flags by :func:`~rapsam_edge.exporters.targets.options_for`. ``progress``: told the
+    steps of the export (export, verify, build) and the items of each (graphs and precisions, images); not part
+    of what is asked (it is never recorded)."""
 
     target: str = "onnx"
     config: str | None = None
@@ -31,6 +34,7 @@ class ExportRequest:
     seed: int = 0
     verify_images: list[Path] = field(default_factory=list)
     options: TargetOptions | None = None
+    progress: Progress = field(default_factory=Progress, compare=False, repr=False)
 
     def options_as(self, kind: type[OptionsT]) -> OptionsT:
         """The request's options as the target's own class (its defaults when none were given)."""

@@ -143,7 +143,8 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
     hidden = model.config.hidden_dim
     arts = []
     with tempfile.TemporaryDirectory(prefix="rapsam-trt-") as tmp:
-        for spec in specs:
+        for done, spec in enumerate(specs):
+            req.progress.items(done, len(specs), "engine inputs written")
             dst = folder / spec.onnx
             if spec.precision == "int8" and qdq is not None:
                 shutil.copyfile(qdq, dst)
@@ -181,7 +182,8 @@ def verify_target(model: RapSam, bundle: Bundle, precision: str, req: ExportRequ
     graphs = {g: bundle.find(g, FORMAT, precision) or bundle.require(g, FORMAT, "fp16") for g in GRAPHS}
     inputs = OrtBackend(bundle, artifacts=graphs)
     report = verify_backend(model, inputs, bundle_policy(bundle), bundle_canvas(bundle, FORMAT), precision,
-                            req.verify_images or default_verify_images(), pipelines=False)
+                            req.verify_images or default_verify_images(), pipelines=False,
+                            progress=req.progress.counter("image comparisons"))
     report["note"] = ("the TensorRT ONNX inputs in onnxruntime (CPU) vs PyTorch; the engines' own numerics are "
                       "checked on the device (rapsam-edge bench / eval with --backend tensorrt).")
     return report

@@ -33,6 +33,7 @@ from ..preprocess import (
     points_to_boxes,
     preprocess,
 )
+from ..progress import Tick
 from ..tracking import VideoResult, VideoTracker, split_video
 from .base import Backend
 
@@ -153,13 +154,14 @@ class Pipeline:
         return interactive_postprocess(masks[0], iou[0], st.letterbox)
 
     def track(self, frames: Iterable[ImageLike], mode: str = "clip", clip_size: int | None = None,
-              max_per_video: int = 100) -> VideoResult:
+              max_per_video: int = 100, progress: Tick | None = None) -> VideoResult:
         """Video instance segmentation with consistent track ids.
 
         ``mode="clip"`` is the official near-online scheme: tubes of ~5 frames (~3 for videos of <= 15
         frames), one object-decoder call per tube over frames stacked along height, tubes linked by
         Hungarian matching of query embeddings. ``mode="stream"`` decodes each frame alone (T=1) and links
-        frame to frame, for cameras where latency matters more than tube context.
+        frame to frame, for cameras where latency matters more than tube context. ``progress(done, total)`` is
+        told the frames decoded so far (after each tube).
         """
         if mode not in ("clip", "stream"):
             raise InputError(f"unknown track mode {mode!r}; choose 'clip' or 'stream'.")
@@ -185,6 +187,8 @@ class Pipeline:
             self._check_finite(f"frames {tube.start}-{tube.stop - 1} of the video", cls_logits=cls, mask_logits=masks,
                                queries=queries)
             tracker.update(cls[0], masks[0], queries[0], len(tube))
+            if progress:
+                progress(tube.stop, len(images))
         assert letterbox is not None
         return tracker.finish(letterbox, self.isthing, max_per_video)
 

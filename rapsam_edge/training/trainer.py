@@ -264,8 +264,8 @@ class Trainer:
                 if log and (self.step % self.cfg.log_every == 0 or self.step == end):
                     log.write(json.dumps(record) + "\n")
                     log.flush()
-                if on_step and self.rank == 0:
-                    on_step(record)
+                if on_step and self.rank == 0:  # last_step: where this run stops (--max-steps), for progress bars
+                    on_step({**record, "last_step": end})
                 if self.step % save_every == 0 or self.step == end:
                     self.save()
             in_sync = self.replicas_in_sync()

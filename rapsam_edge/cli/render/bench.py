@@ -1,40 +1,50 @@
-"""The terminal report of ``bench``: the formats table (status coloured), the input-protocol sentence, why each
-format is not ok, notes, the latency targets and the gates (:class:`~rapsam_edge.benchmarks.summary.BenchSummary`).
-Report text comes from files and hosts, so it is escaped before Rich reads markup around it."""
+"""The terminal report of ``bench``: the formats table (compact by default, every measure with ``--wide``; status
+coloured), the input-protocol sentence, why each format is not ok, notes, the latency targets and the gates
+(:class:`~rapsam_edge.benchmarks.summary.BenchSummary`). Report text comes from files and hosts, so it is escaped
+before Rich reads markup around it."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from ..common import console
+from .out import print_table
 
-if TYPE_CHECKING:  # a type only: the CLI imports no runtime code before a command runs
+if TYPE_CHECKING:  # types only: the CLI imports no runtime code before a command runs
     from ...benchmarks.summary import BenchSummary
+    from ...benchmarks.table import FormatsTable
 
-CAPTION = "ms: median (p90) over the timed runs; mask IoU: end-to-end clicks vs PyTorch"
+# report.json status -> colour (the names of benchmarks.formats, spelled here so drawing imports no runtime code)
+COLOURS = {"ok": "green", "failed validation": "red", "failed to export": "red", "not exported": "yellow",
+           "not available": "dim"}
 
 
-def print_bench(s: BenchSummary) -> None:
-    from ...benchmarks.formats import FAILED_EXPORT, FAILED_VALIDATION, NOT_AVAILABLE, NOT_EXPORTED, OK
+def formats_table(s: BenchSummary, wide: bool = False) -> Table:
+    """The formats table as a Rich table: one line per format, headers over two lines, the legend as caption.
+    :func:`~.out.print_table` folds cells on a terminal too narrow for them, so no figure is ever cut."""
+    t: FormatsTable = s.wide_table if wide else s.table
+    host = f"{s.cpu_model}, {s.cpu_cores} cores" + (f", {s.gpu_name}" if s.gpu_name else "")
+    table = Table(title=f"{s.bundle} {s.input_px}px, {s.protocol} protocol, on {s.device} ({host})",
+                  caption=t.legend + ("; ms: median (p90) of the timed runs" if wide else "; ms: medians (--wide: "
+                                      "p90s and every measure)"),
+                  caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for col in t.columns:
+        table.add_column(col.header, justify="left" if col.left else "right")
+    for cells in t.rows:
+        status = cells[1]
+        table.add_row(cells[0], f"[{COLOURS.get(status, 'white')}]{escape(status)}[/]", *cells[2:])
+    return table
 
-    colour = {OK: "green", FAILED_VALIDATION: "red", FAILED_EXPORT: "red", NOT_EXPORTED: "yellow",
-              NOT_AVAILABLE: "dim"}
+
+def print_bench(s: BenchSummary, wide: bool = False) -> None:
     if s.random_label is not None:
         console.print(f"[bold yellow]{escape(s.random_label)}[/]")
-    host = f"{s.cpu_model}, {s.cpu_cores} cores" + (f", {s.gpu_name}" if s.gpu_name else "")
-    table = Table(title=f"{s.bundle} {s.input_px}px, {s.protocol} protocol, on {s.device} ({host})", caption=CAPTION)
-    for col in s.table[0]:
-        table.add_column(col.replace(" ms", "\nms").replace(" vs ", "\nvs "),
-                         justify="left" if col in ("format", "status") else "right")
-    for line in s.table[1:]:
-        table.add_row(line[0], f"[{colour.get(line[1], 'white')}]{line[1]}[/]", *line[2:])
-    Console(width=None if sys.stdout.isatty() else 240).print(table)
+    print_table(formats_table(s, wide))  # stdout, never cut; everything else is a message on stderr
     if s.protocol_line is not None:
         console.print(f"input protocol: {escape(s.protocol_line)}")
     for r in s.rows:

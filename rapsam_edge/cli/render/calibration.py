@@ -5,22 +5,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 
 from ..common import console
+from .out import print_table
 
 if TYPE_CHECKING:  # a type only: the CLI imports no onnx before a command runs
     from ...calibration.register import CalibrationSummary
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def print_calibration(summary: CalibrationSummary) -> None:
-    for w in summary.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+    """The result of a calibration. Its warnings are not repeated: ``calibrate`` logs each one as it arises."""
     for graph, nodes in summary.exclusions.items():
-        console.print(f"{graph}: {len(nodes)} nodes kept in floating point: {', '.join(nodes) or 'none'}")
+        console.print(f"{graph}: {_count(len(nodes), 'node')} kept in floating point: {', '.join(nodes) or 'none'}",
+                      highlight=False)
     table = Table(title=f"calibration {summary.precision} ({summary.backend}, {summary.method}, "
-                        f"{summary.images} images)")
+                        f"{_count(summary.images, 'image')})")
     table.add_column("what")
     table.add_column("value", justify="right")
     if summary.encoder_ms is not None:
@@ -35,4 +39,4 @@ def print_calibration(summary: CalibrationSummary) -> None:
             f"{k} {v:+.2f}" for k, v in step.drop.items()) + (" ok" if step.within_budget else ""))
     for graph, files in summary.files.items():
         table.add_row(graph, ", ".join(files))
-    Console().print(table)
+    print_table(table)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
+
+from .out import print_table
 
 
 def print_info(rows: list[dict[str, Any]], versions: dict[str, str]) -> None:
@@ -16,11 +17,9 @@ def print_info(rows: list[dict[str, Any]], versions: dict[str, str]) -> None:
     for r in rows:
         table.add_row(r["name"], r["backbone"], r["neck"], r["classifier"], f"{r['params'] / 1e6:.2f}",
                       r["description"])
-    out = Console()
-    out.print(table)
     vt = Table(title="runtimes")
     vt.add_column("package")
     vt.add_column("status")
     for name, status in versions.items():
         vt.add_row(name, status)
-    out.print(vt)
+    print_table(table, vt)

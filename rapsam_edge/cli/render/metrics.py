@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from rich.console import Console
 from rich.table import Table
+
+from .out import print_table
 
 
 def print_metrics(headlines: Mapping[str, Mapping[str, float]], what: str = "evaluation") -> None:
@@ -19,4 +20,4 @@ def print_metrics(headlines: Mapping[str, Mapping[str, float]], what: str = "eva
     for name, figures in headlines.items():
         for metric, value in figures.items():
             table.add_row(name, metric, f"{value:.2f}")
-    Console().print(table)
+    print_table(table)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 
 from ..common import console
+from .out import print_table
 
 if TYPE_CHECKING:  # a type only: the CLI imports no model code before a command runs
     from ...benchmarks.accuracy import VerificationSummary
@@ -32,4 +32,4 @@ def print_verification(summary: VerificationSummary | None) -> None:
         table.add_row(iou.name, "", "", f"{iou.mean:.4f} (mean)")
     for e2e in summary.pipeline:
         table.add_row(f"pipeline.{e2e.name}", "", "", f"{e2e.mean:.4f} (mean), {e2e.worst:.4f} (worst)")
-    Console().print(table)
+    print_table(table)
