@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from . import bench, calibrate, evaluate, export, info, predict, train
+from . import bench, calibrate, evaluate, export, info, predict, register_engines, train
 from .common import app, command
 
 command(epilog=predict.EXAMPLES)(predict.predict)
 command(epilog=train.EXAMPLES)(train.train)
 command("eval", epilog=evaluate.EXAMPLES)(evaluate.eval_cmd)
 command(epilog=export.EXAMPLES)(export.export)
+command("register-engines", epilog=register_engines.EXAMPLES)(register_engines.register_engines)
 command(epilog=calibrate.EXAMPLES)(calibrate.calibrate)
 command(epilog=info.EXAMPLES)(info.info)
 command(epilog=bench.EXAMPLES)(bench.bench)

@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
-from .common import console, examples, switch
+from .common import announce_random_weights, console, examples, switch
+from .next_steps import after_export
 from .render import print_verification
+from .render.next_steps import print_next_steps
 
 EXAMPLES = examples(
     ("rapsam-edge export --checkpoint runs/mini/final.pth --out bundles",
@@ -87,9 +90,10 @@ def export(
     beyond tolerance is not written. Adding another --target to a bundle of the same model keeps what it has.
     """
     from ..benchmarks.accuracy import VerificationSummary
+    from ..bundle import load_bundle
     from ..exporters.export import ExportRequest, run_export
     from ..exporters.request import image_folder
-    from ..exporters.targets import options_for
+    from ..exporters.targets import options_for, target_named
 
     calib = None if calib_images is None else image_folder(calib_images, "--calib-images")
     verify = [] if verify_images is None else image_folder(verify_images, "--verify-images")[:verify_limit]
@@ -102,3 +106,13 @@ def export(
     root, report = run_export(req, log=lambda s: console.print(f"  {s}"))
     console.print(f"[green]bundle[/] {root}")
     print_verification(VerificationSummary.of(report))
+    manifest = load_bundle(root, verify=False).manifest
+    announce_random_weights(manifest["model"] | {"bundle": str(root)}, "only drift against PyTorch, speed and "
+                            "memory mean anything until it is exported from a trained --checkpoint")
+    deferred = (report.get("post") or {}).get("deferred")
+    if deferred:
+        console.print(Text.assemble(("engines: ", "bold yellow"), f"not built here. {deferred} The ONNX inputs and "
+                                    f"the trtexec build script are in {root / 'tensorrt'}; copy {root} to the device "
+                                    "and run the command below there (or rerun this export there)."))
+    print_next_steps(after_export(root, target, precision or target_named(target).default_precision, report,
+                                  manifest))
