@@ -9,8 +9,10 @@ from typing import Annotated
 import typer
 
 from .common import console, examples, fail, names, switch
+from .next_steps import after_bench
 from .render import print_bench
 from .render.bench import print_written
+from .render.next_steps import print_next_steps
 
 EXAMPLES = examples(
     ("rapsam-edge bench", "export + calibrate + bench the default rapsam_r18_lite (RANDOM weights, labelled so) on "
@@ -83,6 +85,7 @@ def bench(
 
     Exit code 1 when a --floor / --max-drop gate is missed (and with --strict, when a format failed).
     """
+    from ..benchmarks.formats import NOT_EXPORTED
     from ..benchmarks.gates import DROP_METRICS, FLOOR_METRICS, parse_thresholds
     from ..benchmarks.harness import BenchRequest, run_bench
     from ..benchmarks.prepare import MakeSpec
@@ -102,8 +105,11 @@ def bench(
         make=MakeSpec(out=out, config=config, checkpoint=checkpoint, imgsz=imgsz, seed=seed,
                       calib_images=calib_images, calib_num=calib_num, threads=threads or None))
     with bench_progress(console) as view:
-        summary = BenchSummary.of(run_bench(req, view))
+        doc = run_bench(req, view)
+    summary = BenchSummary.of(doc)
     print_bench(summary)
     print_written(out, summary)
+    print_next_steps(after_bench(Path(doc["bundle"]["path"]), [r.format for r in summary.rows
+                                                               if r.status == NOT_EXPORTED]))
     if summary.exit_code or (strict and summary.failed):
         raise typer.Exit(1)

@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 
 from .common import console, examples, names, switch, write_report
+from .next_steps import after_calibrate
 from .render import print_calibration
+from .render.next_steps import print_next_steps
 
 _CALIB = "rapsam-edge calibrate --bundle bundles/rapsam_r18_lite --data folder --images ../shared/data/coco_mini/"
 EXAMPLES = examples(
@@ -75,6 +77,7 @@ def calibrate(
     Sensitive layers (LayerNorm, softmax, attention, mask products, ...) stay float; per-layer sensitivity is
     written as JSON + PNG; --max-drop adds accuracy control; --flavor tensorrt also writes a TensorRT 8.x cache.
     """
+    from ..bundle import load_bundle
     from ..calibration import CalibrationOptions, Flavor, Method, calibration_context, parse_max_drop
     from ..calibration import calibrate as run_calibration
     from ..calibration.options import ExclusionOverrides
@@ -93,3 +96,4 @@ def calibrate(
     print_calibration(CalibrationSummary.of(report))
     if out:
         write_report(out, report)
+    print_next_steps(after_calibrate(bundle, opts.flavor.value, load_bundle(bundle, verify=False).manifest))

@@ -11,6 +11,8 @@ import typer
 from rich.text import Text
 
 from .common import announce_random_weights, console, examples, fail
+from .next_steps import after_predict
+from .render.next_steps import print_next_steps
 
 TASKS = ("panoptic", "interactive")
 
@@ -75,6 +77,8 @@ def predict(
     panoptic.json + panoptic/<name>.png that `eval --predictions` scores). The output set is written atomically:
     a failed run leaves --out as it was.
     """
+    from PIL import Image
+
     from ..data.locate import embedded_images
     from ..postprocess import overlay
     from ..predict import DEFAULT_SCORE_THR, check_inputs, run_predictions
@@ -107,3 +111,11 @@ def predict(
         on_note=lambda sentence: console.print(Text.assemble(("note:", "yellow"), " " + sentence)))
     if task == "panoptic":
         console.print(f"COCO panoptic results: {written[-1]}")
+    bundle = Path(pipe.meta["bundle"]) if pipe.meta.get("bundle") else None
+    model = [w for flag, value in (("--config", config), ("--checkpoint", checkpoint),
+                                   ("--class-embeddings", class_embeddings),
+                                   ("--seed", seed if pipe.meta["random_init"] and bundle is None and seed else None))
+             if value is not None for w in (flag, str(value))]  # what named this model, for the next commands
+    with Image.open(paths[0]) as first:
+        size = first.size
+    print_next_steps(after_predict(paths[0], size, task, model, bundle))

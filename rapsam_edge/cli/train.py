@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from .common import console, examples, switch
+from .next_steps import after_train
 from .render import print_metrics
+from .render.next_steps import print_next_steps
 
 EXAMPLES = examples(
     ("rapsam-edge train --preset mini --out runs/mini",
@@ -59,6 +62,7 @@ def train(
 
     DDP: torchrun --nproc_per_node N -m rapsam_edge.cli train ...
     """
+    from ..data.locate import default_shared_data, heldout_subset
     from ..evaluate import summarise
     from ..train_job import run_request
     from ..training.run import DataSpec, TrainRequest
@@ -72,3 +76,6 @@ def train(
         result = run_request(req, on_step)
     if result:
         print_metrics({name: summarise([r]) for name, r in result.items()})
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
+        coco = coco_root or (default_shared_data() / "coco_mini" if preset else None)
+        print_next_steps(after_train(out, coco, heldout_subset(coco) if preset and coco else None))
