@@ -77,5 +77,5 @@ def train(
     if result:
         print_metrics({name: summarise([r]) for name, r in result.items()})
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
-        coco = coco_root or (default_shared_data() / "coco_mini" if preset else None)
-        print_next_steps(after_train(out, coco, heldout_subset(coco) if preset and coco else None))
+        layout = coco_root or (default_shared_data() / "coco_mini" if preset else None)
+        print_next_steps(after_train(out, layout, heldout_subset(layout) if preset and layout else None))
