@@ -23,6 +23,7 @@ from .data.locate import open_coco, open_video, video_split
 from .data.prompts import ClickProtocol, approx_interior_clicks, interior_click, rescale_masks_nearest
 from .data.video import YTVISDataset, video_ground_truth
 from .errors import InputError
+from .fsutil import sha256_path
 from .metrics.interactive import InteractiveEvaluator
 from .metrics.panoptic import PanopticEvaluator
 from .metrics.video import VideoEvaluator
@@ -224,13 +225,16 @@ def summarise(results: Iterable[dict[str, Any]]) -> dict[str, float]:
 def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: str | None,
                         class_embeddings: Path | None, split: str, subset: str | None, limit: int | None,
                         mode: str, imgsz: int | None = None, protocol: str | None = None,
-                        clicks: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+                        clicks: str | None = None, progress: Progress | None = None,
+                        on_load: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The library function behind ``rapsam-edge eval``.
 
     ``protocol`` None = the config's default (official for the official configs); ``imgsz`` asks for a
     deployment canvas of that square size, so it implies ``deployment`` and contradicts ``official``.
     ``clicks`` (interactive only) None = ``official``; see :class:`~rapsam_edge.data.prompts.ClickProtocol`.
     ``progress`` is told each image (video) evaluated.
+    ``on_load`` receives the pipeline's ``meta`` once the model is loaded, before the evaluation runs (the CLI
+    announces random weights there). The result's ``provenance`` says what was measured: :func:`provenance`.
     """
     tasks = ("panoptic", "interactive", "video")
     if limit is not None and limit < 1:  # before the model loads: it would evaluate nothing
@@ -248,6 +252,8 @@ def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: 
                              "drop --imgsz or pass --protocol deployment.")
         chosen = Protocol.DEPLOYMENT
     pipe = runtime.load(config, checkpoint, class_embeddings=class_embeddings, protocol=chosen)  # the public entry
+    if on_load is not None:
+        on_load(pipe.meta)
     if imgsz:
         pipe.policy = dataclasses.replace(pipe.policy, size=(imgsz, imgsz))  # torch takes any multiple of 32
     if task == "video":
@@ -259,4 +265,24 @@ def evaluate_checkpoint(task: str, data: Path, checkpoint: Path | None, config: 
         else:
             result = evaluate_interactive(pipe, dataset, limit, progress, clicks=clicks or "official")
     # which protocol produced the numbers travels with them (official numbers are only comparable to official)
-    return {**result, "protocol": pipe.meta.get("protocol"), "input_policy": pipe.policy.to_dict()}
+    data_section = {"root": str(data), "split": split, "subset": subset, "limit": limit}
+    return {**result, "protocol": pipe.meta.get("protocol"), "input_policy": pipe.policy.to_dict(),
+            "provenance": provenance(pipe.meta, checkpoint, data_section)}
+
+
+RANDOM_WEIGHTS = "random weights"
+
+
+def provenance(meta: dict[str, Any], checkpoint: Path | None, data: dict[str, Any]) -> dict[str, Any]:
+    """What a set of numbers was measured on: the model (config, and the bundle when one ran), the weights (the
+    checkpoint's path and sha256, or "random weights" for a seeded random init, whose numbers mean nothing), the
+    data and the input protocol."""
+    weights: dict[str, Any] | str
+    if meta.get("random_init"):
+        weights = RANDOM_WEIGHTS
+    elif checkpoint is not None:
+        weights = {"path": str(checkpoint), "sha256": sha256_path(checkpoint)}
+    else:  # a bundle: the checkpoint it was exported from, as its manifest records it
+        weights = meta.get("checkpoint") or "unknown"
+    return {"model": meta.get("config"), "bundle": meta.get("bundle"), "checkpoint": weights,
+            "random_init": bool(meta.get("random_init")), "data": data, "protocol": meta.get("protocol")}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 
 import numpy as np
 import pytest
+import typer
 from conftest import ASSET_IMAGES
 from PIL import Image
 from typer.testing import CliRunner
@@ -94,3 +97,105 @@ def test_predict_score_thr_reaches_the_panoptic_merge(tmp_path):
     doc = json.loads((tmp_path / "b" / "coffee.json").read_text())
     assert doc["score_thr"] == 0 and doc["segments_info"]
     assert json.loads((tmp_path / "a" / "coffee.json").read_text())["segments_info"] == []
+
+
+# ---- what a user sees (issue 16): help, switches, next steps, provenance ------------------------------------
+
+COMMANDS = ("predict", "train", "eval", "export", "register-engines", "calibrate", "info", "bench")
+
+
+def _help(*args: str) -> str:
+    res = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def _examples(text: str) -> list[list[str]]:
+    """The example command lines of a --help (the lines after "Examples" that start a command)."""
+    lines = [ln.strip() for ln in text.split("Examples", 1)[1].splitlines()]
+    return [shlex.split(ln) for ln in lines if ln.startswith(("rapsam-edge ", "torchrun ", "bash "))]
+
+
+def _parse(words: list[str]) -> dict:
+    """Parse a `rapsam-edge ...` command line as click would, without running it; returns the command's params."""
+    name, *rest = words
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)  # typer vendors click: its group is no click.Group
+    sub = group.commands.get(name)
+    assert sub is not None, words
+    return sub.make_context(name, rest).params
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_purpose_examples_and_defaults(command):
+    text = _help(command)
+    assert "<bool>" not in text  # switches are listed as --x / --no-x, not as taking a value
+    assert "[default:" in text and "Examples" in text
+    purpose = text.split("Usage:", 1)[1].splitlines()[2].strip()
+    assert purpose.endswith(".") and len(purpose) < 120, purpose
+    examples = _examples(text)
+    assert len(examples) >= 2, text
+    for words in examples:  # each example is a command of this CLI that parses as written
+        if words[0] == "rapsam-edge":
+            _parse(words[1:])
+        elif words[0] == "torchrun":
+            _parse(words[words.index("rapsam_edge.cli") + 1:])
+    summary = _help()
+    assert f" {command} " in summary
+
+
+def test_export_help_shows_what_each_default_is():
+    text = " ".join(_help("export").split())
+    for shown in ("[default: (onnx fp32, coreml fp16, tensorrt fp16)]", "[default: (the config's, 640)]",
+                  "[default: (pytorch)]", "[default: (simplify)]", "[default: no-force]", "[default: bundles]"):
+        assert shown in text, shown
+    assert "or an exported bundle folder" in " ".join(_help("predict").split())  # predict --config takes a bundle
+
+
+def test_boolean_options_are_switches_with_both_spellings():
+    group = typer.main.get_command(app)
+    for name, cmd in [("", group), *group.commands.items()]:
+        for p in cmd.params:
+            if getattr(p, "is_flag", False) and p.name != "help":
+                assert p.opts[0].startswith("--") and p.secondary_opts, f"{name} {p.opts}: not a --x/--no-x switch"
+    assert _parse(["export", "--force"])["force"] is True
+    assert _parse(["export", "--no-simplify"])["simplify"] is False
+    assert _parse(["export", "--no-force"])["force"] is False and _parse(["export"])["simplify"] is None
+    assert _parse(["train", "--out", "x", "--no-eval", "--no-coco"])["evaluate"] is False
+    assert _parse(["calibrate", "--bundle", "b", "--images", "i", "--no-trt-cache"])["trt_cache"] is False
+    assert _parse(["bench", "--strict", "--make-missing"])["strict"] is True
+
+
+@pytest.mark.slow
+def test_export_prints_next_steps_that_run(tmp_path, monkeypatch):
+    """The closing lines of an ONNX export: the next commands with the bundle just written; the printed predict
+    command runs as printed."""
+    monkeypatch.chdir(tmp_path)
+    res = run("export", "--imgsz", "64", "--out", "bundles", "--verify-images", str(ASSET_IMAGES), "--verify-limit",
+              "1")
+    assert res.exit_code == 0, res.output
+    steps = dict(re.findall(r"^  (\w[\w ()]*?):\s+(rapsam-edge .+|python3 .+|npm .+)$", res.stderr, re.M))
+    bundle = "bundles/rapsam_r18_lite"
+    assert steps["Benchmark"] == f"rapsam-edge bench --bundle {bundle}"
+    assert steps["Calibrate"].startswith(f"rapsam-edge calibrate --bundle {bundle} --data folder --images ")
+    assert steps["Predict"] == f"rapsam-edge predict --config {bundle}"
+    assert "its weights are RANDOM" in res.stderr
+    for label in ("Calibrate", "Benchmark"):
+        _parse(shlex.split(steps[label])[1:])
+    printed = runner.invoke(app, shlex.split(steps["Predict"])[1:] + ["--out", "runs/p"])
+    assert printed.exit_code == 0, printed.output
+    assert "the bundle bundles/rapsam_r18_lite was exported without a checkpoint" in printed.stderr
+
+
+@pytest.mark.slow
+def test_eval_announces_random_weights_and_records_provenance(tmp_path, shared_data):
+    data, out = shared_data / "coco_mini", tmp_path / "m.json"
+    args = ["eval", "--task", "interactive", "--data", str(data), "--config", "rapsam_r18_lite", "--limit", "1",
+            "--imgsz", "64", "--out", str(out)]
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    assert "note: no checkpoint given: rapsam_r18_lite is RANDOMLY initialised" in res.stderr
+    prov = json.loads(out.read_text())["provenance"]
+    assert prov["model"] == "rapsam_r18_lite" and prov["checkpoint"] == "random weights" and prov["random_init"]
+    assert prov["data"] == {"root": str(data), "split": "val2017", "subset": None, "limit": 1}
+    assert prov["protocol"] == "deployment" and prov["command"] == shlex.join(["rapsam-edge", *args])

@@ -97,8 +97,8 @@ def test_every_flag_an_exporter_error_names_is_a_real_option():
             if _bad_flags(str(err.value)):
                 bad[str(err.value)] = _bad_flags(str(err.value))
     assert not bad, bad
-    assert _bad_flags("retry with --simplify; or `rapsam-edge calibrate --flavor tensorrt --opset 19`") == [
-        "--opset (rapsam-edge calibrate)", "--simplify"]  # the check itself can fail
+    assert _bad_flags("retry with --simplifier; or `rapsam-edge calibrate --flavor tensorrt --opset 19`") == [
+        "--opset (rapsam-edge calibrate)", "--simplifier"]  # the check itself can fail
 
 
 def test_each_option_field_is_an_export_flag_and_each_target_is_complete():

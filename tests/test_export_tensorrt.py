@@ -1,66 +1,83 @@
-"""--target tensorrt: the checked ONNX inputs + trtexec lines land in the bundle before the engine build, which
-runs as its own step after the commit (no GPU, no fake tensorrt module). The fixtures replace that build step, so
-what the export commits is checked on any host; the refusal on a host without TensorRT is marked ``no_tensorrt``.
-The device probes, ``--device`` and engine fingerprints are tests/test_devices.py's."""
+"""--target tensorrt on a machine without TensorRT: checked ONNX inputs + trtexec lines land in the bundle, the
+export succeeds and prints the command that builds the engines on the device, and that command (the bundle's
+build script, then ``rapsam-edge register-engines``) runs here up to the one sentence that says the engines are
+missing (no GPU, no fake tensorrt module). The device probes, ``--device`` and engine fingerprints are
+tests/test_devices.py's."""
 
 from __future__ import annotations
 
-import dataclasses
+import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import ASTRONAUT, copy_bundle
 from onnx import TensorProto, helper
+from typer.testing import CliRunner
 
-from rapsam_edge.bundle import BundleError, bundle_canvas, edit_bundle, load_bundle
+from rapsam_edge.bundle import BundleError, bundle_canvas, load_bundle
+from rapsam_edge.cli import app
 from rapsam_edge.exporters.export import ExportRequest, run_export
 from rapsam_edge.exporters.options import TensorRTOptions
-from rapsam_edge.exporters.targets import TARGETS, options_for
+from rapsam_edge.exporters.targets import options_for
 from rapsam_edge.exporters.tensorrt import INT8_NEEDS_CALIBRATION, build_options
-from rapsam_edge.exporters.tensorrt_build import main, post_export, recorded_profiles
+from rapsam_edge.exporters.tensorrt_build import recorded_profiles
 from rapsam_edge.exporters.tensorrt_checks import _check_qdq
 from rapsam_edge.exporters.tensorrt_engines import EngineSpec, ShapeProfile, TrtOptions, engine_specs, shape_profiles
 from rapsam_edge.exporters.tensorrt_script import trtexec_line
 from rapsam_edge.preprocess import CanvasSpec
-from rapsam_edge.runtime import devices
 from rapsam_edge.runtime.base import backend_factory
 from rapsam_edge.runtime.trt_backend import TrtBackend, engine_precisions
 
-JETSON_FP16 = ExportRequest(target="tensorrt", config="rapsam_r18_lite", imgsz=128,
-                            options=TensorRTOptions(device="jetson"), verify_images=[ASTRONAUT])
-
-
-class EngineBuildFailed(RuntimeError):
-    pass
-
-
-def _export_without_engine_build(req: ExportRequest) -> Path:
-    """run_export with the after-commit engine build replaced by one that fails: the bundle holds exactly what
-    export commits before building engines, on any host. Returns the bundle root."""
-
-    def build(bundle, precision, request):
-        raise EngineBuildFailed("no engines in this test")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(TARGETS, "tensorrt", dataclasses.replace(TARGETS["tensorrt"], post=build))
-        with pytest.raises(EngineBuildFailed):
-            run_export(req)
-    return req.out / "rapsam_r18_lite"
+# the off-device path: export defers the engines and prints the on-device command (conftest's marker skips it where
+# TensorRT imports, with its reason)
+pytestmark = pytest.mark.no_tensorrt
+ASTRONAUT = Path(__file__).resolve().parents[1] / "rapsam_edge" / "assets" / "images" / "astronaut.png"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """One fp16 export at 128 px for the Jetson profile, up to the engine build."""
-    return _export_without_engine_build(dataclasses.replace(JETSON_FP16, out=tmp_path_factory.mktemp("trt")))
+def exported(tmp_path_factory):
+    """One fp16 export at 128 px for the Jetson profile, through the CLI (verified on the astronaut, the first
+    embedded photo); returns (bundle root, the CLI result)."""
+    out = tmp_path_factory.mktemp("trt")
+    res = CliRunner().invoke(app, ["export", "--target", "tensorrt", "--device", "jetson", "--config",
+                                   "rapsam_r18_lite", "--imgsz", "128", "--out", str(out), "--verify-images",
+                                   str(ASTRONAUT.parent), "--verify-limit", "1"])
+    return out / "rapsam_r18_lite", res
 
 
-def test_a_failed_engine_build_keeps_the_checked_inputs(exported):
-    root = exported
-    bundle = load_bundle(root)  # committed and sha256-clean despite the failed engine build
+def on_device_command(output: str) -> str:
+    """The command the export printed to run on the device."""
+    found = re.search(r"On the device:\s+(.+)", output)
+    assert found is not None, output
+    return found[1].strip()
+
+
+def env_with(bin_dir: Path | None = None) -> dict[str, str]:
+    """This interpreter's bin folder (rapsam-edge, python3) first on PATH, optionally a folder of stand-ins before
+    it; no trtexec from the host."""
+    path = [str(Path(sys.executable).parent), "/usr/bin", "/bin"]
+    return {**os.environ, "PATH": os.pathsep.join(([str(bin_dir)] if bin_dir else []) + path)}
+
+
+def test_export_without_tensorrt_succeeds_and_leaves_the_engines_to_the_device(exported):
+    root, res = exported
+    assert res.exit_code == 0, res.output
+    assert "error" not in res.output and "Traceback" not in res.output
+    text = " ".join(res.output.split())
+    assert "engines: not built here. TensorRT is not installed here" in text and "built on the target device" in text
+    assert on_device_command(res.output) == f"bash {root / 'tensorrt' / 'build_fp16.sh'}"
+    assert f"rapsam-edge bench --bundle {root} --device jetson --formats trt-fp16" in text
+    assert "its weights are RANDOM" in text  # exported without --checkpoint
+
+
+def test_export_without_tensorrt_keeps_checked_inputs(exported):
+    root, _ = exported
+    bundle = load_bundle(root)  # committed and sha256-clean, engines left to the device
     keys = {a.key for a in bundle.artifacts}
     assert keys == {f"{g}/tensorrt-onnx/fp16" for g in ("encoder", "object_decoder", "prompt_decoder", "build")}
     assert not any(a.format == "tensorrt" for a in bundle.artifacts)
@@ -82,22 +99,8 @@ def test_a_failed_engine_build_keeps_the_checked_inputs(exported):
     assert report["failures"] == [] and report["graphs"]["prompt_decoder.mask_iou"]["mean"] > 0.95
 
 
-@pytest.mark.no_tensorrt
-def test_without_tensorrt_the_engine_build_is_one_sentence_naming_the_inputs(exported, tmp_path):
-    """The real after-commit step on this host: one sentence saying where the inputs and the build script are,
-    and the bundle keeps exactly what it had."""
-    root = copy_bundle(exported, tmp_path)
-    before = {a.key for a in load_bundle(root).artifacts}
-    with pytest.raises(RuntimeError) as err, edit_bundle(root) as bundle:
-        post_export(bundle, "fp16", dataclasses.replace(JETSON_FP16, out=tmp_path))
-    msg = str(err.value)
-    assert msg.startswith("TensorRT is not installed here") and msg.count(". ") == 0 and msg.endswith(".")
-    assert "build_fp16.sh" in msg and str(root / "tensorrt") in msg
-    assert {a.key for a in load_bundle(root).artifacts} == before
-
-
 def test_build_script_and_manifest_record_trtexec_lines(exported):
-    root = exported
+    root, _ = exported
     bundle = load_bundle(root)
     build = bundle.require("build", "tensorrt-onnx", "fp16")
     script = (root / build.path).read_text()
@@ -117,14 +120,56 @@ def test_build_script_and_manifest_record_trtexec_lines(exported):
     fixed = {"kind": "fixed", "size": [128, 128], "min_size": [128, 128], "max_size": [128, 128], "divisor": 32}
     assert build.details["canvas"] == fixed and bundle.manifest["canvas"] == fixed  # the default: one shape
     assert bundle_canvas(bundle, "tensorrt-onnx") == CanvasSpec("fixed", (128, 128))
-    assert "rapsam_edge.exporters.tensorrt_build register .. --precision fp16" in script
-    assert script.count("-m rapsam_edge.exporters.tensorrt_build register") == 2  # the echoed hint runs too
+    assert 'rapsam-edge register-engines "$bundle" --precision fp16' in script
+    assert 'python3 -m rapsam_edge.cli register-engines "$bundle" --precision fp16' in script
+    assert script.count("register-engines") == 3  # the echoed hint names the same command
 
 
-def test_register_needs_built_engines(exported):
-    root = exported
-    with pytest.raises(FileNotFoundError, match="build_fp16.sh"):
-        main(["register", str(root), "--precision", "fp16"])
+MISSING = "no TensorRT engine to register: encoder.fp16.plan, object_decoder.fp16.plan, prompt_decoder.fp16.plan are " \
+          "missing from {folder}; build the engines first on the device that will run them, with `bash " \
+          "{folder}/build_fp16.sh` (trtexec, from TensorRT)."
+
+
+def test_register_engines_needs_built_engines(exported):
+    """The registration the build script ends with, as a command: one sentence, exit 2, nothing changed."""
+    root, _ = exported
+    before = (root / "manifest.json").read_bytes()
+    res = CliRunner().invoke(app, ["register-engines", str(root), "--precision", "fp16"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert " ".join(res.output.split()) == f"error: {MISSING.format(folder=root / 'tensorrt')}"
+    assert (root / "manifest.json").read_bytes() == before
+    res = CliRunner().invoke(app, ["register-engines", str(root), "--precision", "int8"])
+    assert res.exit_code == 2 and "no build graph in tensorrt-onnx/int8" in res.output
+
+
+def test_the_printed_on_device_command_runs_up_to_the_missing_engines(exported, tmp_path):
+    """The command export printed, run here: without trtexec it stops at once with one sentence; with a trtexec
+    stand-in that builds nothing it runs every trtexec line, then registration (the rapsam-edge on PATH) stops
+    with the missing-engines sentence. Exit 2 both times, no traceback."""
+    root, res = exported
+    command = on_device_command(res.output).split()
+    no_trt = subprocess.run(command, capture_output=True, text=True, env=env_with(), cwd=tmp_path)
+    assert no_trt.returncode == 2, no_trt.stderr
+    assert no_trt.stderr.strip() == ("error: trtexec (TensorRT) is not installed here; run this script on the device "
+                                     "that will run the engines (a Jetson with JetPack, or a GPU machine with "
+                                     "TensorRT).")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "trtexec").write_text('#!/bin/sh\necho "trtexec $*" >> "$TRTEXEC_LOG"\n')
+    (fake / "trtexec").chmod(0o755)
+    env = {**env_with(fake), "TRTEXEC_LOG": str(tmp_path / "trtexec.log")}
+    built = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert built.returncode == 2, built.stderr
+    assert (tmp_path / "trtexec.log").read_text().splitlines() == load_bundle(root).require(
+        "build", "tensorrt-onnx", "fp16").details["trtexec"]
+    assert "Traceback" not in built.stderr
+    assert " ".join(built.stderr.split()) == f"error: {MISSING.format(folder=root / 'tensorrt')}"
+
+
+def test_the_old_register_entry_points_to_the_command():
+    old = subprocess.run([sys.executable, "-m", "rapsam_edge.exporters.tensorrt_build", "register", "x"],
+                         capture_output=True, text=True)
+    assert old.returncode == 2 and "is now `rapsam-edge register-engines BUNDLE" in old.stderr
 
 
 def test_int8_needs_calibrated_encoder(tmp_path):
@@ -159,10 +204,9 @@ def test_options_refused_with_one_sentence(options, match):
         build_options(options_for("tensorrt", **options))
 
 
-def test_options_defaults_per_device(monkeypatch):
+def test_options_defaults_per_device():
     assert build_options(TensorRTOptions(device="a100")).workspace_mb == 4096
     assert build_options(TensorRTOptions(device="jetson", workspace=512)).workspace_mb == 512
-    monkeypatch.setattr(devices, "probe", lambda: devices.HostFacts(os="Linux"))  # a host without a GPU
     here = build_options(TensorRTOptions())  # auto on a CPU-only host: Jetson-safe defaults
     assert (here.device, here.profile, here.workspace_mb) == ("auto", "jetson", 1024)
 
@@ -185,9 +229,8 @@ def test_qdq_must_be_symmetric_int8():
         _check_qdq(_qdq_model(TensorProto.INT32))  # onnxruntime's default QuantizeBias
 
 
-@pytest.mark.no_tensorrt
 def test_trt_backend_without_tensorrt(exported):
-    root = exported
+    root, _ = exported
     assert backend_factory("tensorrt") is TrtBackend
     with pytest.raises(RuntimeError) as err:
         TrtBackend(load_bundle(root), precision="fp16")
@@ -204,7 +247,9 @@ def exported_dynamic(tmp_path_factory):
     out = tmp_path_factory.mktemp("trt_dynamic")
     req = ExportRequest(target="tensorrt", config="rapsam_r18_lite", imgsz=64, out=out, verify_images=[ASTRONAUT],
                         options=options_for("tensorrt", device="jetson", canvas="dynamic", max_canvas="800x800"))
-    return load_bundle(_export_without_engine_build(req))
+    root, report = run_export(req)
+    assert report["post"]["engines"] == [] and "TensorRT is not installed here" in report["post"]["deferred"]
+    return load_bundle(root)
 
 
 def test_dynamic_canvas_writes_profiles_into_trtexec_lines_and_manifest(exported_dynamic):
@@ -238,7 +283,7 @@ def test_dynamic_canvas_writes_profiles_into_trtexec_lines_and_manifest(exported
 
 def test_fixed_profiles_of_older_build_records_are_recomputed(exported):
     """Build records written before profiles were recorded get the fixed canvas's K profile back."""
-    root = exported
+    root, _ = exported
     bundle = load_bundle(root)
     build = bundle.require("build", "tensorrt-onnx", "fp16")
     opts = TrtOptions.from_record(build.details["options"], build.details["canvas"])

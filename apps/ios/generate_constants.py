@@ -191,10 +191,21 @@ def generate(bundle: Path, precision: str = "fp16", copy: bool = True, constants
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundle", type=Path)
-    ap.add_argument("--precision", default="fp16", help="CoreML artifact precision (fp16, fp16-int8, ...)")
-    ap.add_argument("--no-copy", action="store_true", help="write the constants only")
+    ap = argparse.ArgumentParser(
+        description="Generate the iOS app's constants from a CoreML bundle's manifest and copy its packages into the "
+                    "app.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  python apps/ios/generate_constants.py bundles/rapsam_r18_lite
+      BundleConstants.swift + the fp16 packages and manifest.json into Sources/RapsamDemoUI/Resources/
+  python apps/ios/generate_constants.py bundles/rapsam_r18_lite --precision fp16-palette4 --no-copy
+      the constants of the 4-bit palettized export only
+
+The bundle comes from `rapsam-edge export --target coreml`. See apps/ios/README.md.""")
+    ap.add_argument("bundle", type=Path, help="bundle folder written by `rapsam-edge export --target coreml`")
+    ap.add_argument("--precision", default="fp16",
+                    help="CoreML artifact precision: fp16, fp32, fp16-int8, fp16-palette4, ... (default: %(default)s)")
+    ap.add_argument("--no-copy", action="store_true",
+                    help="write the constants only, not the packages (default: copy them)")
     args = ap.parse_args(argv)
     try:
         c = generate(args.bundle, args.precision, copy=not args.no_copy)

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+RANDOM_WEIGHTS = ("RANDOM WEIGHTS: the bundle was exported without a checkpoint (seeded random init), so its masks "
+                  "and classes are meaningless; FPS and power are still real.")
 TRT_MISSING = ("TensorRT is not installed here: this app runs on a Jetson with JetPack 6.1 or 6.2 (TensorRT 10.3, "
                "CUDA 12.6) and its python3-libnvinfer; on other machines use apps/video with onnxruntime.")
 
@@ -44,24 +46,49 @@ def parse_click(text: str) -> tuple[float, float]:
     return x, y
 
 
+PURPOSE = ("RAP-SAM on a Jetson with TensorRT: builds the engines on first run, then a camera / video loop with\n"
+           "panoptic segmentation and click prompts, printing FPS and board power (tegrastats).")
+EXAMPLES = """examples:
+  python3 apps/jetson/jetson_app.py bundles/rapsam_r18_lite --source 0
+      USB camera 0, panoptic every frame, FPS + power every 30 frames
+  python3 apps/jetson/jetson_app.py bundles/rapsam_r18_lite --source clip.mp4 --click 320,240 --show
+      a video file, one click prompt every frame, the overlay in a window (click to add points)
+  python3 apps/jetson/jetson_app.py bundles/rapsam_r18_lite --source csi --precision int8 --frames 300 --report run.json
+      the CSI camera with the INT8 encoder, 300 frames, the summary JSON kept
+
+BUNDLE comes from `rapsam-edge export --target tensorrt --device jetson` (on any machine); copy it to the Jetson.
+Targets JetPack 6.1/6.2 (TensorRT 10.3); see apps/jetson/README.md."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundle", type=Path, help="bundle with TensorRT ONNX inputs (export --target tensorrt)")
+    ap = argparse.ArgumentParser(description=PURPOSE, epilog=EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", type=Path, help="bundle with TensorRT ONNX inputs (rapsam-edge export --target tensorrt "
+                                              "--device jetson)")
     ap.add_argument("--source", default="0",
                     help="camera index (0), /dev/videoN, 'csi' (CSI camera via GStreamer), a video file or a folder "
-                         "of frames")
+                         "of frames (default: %(default)s)")
     ap.add_argument("--precision", choices=("fp16", "int8"), default="fp16",
-                    help="engine set: int8 = the calibrated Q/DQ encoder + fp16 decoders")
+                    help="engine set: fp16, or int8 = the calibrated Q/DQ encoder + fp16 decoders "
+                         "(default: %(default)s)")
     ap.add_argument("--click", type=parse_click, action="append", default=[], metavar="X,Y",
-                    help="prompt the decoder at this point every frame (repeat: all in one call)")
-    ap.add_argument("--no-panoptic", action="store_true", help="skip the object decoder (clicks only)")
-    ap.add_argument("--frames", type=int, default=None, help="stop after this many frames")
-    ap.add_argument("--print-every", type=int, default=30, help="frames between FPS/power lines")
-    ap.add_argument("--workspace", type=int, default=None, help="builder workspace MB (default: the export's)")
-    ap.add_argument("--rebuild", action="store_true", help="rebuild the engines even if cached ones fit")
-    ap.add_argument("--tegrastats-interval", type=int, default=500, help="ms between tegrastats samples")
-    ap.add_argument("--show", action="store_true", help="show the overlay (OpenCV window; a click adds a point)")
-    ap.add_argument("--report", type=Path, default=None, help="write the run's summary as JSON here")
+                    help="prompt the decoder at this point every frame, in frame pixels (repeat: all in one call; "
+                         "default: none)")
+    ap.add_argument("--no-panoptic", action="store_true",
+                    help="skip the object decoder: clicks only (default: panoptic every frame)")
+    ap.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
+    ap.add_argument("--print-every", type=int, default=30,
+                    help="frames between FPS / power lines (default: %(default)s)")
+    ap.add_argument("--workspace", type=int, default=None,
+                    help="TensorRT builder workspace in MB (default: the export's, 1024 for jetson)")
+    ap.add_argument("--rebuild", action="store_true",
+                    help="rebuild the engines even if cached ones fit this device (default: reuse them)")
+    ap.add_argument("--tegrastats-interval", type=int, default=500,
+                    help="ms between tegrastats samples (default: %(default)s)")
+    ap.add_argument("--show", action="store_true",
+                    help="show the overlay in an OpenCV window; a click there adds a point (default: no window)")
+    ap.add_argument("--report", type=Path, default=None,
+                    help="also write the run's summary JSON here (default: printed only)")
     args = ap.parse_args(argv)
     if args.no_panoptic and not args.click and not args.show:
         ap.error("--no-panoptic needs --click or --show (otherwise there is nothing to run).")
@@ -257,6 +284,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from rapsam_edge.postprocess import overlay
 
     bundle = load_bundle(args.bundle)
+    random_weights = bool(bundle.manifest.get("model", {}).get("random_init"))
+    if random_weights:
+        print(f"note: {RANDOM_WEIGHTS}", file=sys.stderr)
     plan = ensure_engines(bundle, args.precision, args.workspace, args.rebuild)
     pipe = rapsam_edge.load(bundle.root, backend="tensorrt", precision=args.precision)
     frames = open_source(args.source)
@@ -302,7 +332,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     break
     finally:
         stats.stop()
-    return summarize(times, stats.power_mw, pipe.describe(), plan, args)
+    return {**summarize(times, stats.power_mw, pipe.describe(), plan, args), "random_weights": random_weights}
 
 
 def summarize(times: list[float], power_mw: list[int], backend: dict[str, Any], plan: EnginePlan,

@@ -40,6 +40,9 @@ import numpy as np
 from rapsam_edge.errors import InputError, InputNotFoundError, RapsamError, UnavailableError, os_error_sentence
 from rapsam_edge.progress import Progress, Tick
 
+RANDOM_WEIGHTS = ("RANDOM WEIGHTS: the bundle was exported without a checkpoint (seeded random init), so its tracks, "
+                  "masks and classes are meaningless; export a trained --checkpoint to track objects.")
+
 
 def parse_click(text: str) -> tuple[float, float]:
     try:
@@ -49,20 +52,46 @@ def parse_click(text: str) -> tuple[float, float]:
     return x, y
 
 
+PURPOSE = ("Track objects through a video with an exported bundle (onnxruntime): consistent track ids,\n"
+           "annotated PNG frames and a YouTube-VIS results JSON.")
+_RUN, _CLIP = "python apps/video/track_video.py bundles/rapsam_r18_lite", "../shared/data/video_mini/JPEGImages/480p"
+EXAMPLES = f"""examples:
+  {_RUN} {_CLIP}/blackswan --out runs/video
+      automatic tracking (query matching) of every object the model finds, clip mode
+  {_RUN} {_CLIP}/blackswan --out runs/video --click 430,240
+      track what is clicked on the first frame (prompt decoder)
+  {_RUN} clip.mp4 --out runs/video --mode stream --max-frames 100
+      a video file, one frame per decoder call (needs PyAV: pip install av)
+
+Writes OUT/results.json (YouTube-VIS 2019 results), OUT/tracks.json and OUT/frames/<name>.png. Bad input is one
+error sentence and exit code 2. See apps/video/README.md."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundle", type=Path, help="bundle folder (rapsam-edge export --target onnx)")
-    ap.add_argument("source", help="folder of frames, video file or camera (video/camera need PyAV)")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--mode", choices=("clip", "stream"), default="clip")
+    ap = argparse.ArgumentParser(description=PURPOSE, epilog=EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", type=Path, help="bundle folder with ONNX graphs (rapsam-edge export --target onnx)")
+    ap.add_argument("source", help="a folder of frames (sorted by name), a video file or a camera (0, /dev/video0); "
+                                   "video files and cameras need PyAV")
+    ap.add_argument("--out", type=Path, required=True, help="output folder (results.json, tracks.json, frames/)")
+    ap.add_argument("--mode", choices=("clip", "stream"), default="clip",
+                    help="automatic mode: clip = 3-5 frames per object-decoder call (the official near-online "
+                         "scheme), stream = one frame per call (default: %(default)s)")
     ap.add_argument("--click", type=parse_click, action="append", default=[], metavar="X,Y",
-                    help="click-to-track: a point on the first frame (repeat for several objects)")
-    ap.add_argument("--max-frames", type=int, default=None, help="track at most this many frames (>= 1)")
-    ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--score-thr", type=float, default=0.3, help="draw tracks scoring at least this")
-    ap.add_argument("--max-per-video", type=int, default=100, help="tracks kept in results.json (official 100)")
-    ap.add_argument("--video-id", type=int, default=1)
+                    help="click-to-track: a point on the first frame, in its pixels (repeat for several objects; "
+                         "default: automatic tracking)")
+    ap.add_argument("--max-frames", type=int, default=None,
+                    help="track at most this many frames, >= 1 (default: every frame; needed for a camera)")
+    ap.add_argument("--precision", default="fp32",
+                    help="ONNX graph precision in the bundle: fp32, fp16, int8-cpu ... (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="onnxruntime CPU threads (default: onnxruntime's choice)")
+    ap.add_argument("--score-thr", type=float, default=0.3,
+                    help="draw tracks scoring at least this (default: %(default)s)")
+    ap.add_argument("--max-per-video", type=int, default=100,
+                    help="tracks kept in results.json, as the official evaluation (default: %(default)s)")
+    ap.add_argument("--video-id", type=int, default=1,
+                    help="video_id written into results.json (default: %(default)s)")
     return ap.parse_args(argv)
 
 
@@ -254,6 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise InputNotFoundError(f"{args.bundle} is not a bundle folder (it has no manifest.json); make one with "
                                  "rapsam-edge export --target onnx.")
     pipe = rapsam_edge.load(args.bundle, backend="onnxruntime", precision=args.precision, threads=args.threads)
+    if pipe.meta.get("random_init"):
+        print(f"note: {RANDOM_WEIGHTS}", file=sys.stderr)
     if any(frame.shape != frames[0].shape for frame in frames):
         raise InputError(f"the frames of {args.source} differ in size; all frames of a video must have the same "
                          "size.")
@@ -270,7 +301,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out = (run_clicks if args.click else run_auto)(pipe, frames, names, args, view)
     (args.out / "results.json").write_text(json.dumps(out["results"]))
     (args.out / "tracks.json").write_text(json.dumps({"source": args.source, "frames": names, "mode": "click" if
-                                                      args.click else args.mode, "tracks": out["tracks"]}, indent=1))
+                                                      args.click else args.mode,
+                                                      "random_weights": bool(pipe.meta.get("random_init")),
+                                                      "tracks": out["tracks"]}, indent=1))
     print(f"{len(frames)} frames, {len(out['tracks'])} tracks -> {args.out}/results.json, tracks.json, frames/")
     return out
 

@@ -4,8 +4,8 @@
 // adapter exists), threads (WASM threads, default: onnxruntime-web's choice). State for tests: window.rapsam.
 import * as ort from '/ort/ort.min.mjs';
 import {
-  checkCanvas, masksFromLogits, masksToIds, overlayIds, panopticMerge, pointsToBoxes, preprocess, readContract,
-  rgbaToRgb, runLengths, segmentColor, selectGraphs,
+  checkCanvas, masksFromLogits, masksToIds, overlayIds, panopticMerge, pointsToBoxes, preprocess, randomWeightsNotice,
+  readContract, rgbaToRgb, runLengths, segmentColor, selectGraphs,
 } from './host.js';
 
 const params = new URLSearchParams(location.search);
@@ -15,7 +15,7 @@ const view = $('view');
 const ctx = view.getContext('2d');
 
 const app = {
-  status: 'loading', error: null, manifest: null, contract: null, graphs: null, providers: null,
+  status: 'loading', error: null, manifest: null, randomWeights: null, contract: null, graphs: null, providers: null,
   image: null, encoded: null, points: [], clicks: [], panoptics: [], encoderMs: [],
 };
 window.rapsam = app;
@@ -55,6 +55,11 @@ async function init() {
   const res = await fetch(BUNDLE + 'manifest.json');
   if (!res.ok) throw new Error(`no manifest.json at ${BUNDLE} (HTTP ${res.status})`);
   app.manifest = await res.json();
+  app.randomWeights = randomWeightsNotice(app.manifest); // shown before anything can fail: what the masks mean
+  if (app.randomWeights) {
+    $('random-weights').textContent = app.randomWeights;
+    $('random-weights').hidden = false;
+  }
   app.contract = readContract(app.manifest);
   app.graphs = selectGraphs(app.manifest, params.get('precision') ?? 'fp32');
   ort.env.wasm.wasmPaths = '/ort/';

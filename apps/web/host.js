@@ -16,6 +16,16 @@ function need(value, what) {
   return value;
 }
 
+/** The banner text when the bundle's weights are a seeded random init (manifest.model.random_init), else null. */
+export function randomWeightsNotice(manifest) {
+  const model = manifest.model ?? {};
+  if (!model.random_init) return null;
+  const seed = model.seed != null ? `, seed ${model.seed}` : '';
+  return `RANDOM WEIGHTS: this bundle was exported without a checkpoint (seeded random init${seed}), so its masks `
+    + 'and labels are meaningless; only speed and the page itself can be judged. Export a trained --checkpoint to '
+    + 'segment.';
+}
+
 /** Everything the host needs from manifest.json: input policy, host constants, classes. */
 export function readContract(manifest) {
   const p = need(manifest.input_policy, 'input_policy');

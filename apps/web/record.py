@@ -108,14 +108,26 @@ def record(bundle: Path, image: Path, out: Path, threads: int | None, clicks: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundle", type=Path)
-    ap.add_argument("--image", type=Path, default=REPO / "rapsam_edge" / "assets" / "images" / "coffee.png")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "web")
+    ap = argparse.ArgumentParser(
+        description="Measure the web app in headless Chromium (encoder, per-click and decoder ms, as the page measures "
+                    "them)\nand keep a screenshot.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  python3 apps/web/record.py bundles/rapsam_r18_lite
+      coffee.png, 3 encodes, 12 clicks; writes benchmarks/results/web/latency.json and screenshot.png
+  python3 apps/web/record.py bundles/rapsam_r18_lite --threads 1 --image photo.jpg --out runs/web
+      one WASM thread, another image, another folder
+
+Needs node, `npm ci --prefix apps/web` and Chromium. See apps/web/README.md.""")
+    ap.add_argument("bundle", type=Path, help="bundle folder written by `rapsam-edge export --target onnx`")
+    ap.add_argument("--image", type=Path, default=REPO / "rapsam_edge" / "assets" / "images" / "coffee.png",
+                    help="image to open and click on (default: the embedded coffee.png)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "web",
+                    help="folder for latency.json and screenshot.png (default: benchmarks/results/web)")
     ap.add_argument("--threads", type=int, default=None, help="WASM threads (default: onnxruntime-web's choice)")
-    ap.add_argument("--clicks", type=int, default=12)
-    ap.add_argument("--encodes", type=int, default=3)
-    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--clicks", type=int, default=12, help="single clicks on a grid of points (default: %(default)s)")
+    ap.add_argument("--encodes", type=int, default=3,
+                    help="times the image is opened; the first includes the warm-up (default: %(default)s)")
+    ap.add_argument("--chromium", default="/usr/bin/chromium", help="Chromium executable (default: %(default)s)")
     args = ap.parse_args(argv)
     try:
         report = record(args.bundle, args.image, args.out, args.threads, args.clicks, args.encodes, args.chromium)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import json
 import sys
 import threading
 import urllib.parse
@@ -75,6 +76,15 @@ def make_server(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000,
     return server
 
 
+def random_init(bundle: str | Path) -> bool:
+    """Whether the bundle's manifest says its weights are a seeded random init (no checkpoint)."""
+    try:
+        manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool((manifest.get("model") or {}).get("random_init"))
+
+
 def serve_in_background(bundle: str | Path) -> tuple[BundleServer, str]:
     """Start a quiet server on a free localhost port in a daemon thread; returns (server, base URL)."""
     server = make_server(bundle, port=0, quiet=True)
@@ -84,16 +94,33 @@ def serve_in_background(bundle: str | Path) -> tuple[BundleServer, str]:
     return server, f"http://{host}:{port}/"
 
 
+EXAMPLES = """examples:
+  npm ci --prefix apps/web && python3 apps/web/serve.py bundles/rapsam_r18_lite
+      install onnxruntime-web once, then serve the page and the bundle; open http://127.0.0.1:8000/
+  python3 apps/web/serve.py bundles/rapsam_r18_lite --host 0.0.0.0 --port 8080
+      reachable from other machines of the network, on port 8080
+
+Page URL parameters: ?precision=fp16, ?ep=wasm|webgpu, ?threads=N. See apps/web/README.md."""
+RANDOM_WEIGHTS = ("RANDOM WEIGHTS: the bundle was exported without a checkpoint (seeded random init), so its masks "
+                  "and labels are meaningless (the page says so too); export a trained --checkpoint to segment.")
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description="Serve the click-to-segment web page and one bundle's ONNX graphs on "
+                                             "this machine\n(Python standard library only).",
+                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path, help="bundle folder written by `rapsam-edge export --target onnx`")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
+                                                        "only)")
+    ap.add_argument("--port", type=int, default=8000, help="port to listen on, 0 = any free one (default: "
+                                                           "%(default)s)")
     args = ap.parse_args(argv)
     try:
         server = make_server(args.bundle, args.host, args.port)
     except (FileNotFoundError, OSError) as e:
         sys.exit(f"error: {e}")
+    if random_init(args.bundle):
+        print(f"note: {RANDOM_WEIGHTS}", file=sys.stderr)
     print(f"serving {args.bundle} at http://{args.host}:{server.server_address[1]}/ (Ctrl+C stops)")
     try:
         server.serve_forever()

@@ -23,7 +23,7 @@ from ..calibration import CalibrationOptions, calibrate, calibration_context
 from ..calibration.choices import Flavor
 from ..config import get_config
 from ..data.locate import default_verify_images, embedded_images, shared_calib_images
-from ..errors import InputError
+from ..errors import InputError, UnavailableError
 from ..exporters.export import ExportRequest, run_export
 from ..exporters.targets import options_for
 from .formats import Format, missing_reason
@@ -91,7 +91,10 @@ def _export(root: Path | None, spec: MakeSpec, target: str, precision: str, **op
                         out=root.parent if root else spec.out / "bundles", name=root.name if root else None,
                         seed=spec.seed, verify_images=default_verify_images()[: spec.verify_limit],
                         options=options_for(target, **options))
-    path, _ = run_export(req)
+    path, report = run_export(req)
+    deferred = (report.get("post") or {}).get("deferred")
+    if deferred:  # TensorRT inputs written, engines left to the device: the format is still not here
+        raise UnavailableError(f"{deferred.rstrip('.')}; the engine inputs are in {path / 'tensorrt'}.")
     return path
 
 

@@ -8,15 +8,28 @@ from typing import Annotated
 
 import typer
 
-from .common import console, names, write_report
+from .common import console, examples, names, switch, write_report
+from .next_steps import after_calibrate
 from .render import print_calibration
+from .render.next_steps import print_next_steps
+
+_CALIB = "rapsam-edge calibrate --bundle bundles/rapsam_r18_lite --data folder --images ../shared/data/coco_mini/"
+EXAMPLES = examples(
+    (_CALIB + "calib_images", "U8S8 INT8 encoder for onnxruntime on x86 CPUs, checked against PyTorch"),
+    (_CALIB + "calib_images --flavor tensorrt",
+     "symmetric S8S8 Q/DQ encoder that `export --target tensorrt --precision int8` builds on"),
+    (_CALIB + "calib_images --max-drop pq=0.5 --max-drop miou=0.5",
+     "keep the most sensitive layers in float until PQ and mIoU drop at most 0.5 points on the held-out split"),
+)
 
 
 def calibrate(
     bundle: Annotated[Path, typer.Option(help="Exported bundle folder (with fp32 ONNX graphs).")],
-    images: Annotated[Path, typer.Option(help="Calibration image folder.")],
-    data: Annotated[str, typer.Option(help="coco (COCO images folder, optional --annotations) | folder.")] = "coco",
-    annotations: Annotated[Path | None, typer.Option(help="COCO JSON restricting/ordering the images.")] = None,
+    images: Annotated[Path, typer.Option(help="Calibration image folder (NVIDIA advises >= 500 images).")],
+    data: Annotated[str, typer.Option(help="coco (a COCO images folder, optionally --annotations) | folder (any "
+                                           "images).")] = "coco",
+    annotations: Annotated[Path | None, typer.Option(help="COCO JSON restricting / ordering the images.",
+                                                     show_default="every image of the folder")] = None,
     num: Annotated[int, typer.Option(help="At most this many images (capped by what exists).")] = 500,
     method: Annotated[str, typer.Option(help="percentile (99.999 %) | minmax | entropy (KL, 2048 bins).")
                       ] = "percentile",
@@ -25,33 +38,46 @@ def calibrate(
     flavor: Annotated[str, typer.Option(help="cpu (U8S8, fast onnxruntime x86) | tensorrt (S8S8 symmetric).")] = "cpu",
     graphs: Annotated[str, typer.Option(help="Graphs to quantize: encoder[,object_decoder].")] = "encoder",
     max_drop: Annotated[list[str] | None, typer.Option(help="METRIC=POINTS (pq, miou, sq, rq); repeatable. "
-                                                             "Moves sensitive layers back to float until met.")] = None,
+                                                             "Moves sensitive layers back to float until met.",
+                                                        show_default="none: no accuracy control")] = None,
     exclude: Annotated[str | None, typer.Option(help="NODE,... kept float in addition to the derived list.")] = None,
     include: Annotated[str | None, typer.Option(help="NODE,... quantized although the rules exclude them.")] = None,
-    exclusions_file: Annotated[Path | None, typer.Option(help='JSON {"exclude": [...], "include": [...]}.')] = None,
+    exclusions_file: Annotated[Path | None, typer.Option(help='JSON {"exclude": [...], "include": [...]}, added '
+                                                              'to --exclude / --include.')] = None,
     rules: Annotated[str | None, typer.Option(help="Exclusion rules to apply (default: first_conv, layernorm, "
                                                    "softmax, attention, attention_kv, mask_products, classifier; "
-                                                   "attention_kv_outputs is opt-in); 'none' for none.")] = None,
-    eval_data: Annotated[Path | None, typer.Option(help="Evaluation COCO layout (default: ../shared/data/"
-                                                        "coco_mini when present).")] = None,
-    eval_subset: Annotated[str | None, typer.Option(help="splits.json id list of the evaluation split (without "
-                                                         "--eval-data: coco_mini's extra_val2017_from_COCO_MINI)."
-                                                    )] = None,
-    eval_limit: Annotated[int | None, typer.Option(help="Evaluate on the first N images of the split.")] = None,
-    evaluate: Annotated[bool, typer.Option("--evaluate", help="Measure PQ/mIoU drops without --max-drop.")] = False,
-    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Accept calibration images that are "
-                                                                        "also evaluation images.")] = False,
+                                                   "attention_kv_outputs is opt-in); 'none' for none.",
+                                              show_default="all but attention_kv_outputs")] = None,
+    eval_data: Annotated[Path | None, typer.Option(help="Evaluation COCO layout of --max-drop / --evaluate.",
+                                                   show_default="../shared/data/coco_mini when present")] = None,
+    eval_subset: Annotated[str | None, typer.Option(help="splits.json id list of the evaluation split.",
+                                                    show_default="coco_mini's extra_val2017_from_COCO_MINI without "
+                                                                 "--eval-data")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Evaluate on the first N images of the split.",
+                                                   show_default="all")] = None,
+    evaluate: Annotated[bool, switch("--evaluate/--no-evaluate", help="Measure PQ / mIoU drops even without "
+                                                                      "--max-drop.")] = False,
+    allow_overlap: Annotated[bool, switch("--allow-overlap/--no-allow-overlap", help="Accept calibration images "
+                                                                                     "that are also evaluation "
+                                                                                     "images (recorded).")] = False,
     verify_limit: Annotated[int, typer.Option(help="Compare with PyTorch on this many of the bundle's "
                                                    "verification images (0 = skip).")] = 4,
-    strict_verify: Annotated[bool, typer.Option("--strict-verify", help="Write nothing when INT8 vs PyTorch is "
-                                                                        "beyond the int8 tolerance.")] = False,
-    no_trt_cache: Annotated[bool, typer.Option("--no-trt-cache", help="tensorrt: skip the TensorRT 8.x "
-                                                                      "calibration cache.")] = False,
+    strict_verify: Annotated[bool, switch("--strict-verify/--no-strict-verify", help="Write nothing when INT8 vs "
+                                                                                     "PyTorch is beyond the int8 "
+                                                                                     "tolerance (else a warning).")
+                             ] = False,
+    trt_cache: Annotated[bool, switch("--trt-cache/--no-trt-cache", help="--flavor tensorrt: also write the "
+                                                                         "TensorRT 8.x calibration cache.")] = True,
     threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 2,
-    out: Annotated[Path | None, typer.Option(help="Also write the calibration report JSON here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the calibration report JSON here.",
+                                             show_default="the report stays in the bundle's manifest")] = None,
 ) -> None:
-    """INT8 calibration: explicit Q/DQ encoder (+ object decoder) registered in the bundle, with exclusions,
-    per-layer sensitivity (JSON + PNG), optional accuracy control and a TensorRT 8.x calibration cache."""
+    """INT8 calibration: an explicit Q/DQ encoder (+ object decoder) registered in the bundle.
+
+    Sensitive layers (LayerNorm, softmax, attention, mask products, ...) stay float; per-layer sensitivity is
+    written as JSON + PNG; --max-drop adds accuracy control; --flavor tensorrt also writes a TensorRT 8.x cache.
+    """
+    from ..bundle import load_bundle
     from ..calibration import CalibrationOptions, Flavor, Method, calibration_context, parse_max_drop
     from ..calibration import calibrate as run_calibration
     from ..calibration.options import ExclusionOverrides
@@ -65,10 +91,11 @@ def calibrate(
         flavor=Flavor.parse(flavor), graphs=names(graphs), max_drop=parse_max_drop(max_drop),
         exclude=names(exclude) + extra.exclude, include=names(include) + extra.include,
         rules=None if rules is None else tuple(r for r in names(rules) if r != "none"),
-        allow_overlap=allow_overlap, evaluate=evaluate, threads=threads, trt_cache=not no_trt_cache,
+        allow_overlap=allow_overlap, evaluate=evaluate, threads=threads, trt_cache=trt_cache,
         verify_images=tuple(verify), strict_verify=strict_verify)
     with job_progress(console, "calibrate") as view:  # warnings are logged once, as they arise
         report = run_calibration(bundle, opts, log=view.log, evalset=evalset, progress=view)
     print_calibration(CalibrationSummary.of(report))
     if out:
         write_report(out, report)
+    print_next_steps(after_calibrate(bundle, opts.flavor.value, load_bundle(bundle, verify=False).manifest))

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import sys
 
-from . import bench, calibrate, evaluate, export, info, predict, train
+from . import bench, calibrate, evaluate, export, info, predict, register_engines, train
 from .common import app, command
 
-command()(predict.predict)
-command()(train.train)
-command("eval")(evaluate.eval_cmd)
-command()(export.export)
-command()(calibrate.calibrate)
-command()(info.info)
-command()(bench.bench)
+command(epilog=predict.EXAMPLES)(predict.predict)
+command(epilog=train.EXAMPLES)(train.train)
+command("eval", epilog=evaluate.EXAMPLES)(evaluate.eval_cmd)
+command(epilog=export.EXAMPLES)(export.export)
+command("register-engines", epilog=register_engines.EXAMPLES)(register_engines.register_engines)
+command(epilog=calibrate.EXAMPLES)(calibrate.calibrate)
+command(epilog=info.EXAMPLES)(info.info)
+command(epilog=bench.EXAMPLES)(bench.bench)
 
 
 def main() -> None:  # pragma: no cover - entry for python -m

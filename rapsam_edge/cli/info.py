@@ -7,11 +7,17 @@ from typing import Annotated
 
 import typer
 
+from .common import examples, switch
 from .render import print_info
 
+EXAMPLES = examples(
+    ("rapsam-edge info", "the configs with parameter counts, and the runtimes installed here"),
+    ("rapsam-edge info --json", "the same as JSON, for scripts"),
+)
 
-def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
-    """Configs with parameter counts, and the runtimes installed here."""
+
+def info(as_json: Annotated[bool, switch("--json/--no-json", help="Print JSON instead of tables.")] = False) -> None:
+    """List the model configs with parameter counts, and the runtimes installed here."""
     from ..info import backend_versions, config_rows
 
     rows, versions = config_rows(), backend_versions()

@@ -126,11 +126,10 @@ def _other_model(root: Path) -> BundleError:
 
 def _post(target: Target, root: Path, precision: str, req: ExportRequest, report: dict[str, Any],
           log: Callable[[str], None], steps: Steps) -> dict[str, Any]:
-    """The target's after-commit step (TensorRT engine builds), as its own transaction on the bundle."""
+    """The target's after-commit step (TensorRT engine builds, their own transaction on the bundle)."""
     if target.post is not None:
         steps.begin("build engines")
-        with edit_bundle(root, log=log) as bundle:
-            report = {**report, "post": target.post(bundle, precision, req)}
+        report = {**report, "post": target.post(root, precision, req, log)}
     steps.finish()
     return report
 

@@ -23,14 +23,15 @@ from .request import ExportRequest, ExportResult
 
 ExportFn = Callable[[RapSam, Path, str, ExportRequest], ExportResult]
 VerifyFn = Callable[[RapSam, Bundle, str, ExportRequest, ExportResult], dict[str, Any]]
-PostFn = Callable[[Bundle, str, ExportRequest], dict[str, Any]]
+PostFn = Callable[[Path, str, ExportRequest, Callable[[str], None]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Target:
     """One export target. ``export`` writes its files into the (staging) bundle root; ``verify`` compares them
-    with PyTorch before the bundle is committed, given what ``export`` returned; ``post`` runs after the commit
-    (TensorRT engine builds: the checked ONNX inputs stay in the bundle even when no TensorRT is here)."""
+    with PyTorch before the bundle is committed, given what ``export`` returned; ``post`` runs after the commit,
+    given the bundle's root (TensorRT engine builds, which edit the bundle themselves: the checked ONNX inputs
+    stay in the bundle, and where no TensorRT is here the engines are left to the device)."""
 
     name: str
     precisions: tuple[str, ...]

@@ -1,18 +1,19 @@
 """On-device half of the TensorRT target: build engines with the TensorRT Python API, write a device
-fingerprint beside each, and register them in the bundle (also the ``register`` entry run by the
-generated ``build_<precision>.sh`` after ``trtexec``). Needs TensorRT, i.e. the target GPU; nothing
-here can run on a CPU-only machine.
+fingerprint beside each, and register them in the bundle (:func:`register_built` is also what the generated
+``build_<precision>.sh`` runs after ``trtexec``, as ``rapsam-edge register-engines``). Building needs TensorRT,
+i.e. the target GPU; where it is missing, :func:`post_export` leaves the engines to the device and says how.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..bundle import Artifact, Bundle, load_bundle, write_json_atomic
+from ..bundle import Artifact, Bundle, edit_bundle, load_bundle, write_json_atomic
 from ..errors import InputError, InputNotFoundError, UnavailableError
 from ..runtime import devices
 from ..runtime.trt_backend import import_tensorrt
@@ -79,17 +80,15 @@ def build_engine(trt: Any, folder: Path, spec: EngineSpec, opts: TrtOptions,
 def register_engines(bundle: Bundle, precision: str, opts: TrtOptions, built_by: str,
                      builds: dict[str, dict[str, Any]] | None = None) -> list[Artifact]:
     """Write ``<graph>.<p>.json`` (device fingerprint + build record) beside each engine and register it."""
-    fp = devices.probe().fingerprint()
     folder = bundle.root / "tensorrt"
+    check_engines_built(bundle, precision, opts)
+    fp = devices.probe().fingerprint()
     build_record = bundle.require("build", FORMAT, precision).details
     # build records written before the trtexec lines were recorded have none: the fingerprint then says so
     recorded = build_record.get("trtexec") or [None] * len(engine_specs(precision, opts))
     lines = dict(zip((s.graph for s in engine_specs(precision, opts)), recorded, strict=True))
     arts = []
     for spec in engine_specs(precision, opts):
-        if not (folder / spec.plan).is_file():
-            raise InputNotFoundError(f"{folder / spec.plan} is missing; build it first with "
-                                     f"`bash {folder / f'build_{precision}.sh'}`.")
         src = bundle.require(spec.graph, FORMAT, spec.precision)
         record = {"device": fp, "build": {
             "by": built_by, "precision": spec.precision, "onnx": src.path, "onnx_sha256": src.sha256,
@@ -107,14 +106,58 @@ def register_engines(bundle: Bundle, precision: str, opts: TrtOptions, built_by:
     return arts
 
 
-def post_export(bundle: Bundle, precision: str, req: ExportRequest) -> dict[str, Any]:
+def check_engines_built(bundle: Bundle, precision: str, opts: TrtOptions) -> None:
+    """Every engine of the ``precision`` set is in ``tensorrt/``, or one sentence naming the missing ones and the
+    build script, before anything is fingerprinted or registered."""
+    folder, shown = bundle.root / "tensorrt", bundle.home / "tensorrt"
+    missing = [spec.plan for spec in engine_specs(precision, opts) if not (folder / spec.plan).is_file()]
+    if missing:
+        raise InputNotFoundError(
+            f"no TensorRT engine to register: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing "
+            f"from {shown}; build the engines first on the device that will run them, with "
+            f"`bash {shown / build_script_name(precision)}` (trtexec, from TensorRT).")
+
+
+def build_script_name(precision: str) -> str:
+    return f"build_{precision}.sh"
+
+
+def register_built(root: Path, precision: str, built_by: str = "trtexec") -> list[Artifact]:
+    """``rapsam-edge register-engines``: fingerprint and register the engines ``build_<precision>.sh`` built in
+    ``root``'s ``tensorrt/`` folder, with the options export recorded. The manifest is written once, after every
+    engine is fingerprinted."""
+    bundle = load_bundle(root)
+    record = bundle.require("build", FORMAT, precision).details
+    opts = TrtOptions.from_record(record["options"], record.get("canvas"))
+    check_engines_built(bundle, precision, opts)  # before the bundle's transaction: nothing to copy or undo
+    with edit_bundle(root) as staged:
+        return register_engines(staged, precision, opts, built_by)
+
+
+def on_device_command(bundle_home: Path, precision: str) -> str:
+    """What to run on the target device to build and register the engines of ``bundle_home`` (as shown here)."""
+    return f"bash {bundle_home / 'tensorrt' / build_script_name(precision)}"
+
+
+def post_export(root: Path, precision: str, req: ExportRequest,
+                log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """The ``--target tensorrt`` after-commit step of :data:`rapsam_edge.exporters.targets.TARGETS`: build the
-    engines here (the bundle with the ONNX inputs is committed); needs TensorRT + a GPU."""
-    folder, shown = bundle.root / "tensorrt", bundle.home / "tensorrt"  # shown: where the user finds them
-    trt = import_tensorrt(hint=(
-        f"TensorRT is not installed here: the ONNX inputs and trtexec lines are in {shown}/; build the engines on "
-        f"the target device (TensorRT from JetPack or NVIDIA's index) with `bash {shown / f'build_{precision}.sh'}` "
-        "or rerun this command there."))
+    engines here when TensorRT is (the bundle with the ONNX inputs is committed, the engines are a transaction of
+    their own); where it is not, nothing changes and the record says where the engines are to be built:
+    ``{"engines": [], "deferred": sentence, "on_device": command}``."""
+    try:
+        trt = import_tensorrt()
+    except UnavailableError:
+        return {"engines": [], "on_device": on_device_command(root, precision),
+                "deferred": "TensorRT is not installed here, and TensorRT engines are specific to the GPU and the "
+                            "TensorRT version that build them: they are built on the target device."}
+    with edit_bundle(root, log=log) as bundle:
+        return build_here(trt, bundle, precision, req)
+
+
+def build_here(trt: Any, bundle: Bundle, precision: str, req: ExportRequest) -> dict[str, Any]:
+    """Build and register the engines of ``bundle`` with this host's TensorRT ``trt`` and GPU."""
+    folder = bundle.root / "tensorrt"
     host = devices.probe()
     record = bundle.require("build", FORMAT, precision).details
     opts = dataclasses.replace(build_options(req.options_as(TensorRTOptions), host=host), canvas=TrtOptions.from_record(
@@ -132,20 +175,8 @@ def post_export(bundle: Bundle, precision: str, req: ExportRequest) -> dict[str,
             "builds": builds}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m rapsam_edge.exporters.tensorrt_build register <bundle> --precision fp16``: after build_<p>.sh."""
-    ap = argparse.ArgumentParser(prog="python -m rapsam_edge.exporters.tensorrt_build")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    reg = sub.add_parser("register", help="fingerprint and register engines built by build_<precision>.sh")
-    reg.add_argument("bundle", type=Path)
-    reg.add_argument("--precision", default="fp16", choices=("fp16", "int8"))
-    args = ap.parse_args(argv)
-    bundle = load_bundle(args.bundle)
-    record = bundle.require("build", FORMAT, args.precision).details
-    opts = TrtOptions.from_record(record["options"], record.get("canvas"))
-    for art in register_engines(bundle, args.precision, opts, "trtexec"):
-        print(f"registered {art.key}: {art.path} ({art.bytes / 1e6:.1f} MB)")
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the entry of build scripts written before `rapsam-edge register-engines` existed
+    print("error: `python -m rapsam_edge.exporters.tensorrt_build register` is now `rapsam-edge register-engines "
+          "BUNDLE --precision fp16|int8`; run that (re-export the bundle for a build script that does).",
+          file=sys.stderr)
+    raise SystemExit(2)

@@ -1,6 +1,6 @@
 """The trtexec equivalents of the engine builds: one ``trtexec`` line per engine and the bundle's
 ``tensorrt/build_<precision>.sh``, which runs them on the device and registers the engines
-(``python3 -m rapsam_edge.exporters.tensorrt_build register``)."""
+(``rapsam-edge register-engines``, :func:`.tensorrt_build.register_built`)."""
 
 from __future__ import annotations
 
@@ -36,14 +36,24 @@ def build_script(name: str, precision: str, opts: TrtOptions, lines: list[str], 
         + (" (optimization profiles --minShapes/--optShapes/--maxShapes)." if opts.dynamic else "."),
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
+        'bundle="$(cd .. && pwd)"',
         'export PATH="$PATH:/usr/src/tensorrt/bin"  # where JetPack and NVIDIA containers put trtexec',
+        "if ! command -v trtexec >/dev/null 2>&1; then",
+        '  echo "error: trtexec (TensorRT) is not installed here; run this script on the device that will run the '
+        'engines (a Jetson with JetPack, or a GPU machine with TensorRT)." >&2',
+        "  exit 2",
+        "fi",
         *lines,
-        "# record each engine's device fingerprint and register the engines in the bundle manifest",
-        "if python3 -c 'import rapsam_edge' 2>/dev/null; then",
-        f"  python3 -m rapsam_edge.exporters.tensorrt_build register .. --precision {precision}",
+        "# record each engine's device fingerprint and register the engines in the bundle manifest (from outside the",
+        "# bundle: registering replaces its folder as one transaction)",
+        'cd "$bundle/.."',
+        "if command -v rapsam-edge >/dev/null 2>&1; then",
+        f'  rapsam-edge register-engines "$bundle" --precision {precision}',
+        "elif python3 -c 'import rapsam_edge' 2>/dev/null; then",
+        f'  python3 -m rapsam_edge.cli register-engines "$bundle" --precision {precision}',
         "else",
-        '  echo "engines built; install rapsam-edge here and run: python3 -m rapsam_edge.exporters.tensorrt_build '
-        f'register $(cd .. && pwd) --precision {precision}"',
+        '  echo "engines built; install rapsam-edge here and run: rapsam-edge register-engines $bundle --precision '
+        f'{precision}"',
         "fi",
         "",
     ])

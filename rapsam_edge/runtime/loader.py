@@ -107,6 +107,7 @@ def load_from_bundle(bundle: Bundle, backend: str, precision: str, device: str, 
     meta: dict[str, Any] = {"bundle": str(bundle.root), "bundle_manifest_sha256": bundle.manifest_hash(),
                             "config": bundle.manifest["model"]["config"]["name"],
                             "random_init": bundle.manifest["model"].get("random_init", False),
+                            "checkpoint": bundle.manifest["model"].get("checkpoint"),  # {path, sha256} or None
                             "protocol": chosen.value, "canvas": canvas.to_dict()}
     if backend == "torch":
         impl: Any = TorchBackend(reference_model(bundle), device=device, threads=threads)
