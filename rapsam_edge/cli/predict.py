@@ -47,8 +47,8 @@ EXAMPLES = examples(
 
 
 def predict(
-    images: Annotated[list[Path] | None, typer.Argument(help="Image files.", show_default="the embedded photos")
-                      ] = None,
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files.", show_default="the embedded photos",
+                                                        metavar="IMAGES")] = None,
     task: Annotated[str, typer.Option(help="panoptic (every segment, with classes) | interactive (a mask per "
                                            "prompt: --points / --boxes).")] = "panoptic",
     points: Annotated[str | None, typer.Option(help='interactive: clicks "x,y;x,y" in image pixels.')] = None,

@@ -22,7 +22,7 @@ EXAMPLES = examples(
 
 def register_engines(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder whose tensorrt/ holds the built <graph>.<p>.plan "
-                                                "engines.")],
+                                                "engines.", metavar="BUNDLE")],
     precision: Annotated[str, typer.Option(help="fp16 | int8: the engine set build_<precision>.sh built.")] = "fp16",
 ) -> None:
     """Register TensorRT engines built on this device: write each engine's device fingerprint, add it to the bundle.

@@ -124,8 +124,8 @@ def build_script_name(precision: str) -> str:
 
 def register_built(root: Path, precision: str, built_by: str = "trtexec") -> list[Artifact]:
     """``rapsam-edge register-engines``: fingerprint and register the engines ``build_<precision>.sh`` built in
-    ``root``'s ``tensorrt/`` folder, with the options export recorded. The manifest is written once, after every
-    engine is fingerprinted."""
+    ``root``'s ``tensorrt/`` folder, with the options export recorded, as one transaction on the bundle: it changes
+    only once every engine is fingerprinted and registered."""
     bundle = load_bundle(root)
     record = bundle.require("build", FORMAT, precision).details
     opts = TrtOptions.from_record(record["options"], record.get("canvas"))
