@@ -209,3 +209,34 @@ def test_a_few_training_steps_on_composites(source, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 3 and all(np.isfinite(r["total"]) for r in records if "total" in r)
     assert (tmp_path / "final.pth").is_file()
+
+
+# ---- the trained reference model (../shared/models/reference, copied there from runs/reference) ------------
+def _reference_home(shared_data):
+    from rapsam_edge.training.reference import reference_home
+
+    home = reference_home(shared_data)
+    if not (home / "final.pth").is_file() or not (home / "metrics.json").is_file():
+        pytest.skip(f"the trained reference model is not at {home} (final.pth + metrics.json): make it with "
+                    "`rapsam-edge train --preset reference --out runs/reference` and copy that folder's final.pth, "
+                    "model_fp16.pth and metrics.json there")
+    return home
+
+
+def test_reference_checkpoint_is_deployable(shared_data):
+    home = _reference_home(shared_data)
+    fp16 = home / "model_fp16.pth"
+    assert fp16.is_file() and fp16.stat().st_size < 50e6
+
+
+def test_reference_model_segments_its_evaluation_set(shared_data, tmp_path):
+    from rapsam_edge.training.reference import evaluate_reference, headline
+
+    home = _reference_home(shared_data)
+    recorded = json.loads((home / "metrics.json").read_text())["headline"]
+    torch.set_num_threads(2)
+    res = headline(evaluate_reference(home / "final.pth", shared_data / "coco_mini", tmp_path / "eval", limit=12,
+                                      tasks=("panoptic", "interactive"), heldout=False))
+    # 12 images, not the full 100: the subset may differ, but a model that really segments stays near its record
+    assert res["miou"] >= 0.75 * recorded["miou"], (res, recorded)
+    assert res["pq"] >= 0.6 * recorded["pq"], (res, recorded)
