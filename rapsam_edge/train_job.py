@@ -16,6 +16,7 @@ from typing import Any
 from .data.locate import open_coco
 from .errors import InputError
 from .evaluate import evaluate_interactive, evaluate_panoptic
+from .reference_eval import evaluate_reference, write_metrics
 from .runtime.loader import load
 from .training.recipes import Preset
 from .training.run import DataSpec, TrainRequest, resolve_request, run_training
@@ -33,6 +34,10 @@ def run_request(req: TrainRequest, on_step: Callable[[dict[str, Any]], None] | N
     trainer = run_training(cfg, spec, req.out, resume, on_step, req.max_steps, req.threads)
     if trainer.rank != 0 or not req.evaluate or preset is None or trainer.step < trainer.total_steps:
         return {}
+    if preset.data == "composites":
+        results = evaluate_reference(req.out / "final.pth", Path(spec.coco_root or ""), req.out / "composite_eval")
+        write_metrics(results, req.out / "metrics.json")
+        return {k: v for k, v in results.items() if isinstance(v, dict) and "task" in v}
     return evaluate_run(req.out / "final.pth", spec, preset, req.out / "metrics.json")
 
 

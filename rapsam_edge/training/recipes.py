@@ -20,6 +20,7 @@ class Preset:
     coco_subset: str | None
     eval_subset: str | None
     train_config: dict[str, Any] = field(default_factory=dict)
+    data: str = "coco"  # "coco": coco_mini + DAVIS as they are; "composites": copy-paste composites (reference.py)
 
 
 PRESETS = {
@@ -39,5 +40,19 @@ PRESETS = {
                           backbone_lr_mult=1.0, warmup_iters=50, grad_clip=1.0, num_points=3136,
                           prompt_ratio_range=(0.5, 2.0),
                           stream_weights={"coco": 80.0, "prompts": 160.0, "video": 25.0}),
+    ),
+    "reference": Preset(
+        "reference",
+        "rapsam_r18_lite from scratch on copy-paste composites of coco_mini (real COCO objects pasted onto real "
+        "photos; data/composites.py), evaluated on a fixed-seed composite set on 16 held-apart photos and, "
+        "separately, on 24 real held-out images. A model of pasted objects, not a COCO model. "
+        "Settings and measured learning curves: docs/reference_preset.md.",
+        coco_subset=None,
+        eval_subset=None,
+        data="composites",
+        # why each number: docs/reference_preset.md (probes on the shared 2-core machine)
+        train_config=dict(model="rapsam_r18_lite", imgsz=256, epochs=12, steps_per_epoch=375, batch_size=2,
+                          lr=3e-4, backbone_lr_mult=1.0, warmup_iters=100, grad_clip=1.0, num_points=3072,
+                          norm_eval=False, stream_weights={"coco": 1.0, "prompts": 1.5, "video": 0.5}),
     ),
 }

@@ -31,9 +31,14 @@ class DataSpec:
     video_root: Path | None = None
     use_coco: bool = True
     use_prompts: bool = True
+    composites: bool = False  # copy-paste composites of coco_root (coco_mini) instead of its images
 
 
 def build_streams(spec: DataSpec, cfg: TrainConfig) -> dict[str, Any]:
+    if spec.composites and spec.coco_root is not None:
+        from .reference import composite_streams
+
+        return composite_streams(cfg, spec.coco_root)
     model_cfg = get_config(cfg.model)
     vocab = get_vocabulary(model_cfg.vocabulary)
     size = (cfg.imgsz, cfg.imgsz)
@@ -122,7 +127,8 @@ def resolve_request(req: TrainRequest) -> tuple[TrainConfig, DataSpec, Preset | 
                                      "(set RAPSAM_SHARED_DATA).")
         d = req.data
         spec = DataSpec(d.coco_root or shared / "coco_mini", d.coco_split, d.coco_subset or preset.coco_subset,
-                        d.video_root or shared / "video_mini", d.use_coco, d.use_prompts)
+                        d.video_root or shared / "video_mini", d.use_coco, d.use_prompts,
+                        composites=preset.data == "composites")
     overrides = {"epochs": req.epochs, "imgsz": req.imgsz, "batch_size": req.batch_size, "lr": req.lr,
                  "steps_per_epoch": req.steps_per_epoch}
     base.update({k: v for k, v in overrides.items() if v is not None})

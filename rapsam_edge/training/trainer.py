@@ -63,6 +63,7 @@ class TrainConfig:
     stream_weights: dict[str, float] = field(default_factory=dict)  # default: len(stream) * STREAM_REPEAT
     prompt_ratio_range: tuple[float, float] = (0.1, 2.0)  # LSJ of the prompt stream (official 0.1-2.0)
     object_ratio_range: tuple[float, float] = (0.8, 2.0)  # LSJ of the coco + video streams (official 0.8-2.0)
+    norm_eval: bool = True  # backbone BatchNorm frozen (official, for pretrained weights); False: batch statistics
     init_checkpoint: str | None = None
     save_every: int | None = None  # steps; default: every epoch
     log_every: int = 10
@@ -128,9 +129,15 @@ class Trainer:
             model_cfg = get_config(cfg.model).replace(input_size=(cfg.imgsz, cfg.imgsz))
             model, _ = load_model(model_cfg, cfg.init_checkpoint, strict=False) if cfg.init_checkpoint \
                 else load_model(model_cfg)
-        self.model = model.train()
+        # CUDA when present (one GPU per process: LOCAL_RANK under torchrun), else the CPU
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() \
+            else torch.device("cpu")
+        if not cfg.norm_eval:  # from scratch: a frozen fresh BatchNorm is an identity, i.e. no normalisation at all
+            model.backbone.norm_eval = False
+        self.model = model.to(self.device).train()
         fwd: nn.Module = _Forward(self.model)
-        self.forward = nn.parallel.DistributedDataParallel(fwd) if self.world > 1 else fwd
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.forward = nn.parallel.DistributedDataParallel(fwd, device_ids=ids) if self.world > 1 else fwd
         self.optimizer = build_optimizer(self.model, cfg)
         names = sorted(streams)
         weights = np.array([cfg.stream_weights.get(n, len(streams[n]) * STREAM_REPEAT.get(n, 1)) for n in names],
@@ -156,17 +163,18 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------------
     def losses(self, samples: list[TrainSample]) -> dict[str, Tensor]:
-        t = samples[0].num_frames
-        images = torch.from_numpy(np.concatenate([s.images for s in samples]))
+        t, dev = samples[0].num_frames, self.device
+        images = torch.from_numpy(np.concatenate([s.images for s in samples])).to(dev)
         if samples[0].task == "prompts":
             k = min(len(s.prompt_boxes) for s in samples)
-            boxes = torch.from_numpy(np.stack([s.prompt_boxes[:k] for s in samples]))
-            targets = torch.from_numpy(np.stack([s.masks[s.prompt_targets[:k], 0] for s in samples]))
+            boxes = torch.from_numpy(np.stack([s.prompt_boxes[:k] for s in samples])).to(dev)
+            targets = torch.from_numpy(np.stack([s.masks[s.prompt_targets[:k], 0] for s in samples])).to(dev)
             terms = prompt_losses(self.forward(images, 1, boxes), targets, self.loss_weights)
         else:
-            labels = [torch.from_numpy(s.labels) for s in samples]
+            labels = [torch.from_numpy(s.labels).to(dev) for s in samples]
             # (N, T, H, W) -> (N, T*H, W): tube targets stacked along height like the features
-            masks = [torch.from_numpy(s.masks.reshape(len(s.labels), t * s.masks.shape[2], -1)) for s in samples]
+            masks = [torch.from_numpy(s.masks.reshape(len(s.labels), t * s.masks.shape[2], -1)).to(dev)
+                     for s in samples]
             terms = object_losses(self.forward(images, t, None), labels, masks, self.loss_weights)
         # zero-weight touch of every parameter: both tasks then produce gradients for all of them, which
         # DDP requires (upstream adds the same "* 0.0" dummy terms)
