@@ -282,9 +282,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not (args.bundle / "manifest.json").is_file():
         raise InputNotFoundError(f"{args.bundle} is not a bundle folder (it has no manifest.json); make one with "
                                  "rapsam-edge export --target onnx.")
-    pipe = rapsam_edge.load(args.bundle, backend="onnxruntime", precision=args.precision, threads=args.threads)
-    if pipe.meta.get("random_init"):
-        print(f"note: {RANDOM_WEIGHTS}", file=sys.stderr)
     if any(frame.shape != frames[0].shape for frame in frames):
         raise InputError(f"the frames of {args.source} differ in size; all frames of a video must have the same "
                          "size.")
@@ -292,6 +289,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bad = [c for c in args.click if not (0 <= c[0] < w0 and 0 <= c[1] < h0)]
     if bad:
         raise InputError(f"--click {bad[0][0]:g},{bad[0][1]:g} lies outside the {w0}x{h0} first frame.")
+    # the inputs are checked before the model loads: a refusal is one sentence, without the random-weights note
+    pipe = rapsam_edge.load(args.bundle, backend="onnxruntime", precision=args.precision, threads=args.threads)
+    if pipe.meta.get("random_init"):
+        print(f"note: {RANDOM_WEIGHTS}", file=sys.stderr)
     (args.out / "frames").mkdir(parents=True, exist_ok=True)
     from rich.console import Console
 
