@@ -74,7 +74,10 @@ def test_video_tracker_consistent_tracks():
     assert tracker.num_frames == 6
     np.testing.assert_allclose(tracker.mean_cls_logits, base_cls)
     res = tracker.finish(LB_64, np.array([True, True]), max_per_video=100)
-    assert res.track_ids.tolist() == list(range(1, len(res.labels) + 1))
+    # ids 1..N in descending class probability: the (query, class) pairs ranked by the clip-averaged logits
+    assert res.track_ids.tolist() == list(range(1, len(res.labels) + 1)) and (np.diff(res.class_scores) <= 0).all()
+    mean_prob = np.exp(base_cls) / np.exp(base_cls).sum(1, keepdims=True)
+    assert res.class_scores[0] == pytest.approx(mean_prob[0, 0], rel=1e-6) and res.labels[0] == 0  # query 0's best
     assert len(res.labels) == 2 * q_count and res.frame_scores.shape == (2 * q_count, 6)
     first = res.masks_at(0)
     for t in range(1, 6):
