@@ -160,9 +160,8 @@ def test_task_metrics_on_coco_and_a_missed_floor(bench_bundle, tmp_path):
     panoptic subset too, and its mIoU is evaluate_interactive's on that image; the protocol comparison adds its
     metrics; a floor nothing can reach (mIoU 101) fails the format and the run: exit 1."""
     import rapsam_edge
-    from rapsam_edge.benchmarks.accuracy import EVAL_SPLIT
+    from rapsam_edge.data.locate import HELDOUT_SPLIT, open_coco
     from rapsam_edge.evaluate import evaluate_interactive
-    from rapsam_edge.training.recipes import open_coco
 
     res = runner.invoke(app, ["bench", "--bundle", str(bench_bundle), *FAST, "--data", "coco", "--limit", "1",
                               "--formats", "onnx-fp32", "--runs", "1", "--warmup", "0", "--no-cold-start",
@@ -173,9 +172,9 @@ def test_task_metrics_on_coco_and_a_missed_floor(bench_bundle, tmp_path):
     assert row["status"] == "failed validation" and "floor 101" in row["reasons"][-1]
     assert doc["gates"]["passed"] is False and doc["exit_code"] == 1 and "gates failed" in res.output
     assert {"pq", "sq", "rq", "miou", "noc@0.85", "pq_official"} <= set(row["metrics"])
-    assert doc["data"]["subset"] == EVAL_SPLIT and doc["data"]["images"] == 1
+    assert doc["data"]["subset"] == HELDOUT_SPLIT and doc["data"]["images"] == 1
     pipe = rapsam_edge.load(bench_bundle, precision="fp32", threads=1)
-    data = open_coco(Path(doc["data"]["path"]), pipe.vocabulary, subset=EVAL_SPLIT)
+    data = open_coco(Path(doc["data"]["path"]), pipe.vocabulary, subset=HELDOUT_SPLIT)
     assert row["metrics"]["miou"] == pytest.approx(evaluate_interactive(pipe, data, 1)["miou"], abs=1e-9)
     proto = doc["protocol"]["metrics"]
     assert set(proto) == {"deployment", "official", "official_minus_deployment"}

@@ -204,6 +204,9 @@ class _Feeds:
     def get_next(self):
         return self.feeds.pop(0) if self.feeds else None
 
+    def __len__(self):
+        return len(self.feeds)
+
     def chunks(self, size):
         for i in range(0, len(self.feeds), size):
             yield _Feeds(self.feeds[i:i + size])
@@ -344,13 +347,13 @@ def test_cli_refuses_bad_calibration_input_in_one_sentence(tiny_onnx_bundle, tmp
     assert res.exit_code == 2 and "METRIC=POINTS" in res.output
 
 
-def test_calibrate_cli_prints_each_warning_once_and_counts_in_words(bundle, calib_dir, capsys):
+def test_calibrate_cli_prints_each_warning_once_and_counts_in_words(bundle, calib_images, capsys):
     """One calibration image: its warning is printed once (it was printed live and again with the result), and
     every count reads right ("1 calibration image", "1 node", never "1 nodes")."""
     from rapsam_edge.calibration.register import CalibrationSummary
     from rapsam_edge.cli.render import print_calibration
 
-    res = CliRunner().invoke(app, ["calibrate", "--bundle", str(bundle), "--images", str(calib_dir), "--data",
+    res = CliRunner().invoke(app, ["calibrate", "--bundle", str(bundle), "--images", str(calib_images), "--data",
                                    "folder", "--num", "1", "--verify-limit", "0", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert res.output.count("warning: only 1 calibration image (of --num 1)") == 1, res.output
@@ -493,7 +496,7 @@ def test_calibrate_cli_with_max_drop_and_object_decoder(bundle, calib_images, sh
     scores = iter([50.0, *(50.0 - d for d in drops)])
     candidates: list[dict[str, str]] = []  # graph -> sha256 of each candidate built, in order
 
-    def scripted(pipe, evalset, metrics):
+    def scripted(pipe, evalset, metrics, progress=None):
         assert metrics == ("miou",) and len(evalset.paths) == 1
         return {"miou": next(scores)}
 
