@@ -34,7 +34,8 @@ from .fsutil import OutputLock, exchange, remove_stale, rename_noreplace, sha256
 from .postprocess import panoptic_merge
 from .preprocess import CLICK_BOX_SIZE, CanvasSpec, InputPolicy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: prompt_keys / prompt_values per head (exporters.graphs.prompt_memory_shapes); 1 had them as (1, h*w, C)."""
 MANIFEST = "manifest.json"
 GRAPHS = ("encoder", "object_decoder", "prompt_decoder")
 
@@ -105,6 +106,9 @@ def parse_manifest(doc: Any, where: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise BundleError(f"{where} must hold a JSON object, not a {type(doc).__name__}; re-export the bundle.")
     version = doc.get("schema_version")
+    if version == 1:
+        raise BundleError(f"{where} is a bundle exported before the prompt keys/values were laid out per head "
+                          "(schema 1), which this rapsam-edge's prompt decoder cannot read; re-export the bundle.")
     if version != SCHEMA_VERSION:
         raise BundleError(f"{where} has schema version {version!r}; this rapsam-edge reads version "
                           f"{SCHEMA_VERSION} (re-export the bundle).")

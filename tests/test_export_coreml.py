@@ -67,7 +67,7 @@ def test_three_packages_with_fixed_float32_io(lite_bundle):
         enc, obj, prm = (_io(arts[g]) for g in GRAPHS)
         f32 = "float32"
         assert enc == {"image": ([1, 3, IMGSZ, IMGSZ], f32), "features": ([1, 256, H4, H4], f32),
-                       "prompt_keys": ([1, H4 * H4, 256], f32), "prompt_values": ([1, H4 * H4, 256], f32)}
+                       "prompt_keys": ([1, 8, 32, H4 * H4], f32), "prompt_values": ([1, 8, H4 * H4, 32], f32)}
         assert obj["features"] == ([1, 256, H4, H4], f32) and obj["mask_logits"][0][2:] == [H4, H4]
         assert set(obj) == {"features", "cls_logits", "mask_logits", "queries"}
         assert prm["boxes"] == ([1, 16, 4], f32)
@@ -292,9 +292,10 @@ def test_enumerated_canvases_convert_and_are_recorded(tmp_path):
     assert bundle_canvas(bundle, "coreml") == want and CanvasSpec.from_dict(bundle.manifest["canvas"]) == want
     images = {"image": [[1, 3, 64, 64], [1, 3, 96, 64], [1, 3, 64, 128]]}
     features = [[1, 256, 16, 16], [1, 256, 24, 16], [1, 256, 16, 32]]
-    keys = [[1, 256, 256], [1, 384, 256], [1, 512, 256]]
+    keys = [[1, 8, 32, 256], [1, 8, 32, 384], [1, 8, 32, 512]]
+    values = [[1, 8, 256, 32], [1, 8, 384, 32], [1, 8, 512, 32]]
     expect = {"encoder": images, "object_decoder": {"features": features},
-              "prompt_decoder": {"features": features, "prompt_keys": keys, "prompt_values": keys}}
+              "prompt_decoder": {"features": features, "prompt_keys": keys, "prompt_values": values}}
     for graph in GRAPHS:
         art = bundle.require(graph, "coreml", "fp16")
         assert art.details["enumerated_shapes"] == expect[graph] and art.details["fixed_shapes"] is False

@@ -37,7 +37,7 @@ def bundle_dir(tiny_onnx_fp16_bundle):
 def test_manifest_records_the_contract(bundle_dir):
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
-    assert m["schema_version"] == 1 and m["model"]["config"]["input_size"] == [128, 128]
+    assert m["schema_version"] == 2 and m["model"]["config"]["input_size"] == [128, 128]
     assert m["model"]["random_init"] is True and m["model"]["dcn"] == "none"
     assert m["input_policy"]["pad_value"] == [123.675, 116.28, 103.53]
     assert len(m["classes"]["names"]) == 133 and "torch" in m["tools"] and "onnxruntime" in m["tools"]
@@ -264,7 +264,7 @@ def test_dynamic_canvas_graphs_match_torch(bundle_dir, hw):
     boxes = np.array([[[0.3, 0.4, 0.05, 0.05], [0.7, 0.5, 0.1, 0.2], [0.5, 0.5, 0.6, 0.6]]], np.float32)
     enc, enc_ref = ort_b.encode(image), ref.encode(image)
     h, w = hw[0] // 4, hw[1] // 4
-    assert enc["features"].shape == (1, 256, h, w) and enc["prompt_keys"].shape == (1, h * w, 256)
+    assert enc["features"].shape == (1, 256, h, w) and enc["prompt_keys"].shape == (1, 8, 32, h * w)
     for name in ("features", "prompt_keys", "prompt_values"):
         assert compare(enc_ref[name], enc[name])["cosine"] > tol.cosine, name
     feats = enc_ref["features"]

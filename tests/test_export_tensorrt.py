@@ -261,9 +261,10 @@ def test_dynamic_canvas_writes_profiles_into_trtexec_lines_and_manifest(exported
     enc, od, pd = build.details["trtexec"]
     assert "--minShapes=image:1x3x32x32 --optShapes=image:1x3x64x64 --maxShapes=image:1x3x800x800" in enc
     assert "--minShapes=features:1x256x8x8 --optShapes=features:1x256x16x16 --maxShapes=features:1x256x200x200" in od
-    assert ("--minShapes=features:1x256x8x8,prompt_keys:1x64x256,prompt_values:1x64x256,boxes:1x1x4 "
-            "--optShapes=features:1x256x16x16,prompt_keys:1x256x256,prompt_values:1x256x256,boxes:1x16x4 "
-            "--maxShapes=features:1x256x200x200,prompt_keys:1x40000x256,prompt_values:1x40000x256,boxes:1x64x4") in pd
+    assert ("--minShapes=features:1x256x8x8,prompt_keys:1x8x32x64,prompt_values:1x8x64x32,boxes:1x1x4 "
+            "--optShapes=features:1x256x16x16,prompt_keys:1x8x32x256,prompt_values:1x8x256x32,boxes:1x16x4 "
+            "--maxShapes=features:1x256x200x200,prompt_keys:1x8x32x40000,prompt_values:1x8x40000x32,boxes:1x64x4"
+            ) in pd
     script = (bundle.root / build.path).read_text()
     assert all(line in script.splitlines() for line in (enc, od, pd))
     assert "# Canvas: canvases of multiples of 32 from 32x32 to 800x800 (optimised for 64x64)" in script
@@ -300,8 +301,9 @@ def test_dynamic_profiles_follow_the_canvas_and_refuse_dla():
     a100 = TrtOptions("a100", "a100", 4096, None, 16, canvas)
     line = trtexec_line(EngineSpec("encoder", "fp16", None), a100)
     assert "--minShapes=image:1x3x32x32 --optShapes=image:1x3x640x640 --maxShapes=image:1x3x1344x1344" in line
-    keys = shape_profiles("prompt_decoder", a100)[1]
-    assert keys == ShapeProfile("prompt_keys", (1, 64, 256), (1, 25600, 256), (1, 112896, 256))
+    keys, values = shape_profiles("prompt_decoder", a100)[1:3]
+    assert keys == ShapeProfile("prompt_keys", (1, 8, 32, 64), (1, 8, 32, 25600), (1, 8, 32, 112896))
+    assert values == ShapeProfile("prompt_values", (1, 8, 64, 32), (1, 8, 25600, 32), (1, 8, 112896, 32))
     assert shape_profiles("object_decoder", TrtOptions("a100", "a100", 4096, None, 16)) == []  # fixed: static
     with pytest.raises(ValueError, match="needs static shapes"):
         TensorRTOptions(device="jetson", dla=0, canvas="dynamic")

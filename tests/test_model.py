@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from rapsam_edge.config import CONFIGS, get_config
 from rapsam_edge.model import build_model, parameter_counts
 from rapsam_edge.model.classifier import load_text_embeddings
-from rapsam_edge.model.layers import attend, mask_pool, project_kv, self_attend, self_attend_isolated
+from rapsam_edge.model.layers import attend_heads, mask_pool, project_kv_heads, self_attend, self_attend_isolated
 from rapsam_edge.model.prompt import sine_encode_boxes
 from rapsam_edge.model.rapsam import RapSam
 
@@ -84,15 +84,22 @@ def test_isolated_self_attention_equals_official_diagonal_mask():
     torch.testing.assert_close(self_attend(x, mha), full, atol=1e-5, rtol=1e-5)
 
 
-def test_cross_attention_with_preprojected_memory_equals_torch_mha():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cross_attention_with_per_head_memory_equals_torch_mha(dtype):
+    """The prompt adapter's attention over the encoder's per-head keys/values (scale folded into the query
+    projection, no re-layout per click) equals nn.MultiheadAttention to the dtype's rounding, and the memory
+    has the graph contract's layout: keys (B, heads, d, h*w), values (B, heads, h*w, d)."""
     torch.manual_seed(3)
-    mha = torch.nn.MultiheadAttention(256, 8, batch_first=True)
-    q = torch.randn(1, 4, 256)
-    feats = torch.randn(1, 256, 6, 7)
+    mha = torch.nn.MultiheadAttention(256, 8, batch_first=True).to(dtype)
+    torch.nn.init.normal_(mha.in_proj_bias)  # non-zero biases: the keys' bias broadcasts along h*w
+    q = torch.randn(2, 4, 256, dtype=dtype)
+    feats = torch.randn(2, 256, 6, 7, dtype=dtype)
     tokens = feats.flatten(2).transpose(1, 2)
     ref = mha(q, tokens, tokens)[0]
-    k, v = project_kv(feats, mha)
-    torch.testing.assert_close(attend(q, k, v, mha), ref, atol=1e-5, rtol=1e-5)
+    k, v = project_kv_heads(feats, mha)
+    assert k.shape == (2, 8, 32, 42) and v.shape == (2, 8, 42, 32)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(attend_heads(q, k, v, mha), ref, atol=tol, rtol=tol)
 
 
 def test_mask_pool_is_hard_sum_pooling():

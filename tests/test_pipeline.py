@@ -186,7 +186,7 @@ def test_every_backend_encodes_exactly_the_encoder_graph_outputs(tiny_onnx_bundl
         out = backend.encode(image)
         assert tuple(out) == graph_outputs, backend.name
         assert out["features"].shape == (1, 256, h, w)
-        assert out["prompt_keys"].shape == out["prompt_values"].shape == (1, h * w, 256)
+        assert out["prompt_keys"].shape == (1, 8, 32, h * w) and out["prompt_values"].shape == (1, 8, h * w, 32)
         before = {k: v.copy() for k, v in out.items()}
         frozen = MappingProxyType(out)
         masks, iou = backend.decode_prompts(frozen, boxes)

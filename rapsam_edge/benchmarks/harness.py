@@ -15,6 +15,7 @@ The library prints nothing: ``progress`` receives the stages, formats and items 
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -27,11 +28,12 @@ from ..bundle import bundle_canvas, load_bundle
 from ..calibration.baselines import flavor_sections
 from ..config import Vocabulary
 from ..errors import InputError
+from ..exporters.graphs import prompt_memory_shapes
 from ..preprocess import InputPolicy, Protocol, load_image
 from ..runtime.devices import COMPUTE_UNITS, Device, HostFacts, probe, resolve
 from ..runtime.loader import choose_protocol
 from ..runtime.pipeline import Pipeline
-from . import accuracy, devices, gates, latency, prepare, report
+from . import accuracy, devices, gates, latency, memory_floor, prepare, report
 from . import protocol as protocol_cost
 from .formats import (
     FAILED_EXPORT,
@@ -236,6 +238,25 @@ def _latency(rows: list[FormatRow], pipes: dict[str, Any], data: accuracy.EvalDa
     return {"image": str(image), "tegrastats": devices.summarise_tegrastats(samples)}
 
 
+def _click_floor(bundle: Any, rows: list[FormatRow], threads: int | None) -> dict[str, Any] | None:
+    """The prompt decoder's memory floor at the deployment canvas (:mod:`.memory_floor`), and each timed row's
+    K=1 median as a multiple of it (``latency["floor"]["prompt_k1_x"]``); None without an fp32 ONNX graph."""
+    art = bundle.find("prompt_decoder", "onnx", "fp32")
+    if art is None:
+        return None
+    config = bundle.manifest["model"]["config"]
+    h, w = config["input_size"]
+    hidden, heads = config["hidden_dim"], config["num_heads"]
+    shapes = {"features": (1, hidden, h // 4, w // 4),
+              **prompt_memory_shapes(hidden, heads, (h // 4) * (w // 4))}
+    floor = memory_floor.click_floor(bundle.path(art), shapes, threads or os.cpu_count() or 1)
+    for row in rows:
+        k1 = row.latency.get("prompt_k1") if row.latency else None
+        if row.latency and k1:
+            row.latency["floor"] = {"prompt_k1_x": round(k1["median_ms"] / floor.floor_ms, 2)}
+    return floor.to_dict()
+
+
 def _protocol(ref: Any, bundle: Any, data: accuracy.EvalData, req: BenchRequest, progress: Progress,
               notes: list[str]) -> dict[str, Any] | None:
     """The deployment canvas's cost vs the official protocol, on the PyTorch reference (same weights)."""
@@ -302,6 +323,8 @@ def run_bench(req: BenchRequest, progress: Progress | None = None) -> dict[str, 
     protocol_section = _protocol(ref, bundle, data, req, progress, notes)
     del ref  # the drift-only reference is not timed
     lat_info = _latency(rows, pipes, data, req, profile, Path(root), progress) if pipes else {}
+    if pipes:
+        lat_info["click_floor"] = _click_floor(bundle, rows, req.threads)
     _finish_statuses(rows)
     report.add_ratios(rows)
     gate_section = gates.apply_gates(rows, req.floors, req.max_drops)

@@ -64,9 +64,12 @@ def targets(rows: list[FormatRow]) -> list[dict[str, Any]]:
     for name, row in by.items():
         enc, k1, k16 = (_median(row, m) for m in ("encoder", "prompt_k1", "prompt_k16"))
         if enc and k1:
-            out.append(_target("prompt decoder per click / encoder time", name, k1 / enc, 0.10, False, ""))
+            out.append(_target("prompt decoder per click / encoder time", name, k1 / enc, 0.05, False, ""))
         if k1 and k16:
-            out.append(_target("K=16 prompts in one call / one prompt", name, k16 / k1, 3.0, False, "x"))
+            out.append(_target("K=16 prompts in one call / one prompt", name, k16 / k1, 2.0, False, "x"))
+        floor = (row.latency or {}).get("floor", {}).get("prompt_k1_x")
+        if floor is not None:
+            out.append(_target("prompt decoder K=1 / its memory floor", name, floor, 2.0, False, "x"))
     return out
 
 

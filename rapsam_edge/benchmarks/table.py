@@ -107,6 +107,15 @@ def _cold(r: Entry) -> str:
     return NONE if ms is None else f"{ms / 1000:.2f}"
 
 
+def _click_vs_floor(r: Entry) -> str:
+    lat = r.get("latency") or {}
+    ms = (lat.get("prompt_k1") or {}).get("median_ms")
+    x = (lat.get("floor") or {}).get("prompt_k1_x")
+    if ms is None:
+        return NONE
+    return f"{ms:.1f}" if x is None else f"{ms:.1f} ({x:.1f}x)"
+
+
 def _speedup(r: Entry) -> str:
     v = (r.get("speedup_vs_onnx_fp32") or {}).get("encoder")
     return f"{v:.2f}x" if v else NONE
@@ -134,6 +143,9 @@ COLUMNS: tuple[Column, ...] = (
            legend="panoptic: one image end to end"),
     Column("encoder ms\nmedian (p90)", _median("encoder", p90=True)),
     Column("object decoder ms\nmedian (p90)", _median("object_decoder", p90=True)),
+    Column("click ms\n(x floor)", _click_vs_floor, compact=True,
+           legend="click ms (x floor): prompt decoder K=1 median, and its multiple of the memory floor (bytes a click "
+                  "reads / this machine's measured bandwidth, report.json settings.click_floor)"),
     Column("prompt K=1 ms\nmedian (p90)", _median("prompt_k1", p90=True),
            legend="prompt K=n: one prompt-decoder call with n click boxes"),
     Column("prompt K=16 ms\nmedian (p90)", _median("prompt_k16", p90=True)),

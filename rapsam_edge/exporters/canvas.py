@@ -187,16 +187,16 @@ def dynamic_shapes(graph: str, model: RapSam, spec: CanvasSpec, max_prompts: int
     if graph == "object_decoder":
         height = Dim("clip_height", min=lo[0] // 4, max=max_frames * hi[0] // 4)
         return {"features": {2: height, 3: w4}}, ex
-    return {"features": {2: h4, 3: w4}, "prompt_keys": {1: Dim.AUTO}, "prompt_values": {1: Dim.AUTO},
+    return {"features": {2: h4, 3: w4}, "prompt_keys": {3: Dim.AUTO}, "prompt_values": {2: Dim.AUTO},
             "boxes": {1: k}}, ex
 
 
 DIM_NAMES: dict[str, dict[str, tuple[str | None, ...]]] = {
     "encoder": {"image": (None, None, "H", "W"), "features": (None, None, "H/4", "W/4"),
-                "prompt_keys": (None, "H/4*W/4", None), "prompt_values": (None, "H/4*W/4", None)},
+                "prompt_keys": (None, None, None, "H/4*W/4"), "prompt_values": (None, None, "H/4*W/4", None)},
     "object_decoder": {"features": (None, None, "T*H/4", "W/4"), "mask_logits": (None, None, "T*H/4", "W/4")},
-    "prompt_decoder": {"features": (None, None, "H/4", "W/4"), "prompt_keys": (None, "H/4*W/4", None),
-                       "prompt_values": (None, "H/4*W/4", None), "boxes": (None, "num_prompts", None),
+    "prompt_decoder": {"features": (None, None, "H/4", "W/4"), "prompt_keys": (None, None, None, "H/4*W/4"),
+                       "prompt_values": (None, None, "H/4*W/4", None), "boxes": (None, "num_prompts", None),
                        "mask_logits": (None, "num_prompts", "H/4", "W/4"), "iou": (None, "num_prompts")},
 }
 """Readable names of the symbolic dims at each graph's inputs and outputs (what the manifest shows)."""

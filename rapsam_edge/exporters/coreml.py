@@ -60,7 +60,7 @@ from ..runtime.torch_backend import TorchBackend
 from ..verify import verify_graphs
 from .canvas import dynamic_coord_features
 from .coreml_compress import W8A8Encoder, calibration_images, compress_weights, simulated_model, w8a8_encoder
-from .graphs import GRAPH_IO, build_graph, example_inputs
+from .graphs import GRAPH_IO, build_graph, example_inputs, prompt_memory_shapes
 from .options import CoreMLOptions
 from .request import ExportRequest, ExportResult
 
@@ -141,7 +141,8 @@ class _Fp16Selector:
 
 
 # ---- conversion ----------------------------------------------------------------------------------------
-def enumerated_shapes(graph: str, canvas: CanvasSpec, hidden_dim: int = 256) -> dict[str, list[tuple[int, ...]]]:
+def enumerated_shapes(graph: str, canvas: CanvasSpec, hidden_dim: int = 256,
+                      heads: int = 8) -> dict[str, list[tuple[int, ...]]]:
     """Input name -> its shape at every enumerated canvas (the default, the deployment size, first); the boxes
     keep their fixed prompt slots and the object decoder one frame."""
     assert canvas.sizes is not None
@@ -150,8 +151,8 @@ def enumerated_shapes(graph: str, canvas: CanvasSpec, hidden_dim: int = 256) -> 
         return {"image": [(1, 3, h, w) for h, w in sizes]}
     out: dict[str, list[tuple[int, ...]]] = {"features": [(1, hidden_dim, h // 4, w // 4) for h, w in sizes]}
     if graph == "prompt_decoder":
-        keys: list[tuple[int, ...]] = [(1, (h // 4) * (w // 4), hidden_dim) for h, w in sizes]
-        out.update(prompt_keys=keys, prompt_values=list(keys))
+        memory = [prompt_memory_shapes(hidden_dim, heads, (h // 4) * (w // 4)) for h, w in sizes]
+        out.update({name: [m[name] for m in memory] for name in ("prompt_keys", "prompt_values")})
     return out
 
 
@@ -166,7 +167,7 @@ def _export_dims(graph: str, canvas: CanvasSpec) -> dict[str, Any]:
     hw = {2: Dim("h4", min=lo[0] // 4, max=hi[0] // 4), 3: Dim("w4", min=lo[1] // 4, max=hi[1] // 4)}
     if graph == "object_decoder":
         return {"features": hw}
-    return {"features": hw, "prompt_keys": {1: Dim.AUTO}, "prompt_values": {1: Dim.AUTO}, "boxes": None}
+    return {"features": hw, "prompt_keys": {3: Dim.AUTO}, "prompt_values": {2: Dim.AUTO}, "boxes": None}
 
 
 def convert_graph(module: torch.nn.Module, graph: str, example: tuple[torch.Tensor, ...], precision: str,
@@ -187,7 +188,7 @@ def convert_graph(module: torch.nn.Module, graph: str, example: tuple[torch.Tens
         if graph == "encoder":
             assert canvas.max_size is not None  # CanvasSpec sets it from the enumerated sizes
             coords = dynamic_coord_features(model, canvas.max_size)
-        shapes = enumerated_shapes(graph, canvas, example[0].shape[1] if graph != "encoder" else 256)
+        shapes = enumerated_shapes(graph, canvas, model.config.hidden_dim, model.config.num_heads)
     t0 = time.perf_counter()
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
@@ -289,7 +290,8 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
             details["prompt_slots"] = slots
         if enumerated:
             details["enumerated_shapes"] = {n: [list(s) for s in v] for n, v in
-                                            enumerated_shapes(graph, canvas, model.config.hidden_dim).items()}
+                                            enumerated_shapes(graph, canvas, model.config.hidden_dim,
+                                                              model.config.num_heads).items()}
         if graph == "object_decoder":
             details["frames"] = 1
         if compress == "w8a8" and graph == "encoder":
@@ -307,8 +309,9 @@ def expected_io(model: RapSam, slots: int, size: tuple[int, int]) -> dict[str, d
     cheap)."""
     h, w = size
     c, hw = model.config.hidden_dim, (h // 4) * (w // 4)
-    out = {"encoder": {"image": [1, 3, h, w], "features": [1, c, h // 4, w // 4], "prompt_keys": [1, hw, c],
-                       "prompt_values": [1, hw, c]}}
+    memory = prompt_memory_shapes(c, model.config.num_heads, hw)
+    out = {"encoder": {"image": [1, 3, h, w], "features": [1, c, h // 4, w // 4],
+                       **{name: list(shape) for name, shape in memory.items()}}}
     for graph in ("object_decoder", "prompt_decoder"):
         ex = example_inputs(graph, model, size, num_prompts=slots)
         with torch.no_grad():

@@ -21,6 +21,14 @@ class GraphIO:
     outputs: tuple[str, ...]
 
 
+def prompt_memory_shapes(hidden_dim: int, heads: int, hw: int) -> dict[str, tuple[int, ...]]:
+    """The shapes of the prompt keys/values at ``hw`` = H/4*W/4 feature pixels: per head, in the layout the
+    prompt decoder multiplies them in (keys (1, heads, C/heads, hw), values (1, heads, hw, C/heads)), so a click
+    re-lays out nothing image-sized (model.layers.project_kv_heads)."""
+    d = hidden_dim // heads
+    return {"prompt_keys": (1, heads, d, hw), "prompt_values": (1, heads, hw, d)}
+
+
 GRAPH_IO: dict[str, GraphIO] = {
     "encoder": GraphIO(("image",), ("features", "prompt_keys", "prompt_values")),
     "object_decoder": GraphIO(("features",), ("cls_logits", "mask_logits", "queries")),
@@ -30,8 +38,9 @@ GRAPH_IO: dict[str, GraphIO] = {
 
 class EncoderGraph(nn.Module):
     """image (1, 3, H, W) RGB 0..255 (letterboxed, mean-padded) -> features (1, 256, H/4, W/4),
-    prompt_keys / prompt_values (1, H/4*W/4, 256): the prompt adapter's per-pixel projections, computed
-    once per image so a click only pays for its own query (design.md §7)."""
+    prompt_keys (1, 8, 32, H/4*W/4) / prompt_values (1, 8, H/4*W/4, 32): the prompt adapter's per-pixel
+    projections per head, computed once per image and laid out as the prompt decoder multiplies them, so a
+    click only pays for its own query (design.md §7)."""
 
     def __init__(self, model: RapSam):
         super().__init__()
@@ -56,7 +65,7 @@ class ObjectDecoderGraph(nn.Module):
 
 
 class PromptDecoderGraph(nn.Module):
-    """features (1, 256, h, w), prompt_keys / prompt_values (1, h*w, 256), boxes (1, K, 4) normalised
+    """features (1, 256, h, w), prompt_keys (1, 8, 32, h*w) / prompt_values (1, 8, h*w, 32), boxes (1, K, 4) normalised
     cxcywh (a click is a 6-pixel box made on the host) -> mask_logits (1, K, h, w), iou (1, K)."""
 
     def __init__(self, model: RapSam):
@@ -86,8 +95,9 @@ def example_inputs(graph: str, model: RapSam, size: tuple[int, int], num_prompts
     if graph == "object_decoder":
         return (features,)
     boxes = torch.rand(1, num_prompts, 4, generator=g) * torch.tensor([0.8, 0.8, 0.05, 0.05]) + 0.1
-    keys = torch.randn(1, hf * wf, c, generator=g)
-    return features, keys, torch.randn(1, hf * wf, c, generator=g), boxes
+    shapes = prompt_memory_shapes(c, model.config.num_heads, hf * wf)
+    keys = torch.randn(*shapes["prompt_keys"], generator=g)
+    return features, keys, torch.randn(*shapes["prompt_values"], generator=g), boxes
 
 
 def build_graph(graph: str, model: RapSam) -> nn.Module:

@@ -140,7 +140,7 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
     folder = root / "tensorrt"
     folder.mkdir(parents=True, exist_ok=True)
     specs = engine_specs(precision, opts)
-    hidden = model.config.hidden_dim
+    hidden, heads = model.config.hidden_dim, model.config.num_heads
     arts = []
     with tempfile.TemporaryDirectory(prefix="rapsam-trt-") as tmp:
         for done, spec in enumerate(specs):
@@ -153,13 +153,13 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
                 details = _write_fp16(model, spec.graph, Path(tmp), dst, opts.canvas)
             details.update(check_onnx(model, spec.graph, dst, spec.precision, opts.prompt_slots, opts.canvas))
             details["canvas"] = opts.canvas.to_dict()
-            details["shape_profiles"] = [dataclasses.asdict(p) for p in shape_profiles(spec.graph, opts, hidden)]
+            details["shape_profiles"] = [dataclasses.asdict(p) for p in shape_profiles(spec.graph, opts, hidden, heads)]
             art = onnx_artifact(spec.graph, f"tensorrt/{spec.onnx}", spec.precision, details, root)
             arts.append(dataclasses.replace(art, format=FORMAT))
     reasons = {f"{a.graph}: {k}": v for a in arts for k, v in a.details["tensorrt_min_reasons"].items()}
     reasons["strongly typed build (--stronglyTyped)"] = version_text(MIN_TRT_STRONGLY_TYPED)
     trt_min = max(reasons.values(), key=lambda v: tuple(int(x) for x in v.split(".")))
-    lines = [trtexec_line(s, opts, hidden) for s in specs]
+    lines = [trtexec_line(s, opts, hidden, heads) for s in specs]
     script = folder / f"build_{precision}.sh"
     script.write_text(build_script(name, precision, opts, lines, trt_min))
     script.chmod(0o755)
@@ -167,7 +167,7 @@ def export_target(model: RapSam, root: Path, precision: str, req: ExportRequest)
         "options": opts.record(), "canvas": opts.canvas.to_dict(), "workspace_mb": opts.workspace_mb,
         "workspace_default": {p.name: {"mb": p.workspace_mb, "why": p.why} for p in devices.TENSORRT_PROFILES.values()},
         "prompt_profile": {"input": "boxes", "min": PROMPT_MIN, "opt": opts.prompt_slots, "max": PROMPT_MAX},
-        "shape_profiles": {s.graph: [dataclasses.asdict(p) for p in shape_profiles(s.graph, opts, hidden)]
+        "shape_profiles": {s.graph: [dataclasses.asdict(p) for p in shape_profiles(s.graph, opts, hidden, heads)]
                            for s in specs},
         "tensorrt_min": trt_min, "tensorrt_min_reasons": reasons, "trtexec": lines,
         "engines": {s.graph: {"plan": f"tensorrt/{s.plan}", "precision": s.precision} for s in specs},

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..bundle import GRAPHS
 from ..preprocess import CanvasSpec
+from .graphs import prompt_memory_shapes
 from .options import PROMPT_MAX, PROMPT_MIN
 
 FORMAT = "tensorrt-onnx"  # the manifest format of the engines' checked ONNX inputs (and of the build record)
@@ -56,10 +57,10 @@ class ShapeProfile:
         return f"{self.input}:{'x'.join(str(v) for v in getattr(self, which))}"
 
 
-def shape_profiles(graph: str, opts: TrtOptions, hidden_dim: int = 256) -> list[ShapeProfile]:
+def shape_profiles(graph: str, opts: TrtOptions, hidden_dim: int = 256, heads: int = 8) -> list[ShapeProfile]:
     """The profiles of a graph's dynamic inputs: K prompts always (1 / prompt slots / 64); with a dynamic canvas
     also the canvas inputs at the min / deployment / max canvas (image (1,3,H,W); features (1,C,H/4,W/4),
-    single frame; prompt keys/values (1,H/4*W/4,C))."""
+    single frame; prompt keys/values per head, exporters.graphs.prompt_memory_shapes)."""
     out = []
     if opts.dynamic:
         assert opts.canvas is not None and opts.canvas.min_size and opts.canvas.max_size
@@ -69,8 +70,8 @@ def shape_profiles(graph: str, opts: TrtOptions, hidden_dim: int = 256) -> list[
         else:
             out.append(ShapeProfile("features", *((1, hidden_dim, h // 4, w // 4) for h, w in points)))
         if graph == "prompt_decoder":
-            out += [ShapeProfile(name, *((1, (h // 4) * (w // 4), hidden_dim) for h, w in points))
-                    for name in ("prompt_keys", "prompt_values")]
+            memory = [prompt_memory_shapes(hidden_dim, heads, (h // 4) * (w // 4)) for h, w in points]
+            out += [ShapeProfile(name, *(m[name] for m in memory)) for name in ("prompt_keys", "prompt_values")]
     if graph == "prompt_decoder":
         out.append(ShapeProfile("boxes", (1, PROMPT_MIN, 4), (1, opts.prompt_slots, 4), (1, PROMPT_MAX, 4)))
     return out

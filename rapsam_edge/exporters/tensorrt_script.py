@@ -7,12 +7,12 @@ from __future__ import annotations
 from .tensorrt_engines import EngineSpec, TrtOptions, shape_profiles
 
 
-def trtexec_line(spec: EngineSpec, opts: TrtOptions, hidden_dim: int = 256) -> str:
+def trtexec_line(spec: EngineSpec, opts: TrtOptions, hidden_dim: int = 256, heads: int = 8) -> str:
     """The trtexec command that builds ``spec``'s engine (tensorrt_build.build_engine is its Python-API twin)."""
     args = ["trtexec", f"--onnx={spec.onnx}", f"--saveEngine={spec.plan}"]
     args += spec.weak_flags or ["--stronglyTyped"]
     args.append(f"--memPoolSize=workspace:{opts.workspace_mb}M")
-    profiles = shape_profiles(spec.graph, opts, hidden_dim)
+    profiles = shape_profiles(spec.graph, opts, hidden_dim, heads)
     if profiles:
         args += [f"--{which}Shapes={','.join(p.flag(which) for p in profiles)}" for which in ("min", "opt", "max")]
     if spec.dla is not None:

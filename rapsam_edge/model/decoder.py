@@ -16,12 +16,12 @@ from torch import Tensor, nn
 from .layers import (
     FFN,
     KernelUpdator,
-    attend,
+    attend_heads,
     fc_norm_relu,
     mask_pool,
     mask_product,
     mlp,
-    project_kv,
+    project_kv_heads,
     self_attend,
     self_attend_isolated,
 )
@@ -120,8 +120,9 @@ class Decoder(nn.Module):
         return outs
 
     def prompt_memory(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """Prompt-independent keys/values of the prompt adapter, (B, h*w, C) each; compute once per image."""
-        return project_kv(features, self.prompt_attn)
+        """Prompt-independent keys (B, heads, C/heads, h*w) and values (B, heads, h*w, C/heads) of the prompt
+        adapter (:func:`~.layers.project_kv_heads`); compute once per image."""
+        return project_kv_heads(features, self.prompt_attn)
 
     def forward_prompts(self, features: Tensor, queries: Tensor,
                         memory: tuple[Tensor, Tensor] | None = None) -> list[StageOutput]:
@@ -129,7 +130,7 @@ class Decoder(nn.Module):
         outs = self._stages(features, queries, isolated=True)
         last = outs[-1]
         k, v = memory if memory is not None else self.prompt_memory(features)
-        k_p = self.prompt_norm(last.queries + attend(last.queries, k, v, self.prompt_attn))
+        k_p = self.prompt_norm(last.queries + attend_heads(last.queries, k, v, self.prompt_attn))
         iou = self.prompt_iou(k_p).squeeze(-1)
         outs.append(StageOutput(last.cls_embed, mask_product(k_p, features), iou, k_p))
         return outs

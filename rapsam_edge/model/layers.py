@@ -87,24 +87,46 @@ def mask_pool(mask_logits: Tensor, features: Tensor) -> Tensor:
     return hard @ features.reshape(b, c, h * w).transpose(1, 2)
 
 
-def project_kv(features: Tensor, attn: nn.MultiheadAttention) -> tuple[Tensor, Tensor]:
-    """Key/value projections of every pixel of (B, C, h, w) -> two (B, h*w, C) tensors.
+def project_kv_heads(features: Tensor, attn: nn.MultiheadAttention) -> tuple[Tensor, Tensor]:
+    """Per-head key/value projections of every pixel of (B, C, h, w): keys (B, heads, C/heads, h*w) and values
+    (B, heads, h*w, C/heads).
 
-    They do not depend on the prompts, so a deployment computes them once per image (design.md §7).
+    They do not depend on the prompts, so a deployment computes them once per image (design.md §7), and in
+    the layout :func:`attend_heads` multiplies them in: a click then reads them as they are instead of
+    re-laying out two (h*w, C) tensors (26 MB each at 640) on every call. The keys need no transpose at all
+    (``W_k @ F`` is already channels-first); the values take one, once per image.
     """
-    c = attn.embed_dim
-    tokens = features.flatten(2).transpose(1, 2)
+    c, heads = attn.embed_dim, attn.num_heads
+    b = features.shape[0]
+    f = features.flatten(2)
     w, bias = attn.in_proj_weight, attn.in_proj_bias
-    k = F.linear(tokens, w[c:2 * c], bias[c:2 * c])
-    v = F.linear(tokens, w[2 * c:], bias[2 * c:])
-    return k, v
+    keys = (w[c:2 * c] @ f + bias[c:2 * c, None]).reshape(b, heads, c // heads, -1)
+    values = (w[2 * c:] @ f + bias[2 * c:, None]).reshape(b, heads, c // heads, -1).transpose(-1, -2)
+    return keys, values
+
+
+def attend_heads(query: Tensor, keys: Tensor, values: Tensor, attn: nn.MultiheadAttention) -> Tensor:
+    """Multi-head attention of (B, N, C) queries over the per-head keys/values of :func:`project_kv_heads`.
+
+    Equal to ``attn(query, key, value)`` of ``nn.MultiheadAttention`` (dropout 0, batch-first) up to float
+    rounding: the 1/sqrt(d) scale is folded into the query projection (a constant in an exported graph), so
+    the only per-call tensors re-laid out are the N queries' own.
+    """
+    c, heads = attn.embed_dim, attn.num_heads
+    d = c // heads
+    b, n, _ = query.shape
+    scale = d ** -0.5
+    q = F.linear(query, attn.in_proj_weight[:c] * scale, attn.in_proj_bias[:c] * scale)
+    q = q.reshape(b, n, heads, d).transpose(1, 2)
+    out = ((q @ keys).softmax(dim=-1) @ values).transpose(1, 2).reshape(b, n, c)
+    return attn.out_proj(out)
 
 
 def attend(query: Tensor, k: Tensor, v: Tensor, attn: nn.MultiheadAttention) -> Tensor:
     """Multi-head attention of (B, N, C) queries over pre-projected (B, L, C) keys/values, batch-first.
 
-    Equal to ``attn(query, key, value)`` of ``nn.MultiheadAttention`` (dropout 0) when k, v come from
-    :func:`project_kv` or the same in-projection.
+    Equal to ``attn(query, key, value)`` of ``nn.MultiheadAttention`` (dropout 0) when k, v come from the
+    same in-projection (the object path's self-attention).
     """
     c, heads = attn.embed_dim, attn.num_heads
     d = c // heads

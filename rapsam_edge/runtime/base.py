@@ -6,8 +6,9 @@ so differences between backends are differences between graphs.
 
 One contract for every backend (design.md §7): ``encode`` returns exactly the encoder graph's outputs,
 :data:`ENCODER_OUTPUTS` — ``features`` and the prompt adapter's key/value projections of every pixel,
-``prompt_keys`` / ``prompt_values`` ((1, h*w, 256) each). They depend only on the image, so computing them once
-per image makes a click cost only the per-prompt work. The decoders are pure functions of their inputs:
+``prompt_keys`` (1, 8, 32, h*w) and ``prompt_values`` (1, 8, h*w, 32), per head and already in the layout the
+prompt decoder multiplies them in. They depend only on the image, so computing them once per image makes a
+click cost only the per-prompt work, with no image-sized re-layout. The decoders are pure functions of their inputs:
 ``decode_prompts`` reads the whole ``encode`` result and writes nothing into it.
 """
 
@@ -34,7 +35,8 @@ class Backend(ABC):
     @abstractmethod
     def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """image (1, 3, H, W) float32 RGB 0..255, letterboxed -> {"features": (1, 256, H/4, W/4),
-        "prompt_keys" / "prompt_values": (1, h*w, 256) with h, w = H/4, W/4} float32: the encoder graph's outputs."""
+        "prompt_keys": (1, 8, 32, h*w), "prompt_values": (1, 8, h*w, 32) with h, w = H/4, W/4} float32: the encoder
+        graph's outputs."""
 
     @abstractmethod
     def decode_objects(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
