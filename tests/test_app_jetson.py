@@ -43,7 +43,8 @@ def app():
 # -------------------------------------------------------------------------------------------------- arguments
 def test_arguments(app, tmp_path):
     args = app.parse_args([str(tmp_path)])
-    assert args.source == "0" and args.precision == "fp16" and args.click == [] and not args.no_panoptic
+    assert args.source == "0" and args.precision == "fp16" and args.click == []
+    assert args.panoptic and not args.rebuild and not args.show  # the --x/--no-x switches' defaults
     args = app.parse_args([str(tmp_path), "--source", "csi", "--click", "10,20.5", "--click", "3,4", "--no-panoptic",
                            "--frames", "100", "--workspace", "512", "--precision", "int8"])
     assert args.click == [(10.0, 20.5), (3.0, 4.0)] and args.frames == 100 and args.workspace == 512

@@ -53,8 +53,14 @@ def test_report_schema(bench_run, bench_bundle):
     res, out, doc = bench_run
     assert res.exit_code == 0, res.output
     assert doc["schema"] == report.SCHEMA and doc["exit_code"] == 0
-    assert doc["command"].startswith("rapsam-edge") and doc["device"] == {"requested": "cpu",
-                                                                                         "profile": "cpu"}
+    # the command as typed (rebuilt from what click parsed: sys.argv is pytest's here)
+    assert doc["command"].startswith(f"rapsam-edge bench --bundle {bench_bundle} ") and "--data none" in doc["command"]
+    assert doc["device"] == {"requested": "cpu", "profile": "cpu"}
+    floor = doc["settings"]["click_floor"]  # the click's memory floor, and each row's K=1 time as a multiple of it
+    assert floor["image_bytes"] > 0 and floor["bandwidth_gbs"] > 0 and floor["floor_ms"] > 0
+    for row in doc["formats"]:
+        k1 = row["latency"]["prompt_k1"]["median_ms"]
+        assert row["latency"]["floor"]["prompt_k1_x"] == pytest.approx(k1 / floor["floor_ms"], rel=0.01, abs=0.01)
     bundle = load_bundle(bench_bundle)
     b = doc["bundle"]
     assert b["manifest_sha256"] == bundle.manifest_hash() and b["path"] == str(bench_bundle)

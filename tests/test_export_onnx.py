@@ -107,6 +107,10 @@ def test_tampered_or_foreign_bundles_are_named(bundle_dir, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="schema version 99"):
         load_bundle(copy)
+    manifest["schema_version"] = 1  # keys/values as (1, h*w, 256): the prompt decoder of today cannot read them
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"before the prompt keys/values were laid out per head .*re-export"):
+        load_bundle(copy)
     with pytest.raises(BundleError, match="not a rapsam-edge bundle"):
         load_bundle(tmp_path)
 
@@ -348,6 +352,7 @@ def test_cast_round_trips_between_fp32_nodes_are_bypassed():
     assert remove_cast_round_trips(model) == 1
     nodes = {node.name: node for node in model.graph.node}
     assert list(nodes["b"].input) == ["a"] and "to32" not in nodes
+    assert "to16" not in nodes  # its only reader went, so it goes too (a dangling Cast used to stay)
     assert {"out16", "out32"} <= set(nodes)  # z is a graph output: kept as the converter wrote it
 
 

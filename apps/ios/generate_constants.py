@@ -204,15 +204,16 @@ The bundle comes from `rapsam-edge export --target coreml`. See apps/ios/README.
     ap.add_argument("bundle", type=Path, help="bundle folder written by `rapsam-edge export --target coreml`")
     ap.add_argument("--precision", default="fp16",
                     help="CoreML artifact precision: fp16, fp32, fp16-int8, fp16-palette4, ... (default: %(default)s)")
-    ap.add_argument("--no-copy", action="store_true",
-                    help="write the constants only, not the packages (default: copy them)")
+    ap.add_argument("--copy", action=argparse.BooleanOptionalAction, default=True,
+                    help="copy the packages next to the constants; --no-copy writes the constants only "
+                         "(default: %(default)s)")
     args = ap.parse_args(argv)
     try:
-        c = generate(args.bundle, args.precision, copy=not args.no_copy)
+        c = generate(args.bundle, args.precision, copy=args.copy)
     except (GeneratorError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     print(f"wrote {CONSTANTS} ({len(c['classNames'])} classes, {c['promptSlots']} prompt slots, "
-          f"{c['inputHeight']}x{c['inputWidth']})" + ("" if args.no_copy else f" and {RESOURCES}/"))
+          f"{c['inputHeight']}x{c['inputWidth']})" + (f" and {RESOURCES}/" if args.copy else ""))
 
 
 if __name__ == "__main__":

@@ -74,23 +74,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--click", type=parse_click, action="append", default=[], metavar="X,Y",
                     help="prompt the decoder at this point every frame, in frame pixels (repeat: all in one call; "
                          "default: none)")
-    ap.add_argument("--no-panoptic", action="store_true",
-                    help="skip the object decoder: clicks only (default: panoptic every frame)")
+    ap.add_argument("--panoptic", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the object decoder every frame; --no-panoptic: clicks only (default: %(default)s)")
     ap.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
     ap.add_argument("--print-every", type=int, default=30,
                     help="frames between FPS / power lines (default: %(default)s)")
     ap.add_argument("--workspace", type=int, default=None,
                     help="TensorRT builder workspace in MB (default: the export's, 1024 for jetson)")
-    ap.add_argument("--rebuild", action="store_true",
-                    help="rebuild the engines even if cached ones fit this device (default: reuse them)")
+    ap.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=False,
+                    help="rebuild the engines even if cached ones fit this device (default: %(default)s, reuse them)")
     ap.add_argument("--tegrastats-interval", type=int, default=500,
                     help="ms between tegrastats samples (default: %(default)s)")
-    ap.add_argument("--show", action="store_true",
-                    help="show the overlay in an OpenCV window; a click there adds a point (default: no window)")
+    ap.add_argument("--show", action=argparse.BooleanOptionalAction, default=False,
+                    help="show the overlay in an OpenCV window; a click there adds a point (default: %(default)s)")
     ap.add_argument("--report", type=Path, default=None,
                     help="also write the run's summary JSON here (default: printed only)")
     args = ap.parse_args(argv)
-    if args.no_panoptic and not args.click and not args.show:
+    if not args.panoptic and not args.click and not args.show:
         ap.error("--no-panoptic needs --click or --show (otherwise there is nothing to run).")
     for name in ("frames", "print_every", "workspace", "tegrastats_interval"):
         value = getattr(args, name)
@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
             t0 = time.perf_counter()
             pipe.set_image(frame)
-            pan = None if args.no_panoptic else pipe.panoptic()
+            pan = pipe.panoptic() if args.panoptic else None
             inside = [c for c in clicks if 0 <= c[0] < frame.shape[1] and 0 <= c[1] < frame.shape[0]]
             seg = pipe.segment(points=np.array(inside)) if inside else None
             dt = time.perf_counter() - t0
@@ -339,7 +339,7 @@ def summarize(times: list[float], power_mw: list[int], backend: dict[str, Any], 
               args: argparse.Namespace) -> dict[str, Any]:
     warm = times[1:] if len(times) > 1 else times  # the first frame pays CUDA/TensorRT start-up
     out: dict[str, Any] = {"frames": len(times), "engines": dataclasses.asdict(plan), "backend": backend,
-                           "task": {"panoptic": not args.no_panoptic, "clicks": len(args.click)}}
+                           "task": {"panoptic": args.panoptic, "clicks": len(args.click)}}
     if warm:
         med = statistics.median(warm)
         out.update(median_ms=round(1000 * med, 2), fps=round(1 / med, 2), first_frame_ms=round(1000 * times[0], 1))

@@ -16,8 +16,6 @@ The library prints nothing: ``progress`` receives the stages, formats and items 
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 import time
 import typing
 from dataclasses import dataclass, field
@@ -103,7 +101,7 @@ class BenchRequest:
     compute_units: str = "all"
     plots: bool = True
     make: prepare.MakeSpec | None = None  # the no-bundle default: what to export and calibrate
-    command: str = field(default_factory=lambda: shlex.join(["rapsam-edge", *sys.argv[1:]]))
+    command: str = "rapsam-edge bench"  # the CLI passes the invocation as typed (cli.common.invocation)
 
     def validated(self) -> BenchRequest:
         bad = [t for t in self.tasks if t not in accuracy.TASKS]

@@ -92,4 +92,4 @@ def click_floor(prompt_decoder: Path, input_shapes: dict[str, tuple[int, ...]], 
     working = sum(sizes.values())
     bandwidth = read_bandwidth(working, threads)
     return ClickFloor(reads, weights, round(working / 1e6, 1), round(bandwidth, 2), threads,
-                      round((reads + weights) / (bandwidth * 1e9) * 1e3, 2))
+                      round((reads + weights) / (bandwidth * 1e9) * 1e3, 4))

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .common import console, examples, fail, names, switch
+from .common import console, examples, fail, invocation, names, switch
 from .next_steps import after_bench
 from .render import print_bench
 from .render.bench import print_written
@@ -25,6 +25,7 @@ EXAMPLES = examples(
 
 
 def bench(
+    ctx: typer.Context,
     bundle: Annotated[Path | None, typer.Option(help="Exported bundle. None: export + calibrate + bench the embedded "
                                                      "default (rapsam_r18_lite with --checkpoint, else seeded RANDOM "
                                                      "weights, labelled so) into OUT/bundles.")] = None,
@@ -99,7 +100,7 @@ def bench(
         fail("--config / --checkpoint / --imgsz describe the default bundle made without --bundle; the bundle "
              f"{bundle} already fixes them.")
     req = BenchRequest(
-        bundle=bundle, device=device, formats=formats, data=data, subset=subset, limit=limit,
+        command=invocation(ctx), bundle=bundle, device=device, formats=formats, data=data, subset=subset, limit=limit,
         video_data=video_data, video_mode=video_mode, tasks=names(tasks), runs=runs, warmup=warmup,
         threads=threads or None, drift_images=drift_images, protocol_images=protocol_images, protocol=protocol,
         out=out, cold_start=cold_start, make_missing=make_missing, compute_units=compute_units,

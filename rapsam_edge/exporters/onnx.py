@@ -138,11 +138,13 @@ def remove_cast_round_trips(model: onnx.ModelProto) -> int:
         for i, name in enumerate(node.input):
             if name in rename:
                 node.input[i] = rename[name]
-    used = {i for n in model.graph.node for i in n.input} | graph_outputs
-    kept = [n for n in model.graph.node if not (n.op_type == "Cast" and all(o not in used for o in n.output))]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    return len(rename)
+    while True:  # the bypassed fp16->fp32 Cast goes first; then its fp32->fp16 Cast has no reader left either
+        used = {i for n in model.graph.node for i in n.input} | graph_outputs
+        kept = [n for n in model.graph.node if not (n.op_type == "Cast" and all(o not in used for o in n.output))]
+        if len(kept) == len(model.graph.node):
+            return len(rename)
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
 
 
 def pooling_matmuls(model: onnx.ModelProto) -> list[str]:
