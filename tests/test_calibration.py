@@ -275,7 +275,8 @@ def test_nncf_backend_meets_the_flavour(tiny_onnx_bundle, calib_images, tmp_path
 def test_exclusions_are_derived_from_the_object_decoder_graph(tiny_onnx_bundle):
     model = onnx.load(str(tiny_onnx_bundle / "object_decoder.onnx"))
     counts = {op: sum(n.op_type == op for n in model.graph.node) for op in ("LayerNormalization", "Softmax")}
-    derived = excl.derive(model)
+    derived = excl.derive(model, [*excl.DEFAULT_RULES, "mask_products"])
+    assert "mask_products" not in excl.DEFAULT_RULES  # opt-in: the object decoder's bulk (exclusions.py)
     assert len(derived["layernorm"]) == counts["LayerNormalization"] and len(derived["softmax"]) == counts["Softmax"]
     assert len(derived["attention"]) == 2 * counts["Softmax"]  # q·kᵀ into and p·v out of each softmax
     assert len(derived["classifier"]) == 1 and derived["first_conv"] == []

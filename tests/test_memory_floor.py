@@ -22,7 +22,8 @@ def _graph():
              helper.make_node("MatMul", ["a", "y"], ["d"])]
     f = TensorProto.FLOAT
     return helper.make_model(helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", f, [1, 4, 8]), helper.make_tensor_value_info("y", f, [1, 8, 2])],
+        nodes, "g",
+        [helper.make_tensor_value_info("x", f, [1, 4, 8]), helper.make_tensor_value_info("y", f, [1, 8, 2])],
         [helper.make_tensor_value_info(o, f, None) for o in ("b", "c", "d")], [w, shape]))
 
 

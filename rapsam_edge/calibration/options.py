@@ -59,7 +59,7 @@ class CalibrationOptions:
             manifest's ``backend``): ``ort`` (onnxruntime.quantization, default) or ``nncf`` (NNCF on the ONNX
             graph); the defaults of ``backend`` and ``method`` are chosen by the measurement in the module docstring.
         flavor: :class:`~.choices.Flavor` (``cpu`` or ``tensorrt``).
-        graphs: graphs to quantize (encoder by default; object_decoder optional; never the prompt decoder).
+        graphs: graphs to quantize (the encoder and the object decoder by default; never the prompt decoder).
         exclude / include: node names added to / removed from the derived exclusion list.
         rules: exclusion rules to apply (None = the defaults of :mod:`.exclusions`).
         max_drop: metric -> largest allowed drop in points (INT8 vs FP32 on the evaluation split).
@@ -84,7 +84,7 @@ class CalibrationOptions:
     method: Method = Method.PERCENTILE  # measured default: see the module docstring
     backend: str = "ort"
     flavor: Flavor = Flavor.CPU
-    graphs: tuple[str, ...] = ("encoder",)
+    graphs: tuple[str, ...] = ("encoder", "object_decoder")
     exclude: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
     rules: tuple[str, ...] | None = None

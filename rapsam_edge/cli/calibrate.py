@@ -36,7 +36,8 @@ def calibrate(
     backend: Annotated[str, typer.Option(help="ort (onnxruntime.quantization) | nncf (NNCF on the ONNX "
                                               "graph).")] = "ort",
     flavor: Annotated[str, typer.Option(help="cpu (U8S8, fast onnxruntime x86) | tensorrt (S8S8 symmetric).")] = "cpu",
-    graphs: Annotated[str, typer.Option(help="Graphs to quantize: encoder[,object_decoder].")] = "encoder",
+    graphs: Annotated[str, typer.Option(help="Graphs to quantize: encoder, object_decoder or both."
+                                        )] = "encoder,object_decoder",
     max_drop: Annotated[list[str] | None, typer.Option(help="METRIC=POINTS (pq, miou, sq, rq); repeatable. "
                                                              "Moves sensitive layers back to float until met.",
                                                         show_default="none: no accuracy control")] = None,
@@ -44,10 +45,11 @@ def calibrate(
     include: Annotated[str | None, typer.Option(help="NODE,... quantized although the rules exclude them.")] = None,
     exclusions_file: Annotated[Path | None, typer.Option(help='JSON {"exclude": [...], "include": [...]}, added '
                                                               'to --exclude / --include.')] = None,
-    rules: Annotated[str | None, typer.Option(help="Exclusion rules to apply (default: first_conv, layernorm, "
-                                                   "softmax, attention, attention_kv, mask_products, classifier; "
-                                                   "attention_kv_outputs is opt-in); 'none' for none.",
-                                              show_default="all but attention_kv_outputs")] = None,
+    rules: Annotated[str | None, typer.Option(help="Exclusion rules to apply (default: shape_only, first_conv, "
+                                                   "layernorm, batchnorm, softmax, attention, attention_kv, "
+                                                   "classifier; attention_kv_outputs and mask_products are opt-in); "
+                                                   "'none' for none.",
+                                              show_default="all but attention_kv_outputs, mask_products")] = None,
     eval_data: Annotated[Path | None, typer.Option(help="Evaluation COCO layout of --max-drop / --evaluate.",
                                                    show_default="../shared/data/coco_mini when present")] = None,
     eval_subset: Annotated[str | None, typer.Option(help="splits.json id list of the evaluation split.",
