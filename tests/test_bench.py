@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ASTRONAUT
@@ -227,12 +228,26 @@ def test_max_drop_is_measured_from_the_reference_row():
 
 
 def test_targets_say_by_how_much_they_are_missed():
-    def row(name: str, enc: float, k1: float, k16: float) -> FormatRow:
-        latency = {m: {"median_ms": v} for m, v in (("encoder", enc), ("prompt_k1", k1), ("prompt_k16", k16))}
+    def row(name: str, enc: float, k1: float, k16: float, obj: float = 100, floor_x: float | None = None) -> FormatRow:
+        latency: dict[str, Any] = {m: {"median_ms": v} for m, v in (
+            ("encoder", enc), ("prompt_k1", k1), ("prompt_k16", k16), ("object_decoder", obj),
+            ("panoptic_e2e", enc + obj))}
+        if floor_x is not None:
+            latency["floor"] = {"prompt_k1_x": floor_x}
         return FormatRow(name, FORMATS[name].backend, FORMATS[name].precision, latency=latency)
 
-    rows = [row("torch", 300, 10, 20), row("onnx-fp32", 160, 5, 10), row("onnx-int8-cpu", 120, 5, 20)]
+    rows = [row("torch", 300, 10, 20), row("onnx-fp32", 160, 5, 10, 140, floor_x=1.5),
+            row("onnx-int8-cpu", 120, 5, 20, 70, floor_x=2.5)]
     by = {(t["target"], t["format"]): t for t in report.targets(rows)}
+    obj = by[("INT8 (cpu flavour) object decoder speed-up vs onnxruntime FP32", "onnx-int8-cpu")]
+    assert obj["met"] and obj["value"] == 2.0
+    frame = by[("INT8 (cpu flavour) panoptic frame (encoder + object decoder) speed-up vs onnxruntime FP32",
+                "onnx-int8-cpu")]
+    assert not frame["met"] and frame["value"] == pytest.approx(300 / 190, abs=1e-3) and "needs 1.14x" in frame[
+        "missed_by"]
+    assert by[("prompt decoder K=1 / its memory floor", "onnx-fp32")]["met"]
+    assert "over by 1.25x" in by[("prompt decoder K=1 / its memory floor", "onnx-int8-cpu")]["missed_by"]
+    assert ("prompt decoder K=1 / its memory floor", "torch") not in by  # no floor measured for that row
     vs_fp32 = by[("INT8 (cpu flavour) encoder speed-up vs onnxruntime FP32", "onnx-int8-cpu")]
     assert not vs_fp32["met"] and vs_fp32["value"] == pytest.approx(1.333, abs=1e-3)
     assert "needs 1.20x" in vs_fp32["missed_by"]

@@ -61,6 +61,13 @@ def targets(rows: list[FormatRow]) -> list[dict[str, Any]]:
         if int8 and ref_ms is not None:  # a row without an encoder measure has no speed-up to judge
             out.append(_target(f"INT8 (cpu flavour) encoder speed-up vs {title}", "onnx-int8-cpu",
                                ref_ms / int8, threshold, True, "x"))
+    if "onnx-int8-cpu" in by and BASELINE in by:  # issue 15: the object decoder in INT8 too, and the whole frame
+        for measure, title, threshold in (("object_decoder", "object decoder", 1.6),
+                                          ("panoptic_e2e", "panoptic frame (encoder + object decoder)", 1.8)):
+            int8_ms, fp32_ms = _median(by["onnx-int8-cpu"], measure), _median(by[BASELINE], measure)
+            if int8_ms and fp32_ms:
+                out.append(_target(f"INT8 (cpu flavour) {title} speed-up vs onnxruntime FP32", "onnx-int8-cpu",
+                                   fp32_ms / int8_ms, threshold, True, "x"))
     for name, row in by.items():
         enc, k1, k16 = (_median(row, m) for m in ("encoder", "prompt_k1", "prompt_k16"))
         if enc and k1:
