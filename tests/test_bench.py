@@ -59,7 +59,7 @@ def test_report_schema(bench_run, bench_bundle):
     assert doc["device"] == {"requested": "cpu", "profile": "cpu"}
     floor = doc["settings"]["click_floor"]  # the click's memory floor, and each row's K=1 time as a multiple of it
     assert floor["image_bytes"] > 0 and floor["bandwidth_gbs"] > 0 and floor["floor_ms"] > 0
-    for row in doc["formats"]:
+    for row in (r for r in doc["formats"] if r["latency"]):
         k1 = row["latency"]["prompt_k1"]["median_ms"]
         assert row["latency"]["floor"]["prompt_k1_x"] == pytest.approx(k1 / floor["floor_ms"], rel=0.01, abs=0.01)
     bundle = load_bundle(bench_bundle)
@@ -76,14 +76,14 @@ def test_report_schema(bench_run, bench_bundle):
     assert system["profile"]["threads"] == 1
     rows = {r["format"]: r for r in doc["formats"]}
     assert list(rows) == FORMAT_ORDER
-    graphs = {"torch": ("fp32", "fp32"), "onnx-fp32": ("fp32", "fp32"), "onnx-int8-cpu": ("int8-cpu", "fp32")}
-    for name, (encoder, decoders) in graphs.items():
+    graphs = {"torch": ("fp32", "fp32"), "onnx-fp32": ("fp32", "fp32"), "onnx-int8-cpu": ("int8-cpu", "int8-cpu")}
+    for name, (encoder, objects) in graphs.items():
         r = rows[name]
         assert r["status"] == "ok", r["reasons"]
-        precisions = {"encoder": encoder, "object_decoder": decoders, "prompt_decoder": decoders}
+        precisions = {"encoder": encoder, "object_decoder": objects, "prompt_decoder": "fp32"}
         assert r["graphs"] == precisions and r["size_mb"] == _graph_mb(bundle, precisions)
         lat = r["latency"]
-        assert set(MEASURES) <= set(lat) and {m["runs"] for k, m in lat.items() if k != "fps"} == {2}
+        assert set(MEASURES) <= set(lat) and {m["runs"] for k, m in lat.items() if k not in ("fps", "floor")} == {2}
         assert lat["encoder"]["p90_ms"] >= lat["encoder"]["median_ms"] >= lat["encoder"]["min_ms"] > 0
         assert lat["fps"] == {"panoptic": round(1000 / lat["panoptic_e2e"]["median_ms"], 2),
                               "click": round(1000 / lat["click_e2e"]["median_ms"], 2)}
@@ -104,6 +104,10 @@ def test_report_schema(bench_run, bench_bundle):
     assert lossy["summary"]["per_output"]["encoder.features"]["max_abs"] > 100 * (
         same["summary"]["per_output"]["encoder.features"]["max_abs"])
     assert lossy["summary"]["encoder_cosine"] < same["summary"]["encoder_cosine"]
+    # random weights: INT8 drift beyond the int8 tolerance is noted, not judged (a trained bundle fails the format)
+    not_judged = [n for n in doc["notes"] if n.startswith("onnx-int8-cpu: beyond the int8 tolerance")]
+    assert not_judged == ([f"onnx-int8-cpu: beyond the int8 tolerance vs PyTorch: {'; '.join(lossy['failures'])} "
+                           "(not judged on random weights)"] if lossy["failures"] else [])
     # the 128x128 deployment canvas vs the official protocol, same weights (the PyTorch reference), on the photo
     assert doc["settings"]["protocol"] == "deployment"  # a fixed-canvas bundle
     proto = doc["protocol"]

@@ -111,13 +111,15 @@ def test_cpu_flavour_is_u8_activations_s8_per_channel_weights_with_provenance(ti
     sqnr = [r["sqnr_db"] for r in sens["tensors"]]
     assert sqnr == sorted(sqnr) and {r["kind"] for r in sens["tensors"]} == {"activation", "weight"}
     assert sens["nodes"]  # the weight figures themselves: test_weight_sensitivity_is_the_rounding_on_the_scale_grid
-    # the runtime resolves int8 for the encoder and fp32 for the decoders
+    # by default the object decoder is quantized too: the runtime resolves int8 for both, fp32 for the prompt decoder
     from rapsam_edge.calibration import calibrated_artifacts
     from rapsam_edge.runtime.ort_backend import resolve_precisions
 
-    assert resolve_precisions(b, "int8-cpu") == {"encoder": "int8-cpu", "object_decoder": "fp32",
+    assert cal["graphs"] == ["encoder", "object_decoder"] and "object_decoder" in cal["exclusions"]
+    assert resolve_precisions(b, "int8-cpu") == {"encoder": "int8-cpu", "object_decoder": "int8-cpu",
                                                   "prompt_decoder": "fp32"}
-    assert calibrated_artifacts(bundle) == {"cpu": {"encoder": b.path(art)}}
+    obj = b.require("object_decoder", "onnx", "int8-cpu")
+    assert calibrated_artifacts(bundle) == {"cpu": {"encoder": b.path(art), "object_decoder": b.path(obj)}}
 
 
 def test_tensorrt_flavour_is_symmetric_s8_zero_point_0_and_writes_a_trt8_cache(bundle, calib_images, tmp_path):

@@ -4,9 +4,9 @@ A click (K=1) does ~0.15 GFLOP but reads image-sized tensors many times: the fea
 mask product and once per hard-mask pooling, the prompt keys and values once each (26 MB apiece at 640). It is
 memory-bound, so its floor is bytes / bandwidth, not FLOPs / peak. The bytes are counted on the exported
 graph itself (every node that reads an image-sized graph input, directly or through a pure layout op, reads
-all of it once), plus every weight once. The bandwidth is measured here, now, by summing a buffer the size
-of the click's distinct image-sized operands with the same thread count: the rate the memory hierarchy gives
-that working set, on the same (possibly loaded) machine as the latency it is compared with.
+all of it once), plus every weight once. The bandwidth is measured here, now, by summing a buffer the size of
+the click's distinct operands (image-sized inputs and weights) with the same thread count: the rate the memory
+hierarchy gives that working set, on the same (possibly loaded) machine as the latency it is compared with.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def click_floor(prompt_decoder: Path, input_shapes: dict[str, tuple[int, ...]], 
     model = onnx.load(str(prompt_decoder), load_external_data=True)
     sizes = {name: int(np.prod(shape)) * 4 for name, shape in input_shapes.items()}
     reads, weights = image_reads(model, sizes), weight_bytes(model)
-    working = sum(sizes.values())
-    bandwidth = read_bandwidth(working, threads)
-    return ClickFloor(reads, weights, round(working / 1e6, 1), round(bandwidth, 2), threads,
+    working = sum(sizes.values()) + weights  # every distinct tensor a click reads
+    bandwidth = float(f"{read_bandwidth(working, threads):.4g}")  # the floor below is computed from this figure
+    return ClickFloor(reads, weights, round(working / 1e6, 1), bandwidth, threads,
                       round((reads + weights) / (bandwidth * 1e9) * 1e3, 4))
