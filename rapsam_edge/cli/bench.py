@@ -94,6 +94,7 @@ def bench(
     from ..benchmarks.harness import BenchRequest, run_bench
     from ..benchmarks.prepare import MakeSpec
     from ..benchmarks.summary import BenchSummary
+    from ..bundle import load_bundle
     from .progress import bench_progress
 
     if bundle is not None and (config or checkpoint or imgsz):
@@ -113,7 +114,8 @@ def bench(
     summary = BenchSummary.of(doc)
     print_bench(summary, wide=wide)
     print_written(out, summary)
-    print_next_steps(after_bench(Path(doc["bundle"]["path"]), [r.format for r in summary.rows
-                                                               if r.status == NOT_EXPORTED]))
+    root = Path(doc["bundle"]["path"])
+    manifest = load_bundle(root).manifest if (root / "manifest.json").is_file() else None
+    print_next_steps(after_bench(root, [r.format for r in summary.rows if r.status == NOT_EXPORTED], manifest))
     if summary.exit_code or (strict and summary.failed):
         raise typer.Exit(1)

@@ -171,12 +171,20 @@ def after_predict(first_image: Path | None, size: tuple[int, int] | None, task: 
     return steps
 
 
-def after_bench(root: Path | None, not_exported: list[str]) -> list[Step]:
-    """After ``bench``: make what the bundle lacks, and put the bundle to use."""
+def after_bench(root: Path | None, not_exported: list[str], manifest: dict[str, Any] | None = None) -> list[Step]:
+    """After ``bench``: make what the bundle lacks, and put the bundle to use: in the web app, and on a Jetson (the
+    TensorRT export of the same model into the same bundle, when it has none; it succeeds off-device and prints
+    what to run on the Jetson)."""
     if root is None:
         return []
     steps = []
     if not_exported:
         steps.append(("Make the rest", f"rapsam-edge bench --bundle {q(root)} --formats {','.join(not_exported)} "
                                        "--make-missing"))
-    return steps + web_app(root)
+    steps += web_app(root)
+    has_trt = any(a.get("format") == "tensorrt-onnx" for a in (manifest or {}).get("artifacts", []))
+    if manifest is not None and not has_trt:
+        steps.append(("Jetson (TensorRT)", f"rapsam-edge export --target tensorrt --device jetson "
+                                           f"{model_flags(manifest['model'])} --out {q(root.parent)} "
+                                           f"--name {q(root.name)}"))
+    return steps
