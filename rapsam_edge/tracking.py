@@ -308,3 +308,35 @@ class OnlineTracker:
                                     masks[ok]))
             self.frames_emitted += 1
         return out
+
+
+class TrackLog:
+    """YouTube-VIS results of an online run, built from its tracked frames (RLE per frame: the output's size, no
+    image memory). A track's class is its latest label, its score the mean per-frame score over the whole video
+    (0 where it was not reported), as the offline results average per-frame scores."""
+
+    def __init__(self, orig_hw: tuple[int, int]) -> None:
+        self.orig_hw = orig_hw
+        self.num_frames = 0
+        self._tracks: dict[int, dict[str, Any]] = {}
+
+    def add(self, frame: TrackedFrame) -> None:
+        for tid, lab, score, mask in zip(frame.track_ids, frame.labels, frame.scores, frame.masks, strict=True):
+            tr = self._tracks.setdefault(int(tid), {"label": int(lab), "score_sum": 0.0, "segs": {}})
+            tr["label"], tr["score_sum"] = int(lab), tr["score_sum"] + float(score)
+            tr["segs"][frame.index] = encode_rle(mask)
+        self.num_frames = max(self.num_frames, frame.index + 1)
+
+    def labels(self) -> list[tuple[int, int]]:
+        """(track id, latest label) of every track, in the order of :meth:`to_ytvis`."""
+        return [(tid, tr["label"]) for tid, tr in sorted(self._tracks.items())]
+
+    def to_ytvis(self, video_id: int, categories: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One result per track, ``segmentations`` of every frame (an empty RLE where the track was absent)."""
+        empty = encode_rle(np.zeros(self.orig_hw, dtype=bool))
+        out = []
+        for _, tr in sorted(self._tracks.items()):
+            cat = None if tr["label"] < 0 else int(categories[tr["label"]]["id"])
+            out.append({"video_id": int(video_id), "category_id": cat, "score": tr["score_sum"] / self.num_frames,
+                        "segmentations": [dict(tr["segs"].get(t, empty)) for t in range(self.num_frames)]})
+        return out

@@ -221,7 +221,7 @@ class Pipeline:
 
     def track_stream(self, frames: Iterable[ImageLike], mode: str = "stream", clip_size: int | None = None,
                      num_frames: int | None = None, score_thr: float = 0.3, max_tracks: int = 100,
-                     progress: Tick | None = None) -> Iterator[TrackedFrame]:
+                     progress: Tick | None = None, tracker: OnlineTracker | None = None) -> Iterator[TrackedFrame]:
         """Online tracking: frames are read lazily and each frame's tracked objects come out as soon as its tube is
         decoded, with memory bounded by one tube (:class:`rapsam_edge.tracking.OnlineTracker`).
 
@@ -229,11 +229,11 @@ class Pipeline:
         ``clip_size`` (default 5; the official ``split_video`` when ``num_frames`` is given or ``frames`` has a
         length), answered a tube at a time. Ids are query slots, classes and scores come from the running mean
         class logits; a track is reported on a frame where its score >= ``score_thr``. ``progress(done, total)``
-        gets total 0 when the length is unknown.
+        gets total 0 when the length is unknown. ``tracker``: a fresh OnlineTracker to use (to read its state size).
         """
         if num_frames is None and isinstance(frames, Sized):
             num_frames = len(frames)
-        tracker = OnlineTracker(self.isthing, score_thr, max_tracks)
+        tracker = tracker or OnlineTracker(self.isthing, score_thr, max_tracks)
         for tube, letterbox, cls, masks, queries in self._tubes(frames, mode, clip_size, num_frames):
             yield from tracker.update(cls, masks, queries, len(tube), letterbox)
             if progress:
