@@ -83,11 +83,12 @@ def soak(pipe: Any, paths: list[Path], args: argparse.Namespace) -> dict[str, An
     steady = [s for s in samples if s["frame"] > args.warmup]
     rss = [s["rss_mb"] for s in steady]
     fps = [s["fps"] for s in steady]
-    return {"mode": args.mode, "frames": args.frames, "score_thr": args.score_thr, "max_tracks": args.max_tracks, "samples": samples, "distinct_track_ids": len(ids),
+    span = max(1, steady[-1]["frame"] - steady[0]["frame"])
+    return {"mode": args.mode, "frames": args.frames, "score_thr": args.score_thr, "max_tracks": args.max_tracks,
+            "samples": samples, "distinct_track_ids": len(ids),
             "steady_state": {"after_frame": args.warmup, "rss_mb_min": min(rss), "rss_mb_max": max(rss),
                              "rss_band_mb": round(max(rss) - min(rss), 1),
-                             "rss_growth_mb_per_1000_frames": round(1000 * (rss[-1] - rss[0]) /
-                                                                    max(1, steady[-1]["frame"] - steady[0]["frame"]), 2),
+                             "rss_growth_mb_per_1000_frames": round(1000 * (rss[-1] - rss[0]) / span, 2),
                              "fps_mean": round(statistics.fmean(fps), 2), "fps_min": min(fps), "fps_max": max(fps),
                              "fps_cv": round(statistics.pstdev(fps) / statistics.fmean(fps), 3),
                              "tracker_state_bytes": sorted({s["tracker_state_bytes"] for s in steady})},
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bundle = args.bundle
     if bundle is None:
         tmp = Path(tempfile.mkdtemp(prefix="rapsam_soak_"))  # exported in a child: its memory is not in ours
-        code = ("from rapsam_edge.exporters.export import ExportRequest, run_export; "
-                f"run_export(ExportRequest(target='onnx', config='rapsam_r18_lite', imgsz={args.imgsz}, out={str(tmp)!r}))")
+        code = ("from rapsam_edge.exporters.export import ExportRequest, run_export; run_export(ExportRequest("
+                f"target='onnx', config='rapsam_r18_lite', imgsz={args.imgsz}, out={str(tmp)!r}))")
         subprocess.run([sys.executable, "-c", code], check=True)
         bundle = tmp / "rapsam_r18_lite"
     pipe = rapsam_edge.load(bundle, backend="onnxruntime", threads=args.threads)
