@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bundle = args.bundle
     if bundle is None:
         tmp = Path(tempfile.mkdtemp(prefix="rapsam_soak_"))  # exported in a child: its memory is not in ours
-        code = ("from rapsam_edge.exporters.export import ExportRequest, run_export; run_export(ExportRequest("
-                f"target='onnx', config='rapsam_r18_lite', imgsz={args.imgsz}, out={str(tmp)!r}))")
+        code = ("from pathlib import Path; from rapsam_edge.exporters.export import ExportRequest, run_export; "
+                f"run_export(ExportRequest(target='onnx', config='rapsam_r18_lite', imgsz={args.imgsz}, "
+                f"out=Path({str(tmp)!r})))")
         subprocess.run([sys.executable, "-c", code], check=True)
         bundle = tmp / "rapsam_r18_lite"
     pipe = rapsam_edge.load(bundle, backend="onnxruntime", threads=args.threads)

@@ -329,6 +329,8 @@ def test_track_stream_reads_frames_lazily_and_answers_each_frame(tiny_onnx_bundl
             assert len(reads) <= (len(out) + tube - 1 if mode == "clip" else len(out))
             assert result.masks.shape[1:] == (200, 240) and len(result.track_ids) == len(result.scores)
         assert out == list(range(10))
+        if mode == "stream":  # the frame answered last is the set image: a click costs no re-encoding
+            assert np.array_equal(pipe.image, image) and pipe.segment(points=[[10, 10]]).masks.shape == (1, 200, 240)
     with pytest.raises(InputError, match="no frames"):
         list(pipe.track_stream(iter([])))
     with pytest.raises(InputError, match="same size"):

@@ -96,6 +96,11 @@ class Pipeline:
                                      "result is written; its weights are corrupt or diverged, or its precision "
                                      "overflows: use another checkpoint, bundle or precision.")
 
+    @property
+    def image(self) -> np.ndarray | None:
+        """The RGB image set last (by set_image, or the frame ``track_stream`` answered last in stream mode)."""
+        return None if self._state is None else self._state.image
+
     def reset_image(self) -> None:
         self._state = None
 
@@ -186,7 +191,10 @@ class Pipeline:
                     raise InputError(f"frame {start + len(feats)} is {rgb.shape[1]}x{rgb.shape[0]} but the first "
                                      f"was {shape[1]}x{shape[0]}; all frames of a video must have the same size.")
                 tensor, letterbox = self._preprocess(rgb)
-                feats.append(self.backend.encode(tensor)["features"])
+                encoded = self.backend.encode(tensor)
+                feats.append(encoded["features"])
+                if size == 1:  # stream: the frame is also the set image, so segment() prompts it without re-encoding
+                    self._state = _ImageState(rgb, letterbox, encoded, name=f"frame {start} of the video")
             if not feats or letterbox is None:
                 break
             tube = range(start, start + len(feats))
@@ -230,6 +238,8 @@ class Pipeline:
         length), answered a tube at a time. Ids are query slots, classes and scores come from the running mean
         class logits; a track is reported on a frame where its score >= ``score_thr``. ``progress(done, total)``
         gets total 0 when the length is unknown. ``tracker``: a fresh OnlineTracker to use (to read its state size).
+        In ``stream`` mode the frame just answered is the set image (``image``; ``segment`` prompts it at the cost of
+        one prompt-decoder call).
         """
         if num_frames is None and isinstance(frames, Sized):
             num_frames = len(frames)
