@@ -16,7 +16,7 @@ bootstrap() {
   "$VENV/bin/python" -m pip install -q -U pip
   # torch FIRST: installed alone it resolves to the CPU wheel here; later deps then see it satisfied.
   "$VENV/bin/python" -m pip install -q "torch==$(grep '^torch==' constraints.txt | cut -d= -f3)"
-  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev,video]"
   echo "$want" > "$stamp"
 }
 

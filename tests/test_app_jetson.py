@@ -44,11 +44,11 @@ def app():
 def test_arguments(app, tmp_path):
     args = app.parse_args([str(tmp_path)])
     assert args.source == "0" and args.precision == "fp16" and args.click == []
-    assert args.panoptic and not args.rebuild and not args.show  # the --x/--no-x switches' defaults
-    args = app.parse_args([str(tmp_path), "--source", "csi", "--click", "10,20.5", "--click", "3,4", "--no-panoptic",
+    assert args.track and not args.rebuild and not args.show  # the --x/--no-x switches' defaults
+    args = app.parse_args([str(tmp_path), "--source", "csi", "--click", "10,20.5", "--click", "3,4", "--no-track",
                            "--frames", "100", "--workspace", "512", "--precision", "int8"])
     assert args.click == [(10.0, 20.5), (3.0, 4.0)] and args.frames == 100 and args.workspace == 512
-    for bad in (["--click", "10"], ["--no-panoptic"], ["--frames", "0"], ["--precision", "fp32"]):
+    for bad in (["--click", "10"], ["--no-track"], ["--frames", "0"], ["--precision", "fp32"]):
         with pytest.raises(SystemExit):
             app.parse_args([str(tmp_path), *bad])
 
@@ -182,8 +182,10 @@ def test_sources_and_summary(app, tmp_path):
         Image.new("RGB", (8, 6), (i, 0, 0)).save(tmp_path / f"{i:05d}.png")
     frames = list(app.open_source(str(tmp_path)))
     assert [f.shape for f in frames] == [(6, 8, 3)] * 2 and frames[1][0, 0, 0] == 1
-    if importlib.util.find_spec("cv2") is None:
-        with pytest.raises(RuntimeError, match="needs OpenCV .JetPack's python3-opencv."):
+    assert len(list(app.open_source(str(tmp_path), max_frames=1))) == 1
+    if importlib.util.find_spec("cv2") is None and importlib.util.find_spec("av") is None:
+        (tmp_path / "clip.mp4").write_bytes(b"")
+        with pytest.raises(RuntimeError, match="needs PyAV"):
             app.open_source(str(tmp_path / "clip.mp4"))
     args = app.parse_args([str(tmp_path), "--click", "1,2"])
     out = app.summarize([0.5, 0.02, 0.025, 0.03], [5000, 7000], {"backend": "tensorrt"},

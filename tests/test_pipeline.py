@@ -248,3 +248,105 @@ def test_one_canvas_size_rule(value, what, sentence):
         ModelConfig("x", "resnet18", input_size=(640, 100))
     with pytest.raises(InputError, match="multiples of 32"):
         InputPolicy(size=(640, 100))
+
+
+# ---- issue 18: online tracking; track() is a loop over the same per-tube step --------------------------------
+
+def _track_before_issue_18(pipe, frames, mode, max_per_video):
+    """A copy of Pipeline.track and VideoTracker before issue 18 (all frames loaded, all mask logits kept)."""
+    from rapsam_edge.postprocess import binary_and_score, check_cls, encode_rle, select_pairs
+    from rapsam_edge.preprocess import load_image, preprocess
+    from rapsam_edge.tracking import match_queries, split_video
+
+    images = [load_image(f) for f in frames]
+    tubes = [range(i, i + 1) for i in range(len(images))] if mode == "stream" else split_video(len(images))
+    cls_sum, prev, kept, n_clips = None, None, [], 0
+    for tube in tubes:
+        feats = []
+        for i in tube:
+            tensor, lb = preprocess(images[i], pipe.policy)
+            feats.append(pipe.backend.encode(tensor)["features"])
+        cls, m, q = (o[0] for o in pipe.backend.decode_objects(np.concatenate(feats, axis=2)))
+        cls = cls.astype(np.float64)
+        perm = np.arange(len(q)) if prev is None else match_queries(prev, q)
+        cls_sum = cls[perm] if cls_sum is None else cls_sum + cls[perm]
+        n_clips += 1
+        prev = q[perm]
+        f = m[perm].reshape(len(m), len(tube), -1, m.shape[2]).astype(np.float32)
+        kept.extend(np.ascontiguousarray(f[:, t]) for t in range(len(tube)))
+    c, things = check_cls(cls_sum / n_clips, pipe.isthing)
+    queries, labels, probs = select_pairs(c, things, max_per_video)
+    uniq, inv = np.unique(queries, return_inverse=True)
+    scores = np.zeros((len(queries), len(kept)), np.float32)
+    segs = [[] for _ in queries]
+    for t, frame in enumerate(kept):
+        bins, mscore = binary_and_score(frame[uniq], lb)
+        scores[:, t] = probs * mscore[inv]
+        rles = [encode_rle(b) for b in bins]
+        for i in range(len(queries)):
+            segs[i].append(dict(rles[inv[i]]))
+    return labels, scores, segs
+
+
+@pytest.mark.needs_shared_data
+def test_track_equals_the_offline_algorithm_before_issue_18_on_davis(tiny_onnx_bundle, shared_data):
+    """Pipeline.track, now a loop over the online per-tube step that also keeps the frames' logits, gives exactly
+    the results of the former implementation on DAVIS clips (clip and stream modes)."""
+    import rapsam_edge
+
+    pipe = rapsam_edge.load(tiny_onnx_bundle, backend="onnxruntime", threads=1)
+    for clip, n in (("blackswan", 17), ("libby", 6)):  # tubes 5,4,4,4 (> 15 frames) and 3,3
+        frames = sorted((shared_data / "video_mini/JPEGImages/480p" / clip).glob("*.jpg"))[:n]
+        for mode in ("clip", "stream"):
+            video = pipe.track(frames, mode=mode, max_per_video=20)
+            labels, scores, segs = _track_before_issue_18(pipe, frames, mode, 20)
+            np.testing.assert_array_equal(video.labels, labels)
+            np.testing.assert_array_equal(video.frame_scores, scores)
+            assert video.segmentations == segs, (clip, mode)
+
+
+def test_track_stream_reads_frames_lazily_and_answers_each_frame(tiny_onnx_bundle):
+    """track_stream pulls frames from a generator one tube at a time (stream: one frame of latency; clip: one
+    tube) and answers every frame; refuses an empty video and mixed sizes in one sentence."""
+    import rapsam_edge
+    from rapsam_edge.errors import InputError
+    from rapsam_edge.preprocess import load_image
+
+    pipe = rapsam_edge.load(tiny_onnx_bundle, backend="onnxruntime", threads=1)
+    image = load_image(ASSET_IMAGES / "coffee.png")[:200, :240]
+    reads = []
+
+    def source(n):
+        for i in range(n):
+            reads.append(i)
+            yield image
+
+    for mode, tube in (("stream", 1), ("clip", 4)):
+        reads.clear()
+        out = []
+        for result in pipe.track_stream(source(10), mode=mode, clip_size=tube, score_thr=0.0):
+            out.append(result.index)
+            assert len(reads) <= (len(out) + tube - 1 if mode == "clip" else len(out))
+            assert result.masks.shape[1:] == (200, 240) and len(result.track_ids) == len(result.scores)
+        assert out == list(range(10))
+        if mode == "stream":  # the frame answered last is the set image: a click costs no re-encoding
+            assert np.array_equal(pipe.image, image) and pipe.segment(points=[[10, 10]]).masks.shape == (1, 200, 240)
+    with pytest.raises(InputError, match="no frames"):
+        list(pipe.track_stream(iter([])))
+    with pytest.raises(InputError, match="same size"):
+        list(pipe.track_stream(iter([image, image[:100]])))
+
+
+def test_track_clicks_starts_on_the_clicked_frame_and_follows(tiny_onnx_bundle):
+    """A click on frame 2 starts track 1 there (nothing before), later frames follow it with one prompt call each."""
+    import rapsam_edge
+    from rapsam_edge.preprocess import load_image
+
+    pipe = rapsam_edge.load(tiny_onnx_bundle, backend="onnxruntime", threads=1)
+    image = load_image(ASSET_IMAGES / "coffee.png")
+    h, w = image.shape[:2]
+    out = list(pipe.track_clicks(iter([image] * 5), [(2, w / 2, h / 2), (3, w / 3, h / 3)]))
+    assert [len(f) for f in out[:2]] == [0, 0]
+    assert out[2].track_ids.tolist() == [1] and out[2].points is not None
+    assert out[2].points.tolist() == [[w / 2, h / 2]]
+    assert out[3].track_ids.tolist()[:1] == [1] and all(f.masks.shape[1:] == (h, w) for f in out)

@@ -89,3 +89,85 @@ def test_video_tracker_consistent_tracks():
     assert ytvis[0]["score"] == pytest.approx(float(res.frame_scores[0].mean()), rel=1e-6)
     with pytest.raises(ValueError, match="stacked frames"):
         tracker.update(base_cls, base_masks[:, :15], base_q, 2)
+
+
+# ---- issue 18: the online tracker and the offline one share one per-tube step ---------------------------------
+
+def _reference_finish(clips, letterbox, isthing, max_per_video):
+    """A copy of the offline algorithm before issue 18 (VideoTracker keeping its own state), the equality oracle."""
+    from rapsam_edge.postprocess import binary_and_score, check_cls, encode_rle, select_pairs
+
+    cls_sum, prev, frames = None, None, []
+    for cls, m, q, t in clips:
+        perm = np.arange(len(q)) if prev is None else match_queries(prev, q)
+        cls_sum = cls[perm].astype(np.float64) if cls_sum is None else cls_sum + cls[perm]
+        prev = q[perm]
+        f = m[perm].reshape(len(m), t, -1, m.shape[2]).astype(np.float32)
+        frames.extend(np.ascontiguousarray(f[:, i]) for i in range(t))
+    cls_all, things = check_cls(cls_sum / len(clips), isthing)
+    queries, labels, probs = select_pairs(cls_all, things, max_per_video)
+    uniq, inv = np.unique(queries, return_inverse=True)
+    scores = np.zeros((len(queries), len(frames)), np.float32)
+    segs = [[] for _ in queries]
+    for t, frame in enumerate(frames):
+        bins, mscore = binary_and_score(frame[uniq], letterbox)
+        scores[:, t] = probs * mscore[inv]
+        rles = [encode_rle(b) for b in bins]
+        for i in range(len(queries)):
+            segs[i].append(dict(rles[inv[i]]))
+    return labels, scores, segs
+
+
+def _random_clips(rng, sizes, q=12, c=5, d=8, h=16, w=16):
+    base = rng.normal(size=(q, d)).astype(np.float32)
+    out = []
+    for t in sizes:
+        perm = rng.permutation(q)
+        queries = (base + 0.05 * rng.normal(size=base.shape)).astype(np.float32)[perm]
+        out.append((rng.normal(size=(q, c + 1)).astype(np.float32) * 3, rng.normal(size=(q, t * h, w)).astype(
+            np.float32) * 4, queries, t))
+    return out
+
+
+def test_offline_tracker_equals_the_pre_online_algorithm():
+    """VideoTracker over the shared TubeLinker step gives bit-for-bit the results of the former implementation."""
+    rng = np.random.default_rng(0)
+    clips = _random_clips(rng, [5, 5, 4, 4, 1])
+    isthing = np.array([True, True, False, True, True])
+    tracker = VideoTracker()
+    for cls, m, q, t in clips:
+        tracker.update(cls, m, q, t)
+    video = tracker.finish(LB_64, isthing, max_per_video=10)
+    labels, scores, segs = _reference_finish(clips, LB_64, isthing, 10)
+    np.testing.assert_array_equal(video.labels, labels)
+    np.testing.assert_array_equal(video.frame_scores, scores)
+    assert video.segmentations == segs
+
+
+def test_online_tracker_state_is_bounded_and_ids_follow_the_query_slots():
+    """After the first tube the online state has a fixed size however many tubes follow (no per-frame retention),
+    each tube answers exactly its frames, and an object keeps its id when later tubes shuffle the query order."""
+    from rapsam_edge.tracking import OnlineTracker
+
+    rng = np.random.default_rng(1)
+    q, c = 6, 3
+    base = rng.normal(size=(q, 8)).astype(np.float32)
+    cls = np.full((q, c + 1), -5.0, np.float32)
+    cls[:, -1] = 5.0  # every query "no object" ...
+    cls[2, 0] = 8.0   # ... except query 2: class 0 with its mask in the top-left corner
+    masks = np.full((q, 16, 16), -10.0, np.float32)
+    masks[2, :8, :8] = 10.0
+    tracker = OnlineTracker(np.ones(c, bool), score_thr=0.3)
+    sizes, emitted = [], 0
+    for tube in range(40):
+        t = 1 + tube % 3
+        perm = rng.permutation(q)
+        frames = tracker.update(cls[perm], np.tile(masks[perm], (1, t, 1)), base[perm], t, LB_64)
+        assert [f.index for f in frames] == list(range(emitted, emitted + t))
+        emitted += t
+        for f in frames:
+            assert f.track_ids.tolist() == [3] and f.labels.tolist() == [0]
+            assert f.masks.shape == (1, 64, 64) and f.masks[0, :28, :28].all() and not f.masks[0, 36:].any()
+        sizes.append(tracker.state_nbytes)
+    assert len(set(sizes)) == 1, "the online tracker's state grew with the stream"
+    assert not hasattr(tracker, "_frames")

@@ -1,7 +1,7 @@
-"""RAP-SAM on a Jetson with TensorRT: build the engines on first run, then a camera/video loop with panoptic and
-click prompts, printing FPS and board power from tegrastats.
+"""RAP-SAM on a Jetson with TensorRT: build the engines on first run, then a camera/video loop with online tracking
+(consistent ids: the video app's OnlineTracker) and click prompts, printing FPS and board power from tegrastats.
 
-    python3 apps/jetson/jetson_app.py BUNDLE --source 0                       # USB camera, panoptic
+    python3 apps/jetson/jetson_app.py BUNDLE --source 0                       # USB camera, tracking
     python3 apps/jetson/jetson_app.py BUNDLE --source clip.mp4 --click 320,240 --show
 
 BUNDLE holds the TensorRT ONNX inputs written by ``rapsam-edge export --target tensorrt --device jetson`` (on any
@@ -47,10 +47,10 @@ def parse_click(text: str) -> tuple[float, float]:
 
 
 PURPOSE = ("RAP-SAM on a Jetson with TensorRT: builds the engines on first run, then a camera / video loop with\n"
-           "panoptic segmentation and click prompts, printing FPS and board power (tegrastats).")
+           "online tracking (consistent ids) and click prompts, printing FPS and board power (tegrastats).")
 EXAMPLES = """examples:
   python3 apps/jetson/jetson_app.py bundles/rapsam_r18_lite --source 0
-      USB camera 0, panoptic every frame, FPS + power every 30 frames
+      USB camera 0, objects tracked every frame, FPS + power every 30 frames
   python3 apps/jetson/jetson_app.py bundles/rapsam_r18_lite --source clip.mp4 --click 320,240 --show
       a video file, one click prompt every frame, the overlay in a window (click to add points)
   python3 apps/jetson/jetson_app.py bundles/rapsam_r18_lite --source csi --precision int8 --frames 300 --report run.json
@@ -74,8 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--click", type=parse_click, action="append", default=[], metavar="X,Y",
                     help="prompt the decoder at this point every frame, in frame pixels (repeat: all in one call; "
                          "default: none)")
-    ap.add_argument("--panoptic", action=argparse.BooleanOptionalAction, default=True,
-                    help="run the object decoder every frame; --no-panoptic: clicks only (default: %(default)s)")
+    ap.add_argument("--track", action=argparse.BooleanOptionalAction, default=True,
+                    help="track objects every frame (object decoder + query matching: consistent ids, the video "
+                         "app's online tracker); --no-track: clicks only (default: %(default)s)")
+    ap.add_argument("--score-thr", type=float, default=0.3,
+                    help="report tracks scoring at least this on a frame (default: %(default)s)")
     ap.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
     ap.add_argument("--print-every", type=int, default=30,
                     help="frames between FPS / power lines (default: %(default)s)")
@@ -90,8 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--report", type=Path, default=None,
                     help="also write the run's summary JSON here (default: printed only)")
     args = ap.parse_args(argv)
-    if not args.panoptic and not args.click and not args.show:
-        ap.error("--no-panoptic needs --click or --show (otherwise there is nothing to run).")
+    if not args.track and not args.click and not args.show:
+        ap.error("--no-track needs --click or --show (otherwise there is nothing to run).")
     for name in ("frames", "print_every", "workspace", "tegrastats_interval"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -240,48 +243,19 @@ CSI_PIPELINE = ("nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,height=7
                 "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1")
 
 
-def open_source(source: str) -> Iterator[np.ndarray]:
-    """RGB frames from a folder of images (Pillow), or a camera / video file (OpenCV, as JetPack ships it)."""
-    path = Path(source)
-    if path.is_dir():
-        from rapsam_edge.preprocess import IMAGE_SUFFIXES, load_image
+def open_source(source: str, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """RGB frames read lazily (rapsam_edge.data.video_source): a folder of images, a camera, 'csi' or a video file
+    (PyAV where installed, else OpenCV as JetPack ships it)."""
+    from rapsam_edge.data.video_source import open_frames
 
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"{path} has no image frames.")
-        return (load_image(p) for p in files)
-    try:
-        import cv2
-    except ImportError:
-        raise RuntimeError(f"reading {source!r} needs OpenCV (JetPack's python3-opencv); pass a folder of frames "
-                           "instead.") from None
-    if source == "csi":
-        cap = cv2.VideoCapture(CSI_PIPELINE, cv2.CAP_GSTREAMER)
-    elif source.isdigit():
-        cap = cv2.VideoCapture(int(source))
-    else:
-        cap = cv2.VideoCapture(source)
-    if not cap.isOpened():
-        raise RuntimeError(f"OpenCV could not open {source!r} (camera index, /dev/videoN, csi or a video file).")
-
-    def frames() -> Iterator[np.ndarray]:
-        try:
-            while True:
-                ok, bgr = cap.read()
-                if not ok:
-                    return
-                yield np.ascontiguousarray(bgr[:, :, ::-1])
-        finally:
-            cap.release()
-
-    return frames()
+    return open_frames(source, max_frames).frames()
 
 
 # ------------------------------------------------------------------------------------------------------ loop
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import rapsam_edge
     from rapsam_edge.bundle import load_bundle
-    from rapsam_edge.postprocess import overlay
+    from rapsam_edge.postprocess import PanopticResult, overlay
 
     bundle = load_bundle(args.bundle)
     random_weights = bool(bundle.manifest.get("model", {}).get("random_init"))
@@ -289,7 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"note: {RANDOM_WEIGHTS}", file=sys.stderr)
     plan = ensure_engines(bundle, args.precision, args.workspace, args.rebuild)
     pipe = rapsam_edge.load(bundle.root, backend="tensorrt", precision=args.precision)
-    frames = open_source(args.source)
+    frames = open_source(args.source, args.frames)
     clicks = list(args.click)
     window = None
     if args.show:
@@ -304,20 +278,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("power: tegrastats not found (not a Jetson?); printing FPS only")
     times: list[float] = []
     recent: deque[float] = deque(maxlen=args.print_every)
+    ids: set[int] = set()
+
+    def steps() -> Iterator[tuple[np.ndarray, Any]]:
+        """(frame, tracked objects or None): the online tracker (rapsam_edge.tracking.OnlineTracker, the video
+        app's) answers each frame with consistent ids and leaves it set for the click prompts."""
+        if args.track:
+            for tracked in pipe.track_stream(frames, mode="stream", score_thr=args.score_thr):
+                assert pipe.image is not None
+                yield pipe.image, tracked
+        else:
+            for frame in frames:
+                pipe.set_image(frame)
+                yield frame, None
+
     try:
-        for i, frame in enumerate(frames):
-            if args.frames is not None and i >= args.frames:
-                break
-            t0 = time.perf_counter()
-            pipe.set_image(frame)
-            pan = pipe.panoptic() if args.panoptic else None
+        t0 = time.perf_counter()
+        for i, (frame, tracked) in enumerate(steps()):
             inside = [c for c in clicks if 0 <= c[0] < frame.shape[1] and 0 <= c[1] < frame.shape[0]]
             seg = pipe.segment(points=np.array(inside)) if inside else None
             dt = time.perf_counter() - t0
             times.append(dt)
             recent.append(dt)
+            if tracked is not None:
+                ids.update(int(t) for t in tracked.track_ids)
             if (i + 1) % args.print_every == 0:
                 line = f"frame {i + 1}: {len(recent) / sum(recent):.1f} FPS ({1000 * statistics.median(recent):.1f} ms)"
+                if tracked is not None:
+                    line += f", {len(tracked)} tracks (ids so far: {len(ids)})"
                 if stats.latest:
                     s = stats.latest
                     line += f", {s['power_mw'] / 1000:.2f} W ({s['power_source']}), GPU {s['gpu_pct']}%"
@@ -325,11 +313,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if window is not None:
                 import cv2
 
-                result = seg if seg is not None else pan
-                shown = overlay(frame, result) if result is not None else frame
+                shown = overlay(frame, seg) if seg is not None else frame
+                if tracked is not None and len(tracked):
+                    ids_map = np.zeros(frame.shape[:2], np.int32)
+                    for m, tid in zip(tracked.masks, tracked.track_ids, strict=True):
+                        ids_map[m] = tid
+                    shown = overlay(shown, PanopticResult(ids_map, []))
                 cv2.imshow(window, np.ascontiguousarray(shown[:, :, ::-1]))
                 if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                     break
+            t0 = time.perf_counter()
     finally:
         stats.stop()
     return {**summarize(times, stats.power_mw, pipe.describe(), plan, args), "random_weights": random_weights}
@@ -339,7 +332,7 @@ def summarize(times: list[float], power_mw: list[int], backend: dict[str, Any], 
               args: argparse.Namespace) -> dict[str, Any]:
     warm = times[1:] if len(times) > 1 else times  # the first frame pays CUDA/TensorRT start-up
     out: dict[str, Any] = {"frames": len(times), "engines": dataclasses.asdict(plan), "backend": backend,
-                           "task": {"panoptic": args.panoptic, "clicks": len(args.click)}}
+                           "task": {"track": args.track, "clicks": len(args.click)}}
     if warm:
         med = statistics.median(warm)
         out.update(median_ms=round(1000 * med, 2), fps=round(1 / med, 2), first_frame_ms=round(1000 * times[0], 1))
@@ -354,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     try:
         summary = run(args)
-    except (RuntimeError, ValueError, FileNotFoundError) as e:
+    except (RuntimeError, ValueError, FileNotFoundError) as e:  # RapsamError's sentences included
         sys.exit(f"error: {e}")
     print(json.dumps(summary, indent=1, default=str))
     if args.report:

@@ -7,7 +7,8 @@ post-processing are the shared host functions, so torch and exported backends an
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from ..preprocess import (
     preprocess,
 )
 from ..progress import Tick
-from ..tracking import VideoResult, VideoTracker, split_video
+from ..tracking import OnlineTracker, TrackedFrame, VideoResult, VideoTracker, split_video
 from .base import Backend
 
 ImageLike = str | Path | np.ndarray
@@ -95,6 +96,11 @@ class Pipeline:
                                      "result is written; its weights are corrupt or diverged, or its precision "
                                      "overflows: use another checkpoint, bundle or precision.")
 
+    @property
+    def image(self) -> np.ndarray | None:
+        """The RGB image set last (by set_image, or the frame ``track_stream`` answered last in stream mode)."""
+        return None if self._state is None else self._state.image
+
     def reset_image(self) -> None:
         self._state = None
 
@@ -153,44 +159,138 @@ class Pipeline:
         self._check_finite(st.name, mask_logits=masks, iou=iou)
         return interactive_postprocess(masks[0], iou[0], st.letterbox)
 
+    def _tubes(self, frames: Iterable[ImageLike], mode: str, clip_size: int | None, num_frames: int | None
+               ) -> Iterator[tuple[range, Letterbox, np.ndarray, np.ndarray, np.ndarray]]:
+        """Decode a video tube by tube, reading only one tube's frames at a time.
+
+        Yields (frame range, letterbox, cls (Q, C+1), masks (Q, T*h, w), queries (Q, D)). The tube schedule:
+        ``stream`` = one frame per tube; ``clip`` with a known ``num_frames`` = the official ``split_video``
+        (``clip_size`` for every tube when given), with an unknown length = tubes of ``clip_size`` (default 5),
+        the last one shorter.
+        """
+        if mode not in ("clip", "stream"):
+            raise InputError(f"unknown track mode {mode!r}; choose 'clip' or 'stream'.")
+        if clip_size is not None and clip_size < 1:
+            raise InputError(f"clip_size {clip_size} must be at least 1.")
+        sizes: Iterator[int]
+        if mode == "stream":
+            sizes = itertools.repeat(1)
+        elif num_frames:
+            tubes = split_video(num_frames, clip_size, clip_size, 0) if clip_size else split_video(num_frames)
+            sizes = iter([len(t) for t in tubes])
+        else:
+            sizes = itertools.repeat(clip_size or 5)
+        it, start, shape = iter(frames), 0, None
+        for size in sizes:
+            feats: list[np.ndarray] = []
+            letterbox: Letterbox | None = None
+            for frame in itertools.islice(it, size):
+                rgb = load_image(frame)
+                shape = shape or rgb.shape
+                if rgb.shape != shape:
+                    raise InputError(f"frame {start + len(feats)} is {rgb.shape[1]}x{rgb.shape[0]} but the first "
+                                     f"was {shape[1]}x{shape[0]}; all frames of a video must have the same size.")
+                tensor, letterbox = self._preprocess(rgb)
+                encoded = self.backend.encode(tensor)
+                feats.append(encoded["features"])
+                if size == 1:  # stream: the frame is also the set image, so segment() prompts it without re-encoding
+                    self._state = _ImageState(rgb, letterbox, encoded, name=f"frame {start} of the video")
+            if not feats or letterbox is None:
+                break
+            tube = range(start, start + len(feats))
+            cls, masks, queries = self.backend.decode_objects(np.concatenate(feats, axis=2))
+            self._check_finite(f"frames {tube.start}-{tube.stop - 1} of the video", cls_logits=cls, mask_logits=masks,
+                               queries=queries)
+            yield tube, letterbox, cls[0], masks[0], queries[0]
+            start = tube.stop
+        if start == 0:
+            raise InputError("the video has no frames; tracking needs at least one.")
+
     def track(self, frames: Iterable[ImageLike], mode: str = "clip", clip_size: int | None = None,
               max_per_video: int = 100, progress: Tick | None = None) -> VideoResult:
-        """Video instance segmentation with consistent track ids.
+        """Offline video instance segmentation with consistent track ids (the official evaluation's results).
 
         ``mode="clip"`` is the official near-online scheme: tubes of ~5 frames (~3 for videos of <= 15
         frames), one object-decoder call per tube over frames stacked along height, tubes linked by
         Hungarian matching of query embeddings. ``mode="stream"`` decodes each frame alone (T=1) and links
-        frame to frame, for cameras where latency matters more than tube context. ``progress(done, total)`` is
-        told the frames decoded so far (after each tube).
+        frame to frame. The tracks are the video-level top-k (query, class) pairs of the final mean class logits,
+        so every frame's mask logits are kept until the end: use :meth:`track_stream` for bounded memory.
+        ``progress(done, total)`` is told the frames decoded so far (after each tube).
         """
-        if mode not in ("clip", "stream"):
-            raise InputError(f"unknown track mode {mode!r}; choose 'clip' or 'stream'.")
-        images = [load_image(f) for f in frames]
-        if not images:
-            raise InputError("track() needs at least one frame.")
-        if any(im.shape != images[0].shape for im in images):
-            raise InputError("all frames of a video must have the same size.")
-        if mode == "stream":
-            tubes = [range(i, i + 1) for i in range(len(images))]
-        elif clip_size:
-            tubes = split_video(len(images), clip_size, clip_size, 0)
-        else:
-            tubes = split_video(len(images))
-        tracker = VideoTracker()
-        letterbox = None
-        for tube in tubes:
-            feats = []
-            for i in tube:
-                tensor, letterbox = self._preprocess(images[i])
-                feats.append(self.backend.encode(tensor)["features"])
-            cls, masks, queries = self.backend.decode_objects(np.concatenate(feats, axis=2))
-            self._check_finite(f"frames {tube.start}-{tube.stop - 1} of the video", cls_logits=cls, mask_logits=masks,
-                               queries=queries)
-            tracker.update(cls[0], masks[0], queries[0], len(tube))
+        paths = list(frames)  # paths or arrays, as given: the frames themselves are read one tube at a time
+        tracker, last = VideoTracker(), None
+        for tube, letterbox, cls, masks, queries in self._tubes(paths, mode, clip_size, len(paths)):
+            tracker.update(cls, masks, queries, len(tube))
+            last = letterbox
             if progress:
-                progress(tube.stop, len(images))
-        assert letterbox is not None
-        return tracker.finish(letterbox, self.isthing, max_per_video)
+                progress(tube.stop, len(paths))
+        assert last is not None  # _tubes refuses an empty video
+        return tracker.finish(last, self.isthing, max_per_video)
+
+    def track_stream(self, frames: Iterable[ImageLike], mode: str = "stream", clip_size: int | None = None,
+                     num_frames: int | None = None, score_thr: float = 0.3, max_tracks: int = 100,
+                     progress: Tick | None = None, tracker: OnlineTracker | None = None) -> Iterator[TrackedFrame]:
+        """Online tracking: frames are read lazily and each frame's tracked objects come out as soon as its tube is
+        decoded, with memory bounded by one tube (:class:`rapsam_edge.tracking.OnlineTracker`).
+
+        ``stream``: one frame per decoder call, answered at once (one frame of latency). ``clip``: tubes of
+        ``clip_size`` (default 5; the official ``split_video`` when ``num_frames`` is given or ``frames`` has a
+        length), answered a tube at a time. Ids are query slots, classes and scores come from the running mean
+        class logits; a track is reported on a frame where its score >= ``score_thr``. ``progress(done, total)``
+        gets total 0 when the length is unknown. ``tracker``: a fresh OnlineTracker to use (to read its state size).
+        In ``stream`` mode the frame just answered is the set image (``image``; ``segment`` prompts it at the cost of
+        one prompt-decoder call).
+        """
+        if num_frames is None and isinstance(frames, Sized):
+            num_frames = len(frames)
+        tracker = tracker or OnlineTracker(self.isthing, score_thr, max_tracks)
+        for tube, letterbox, cls, masks, queries in self._tubes(frames, mode, clip_size, num_frames):
+            yield from tracker.update(cls, masks, queries, len(tube), letterbox)
+            if progress:
+                progress(tube.stop, num_frames or 0)
+
+    def track_clicks(self, frames: Iterable[ImageLike], clicks: Iterable[tuple[int, float, float]],
+                     progress: Tick | None = None) -> Iterator[TrackedFrame]:
+        """Click-to-track online: a click (frame k, x, y in frame pixels) starts a track on frame k that later frames
+        follow; ids 1, 2, ... in click order, one prompt-decoder call per frame for every live track.
+
+        Propagation: each later frame is clicked at the interior-most pixel of the track's previous mask
+        (``rapsam_edge.data.prompts.interior_click``, the official interactive evaluation's click). Not box prompts
+        (the model is trained on clicks; box prompts are off in the official config) nor query matching (the prompt
+        decoder outputs no query embedding). A track whose mask becomes empty is lost. Labels are -1 (class-agnostic)
+        and scores the predicted IoU. State: one point per track.
+        """
+        from ..data.prompts import interior_click
+
+        starts = sorted((int(k), i + 1, (float(x), float(y))) for i, (k, x, y) in enumerate(clicks))
+        if not starts:
+            raise InputError("track_clicks() needs at least one (frame, x, y) click.")
+        points: dict[int, tuple[float, float]] = {}
+        index = -1
+        for index, frame in enumerate(frames):
+            while starts and starts[0][0] <= index:
+                k, tid, xy = starts.pop(0)
+                if k == index:
+                    points[tid] = xy
+            ids = sorted(points)
+            if not ids:
+                yield TrackedFrame(index, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                                   np.zeros((0, *load_image(frame).shape[:2]), bool))
+            else:
+                used = np.array([points[t] for t in ids])
+                res = self.segment(frame, points=used)
+                yield TrackedFrame(index, np.array(ids, np.int64), np.full(len(ids), -1, np.int64),
+                                   res.iou.astype(np.float32), res.masks, used)
+                for tid, mask in zip(ids, res.masks, strict=True):
+                    if mask.any():
+                        x, y = interior_click(mask)
+                        points[tid] = (float(x), float(y))
+                    else:
+                        del points[tid]
+            if progress:
+                progress(index + 1, 0)
+        if index < 0:
+            raise InputError("the video has no frames; tracking needs at least one.")
 
     def describe(self) -> dict[str, Any]:
         return {**self.meta, **self.backend.describe(), "input_policy": self.policy.to_dict(),
