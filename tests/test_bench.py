@@ -133,8 +133,8 @@ def test_report_schema(bench_run, bench_bundle):
     assert "onnx-int8-cpu" in res.output and "not available" in res.output
     # next steps: the web app and, for a bundle without TensorRT, the Jetson export of the same model into it
     flat = " ".join(res.output.split())
-    assert (f"Jetson (TensorRT): rapsam-edge export --target tensorrt --device jetson --config rapsam_r18_lite "
-            f"--imgsz 128") in flat and f"--out {bench_bundle.parent} --name {bench_bundle.name}" in flat
+    assert ("Jetson (TensorRT): rapsam-edge export --target tensorrt --device jetson --config rapsam_r18_lite "
+            "--imgsz 128") in flat and f"--out {bench_bundle.parent} --name {bench_bundle.name}" in flat
 
 
 def test_formats_that_cannot_run_here_say_why(bench_run):
