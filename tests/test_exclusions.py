@@ -76,7 +76,10 @@ def test_each_default_rule_keeps_exactly_its_nodes_float():
     assert excl.derive(_model()) == {
         "shape_only": [], "first_conv": ["stem"], "layernorm": ["ln"], "batchnorm": ["bn"],
         "softmax": ["softmax"], "attention": ["qk", "pv"], "attention_kv": ["q_proj", "k_proj", "v_proj"],
-        "mask_products": ["mask"], "classifier": ["cls"]}
+        "classifier": ["cls"]}
+    # the opt-in rules (exclusions.py says why they are not defaults) are applied when named
+    assert excl.OPT_IN_RULES == ("attention_kv_outputs", "mask_products")
+    assert excl.derive(_model(), ["mask_products"]) == {"mask_products": ["mask"]}
 
 
 def test_projections_into_another_graphs_attention_only_with_that_context():
@@ -97,7 +100,7 @@ def test_a_node_is_listed_under_its_first_rule_only():
 
 def test_overrides_and_the_float_inputs_of_the_first_conv():
     model = _model()
-    derived = excl.derive(model)
+    derived = excl.derive(model, [*excl.DEFAULT_RULES, "mask_products"])
     final = excl.apply_overrides(derived, model, exclude=["kernel_proj"], include=["cls", "ln"])
     assert final == ["stem", "bn", "softmax", "qk", "pv", "q_proj", "k_proj", "v_proj", "mask", "kernel_proj"]
     with pytest.raises(InputError, match="--include names 'q_prj', which is not a node of the graph .did you mean "
