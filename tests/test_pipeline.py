@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import ASSET_IMAGES
+from tracking_oracle import reference_finish
 
 
 def test_panoptic_is_in_original_image_pixels(small_pipeline):
@@ -253,39 +254,22 @@ def test_one_canvas_size_rule(value, what, sentence):
 # ---- issue 18: online tracking; track() is a loop over the same per-tube step --------------------------------
 
 def _track_before_issue_18(pipe, frames, mode, max_per_video):
-    """A copy of Pipeline.track and VideoTracker before issue 18 (all frames loaded, all mask logits kept)."""
-    from rapsam_edge.postprocess import binary_and_score, check_cls, encode_rle, select_pairs
+    """Pipeline.track before issue 18 (all frames loaded, all mask logits kept): its tubes decoded here, then the
+    former offline algorithm (tests/tracking_oracle.py)."""
     from rapsam_edge.preprocess import load_image, preprocess
-    from rapsam_edge.tracking import match_queries, split_video
+    from rapsam_edge.tracking import split_video
 
     images = [load_image(f) for f in frames]
     tubes = [range(i, i + 1) for i in range(len(images))] if mode == "stream" else split_video(len(images))
-    cls_sum, prev, kept, n_clips = None, None, [], 0
+    clips = []
     for tube in tubes:
         feats = []
         for i in tube:
             tensor, lb = preprocess(images[i], pipe.policy)
             feats.append(pipe.backend.encode(tensor)["features"])
         cls, m, q = (o[0] for o in pipe.backend.decode_objects(np.concatenate(feats, axis=2)))
-        cls = cls.astype(np.float64)
-        perm = np.arange(len(q)) if prev is None else match_queries(prev, q)
-        cls_sum = cls[perm] if cls_sum is None else cls_sum + cls[perm]
-        n_clips += 1
-        prev = q[perm]
-        f = m[perm].reshape(len(m), len(tube), -1, m.shape[2]).astype(np.float32)
-        kept.extend(np.ascontiguousarray(f[:, t]) for t in range(len(tube)))
-    c, things = check_cls(cls_sum / n_clips, pipe.isthing)
-    queries, labels, probs = select_pairs(c, things, max_per_video)
-    uniq, inv = np.unique(queries, return_inverse=True)
-    scores = np.zeros((len(queries), len(kept)), np.float32)
-    segs = [[] for _ in queries]
-    for t, frame in enumerate(kept):
-        bins, mscore = binary_and_score(frame[uniq], lb)
-        scores[:, t] = probs * mscore[inv]
-        rles = [encode_rle(b) for b in bins]
-        for i in range(len(queries)):
-            segs[i].append(dict(rles[inv[i]]))
-    return labels, scores, segs
+        clips.append((cls.astype(np.float64), m, q, len(tube)))
+    return reference_finish(clips, lb, pipe.isthing, max_per_video)
 
 
 @pytest.mark.needs_shared_data

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from tracking_oracle import reference_finish
 
 from rapsam_edge.preprocess import InputPolicy, compute_letterbox
 from rapsam_edge.tracking import VideoTracker, match_queries, split_video
@@ -93,31 +94,6 @@ def test_video_tracker_consistent_tracks():
 
 # ---- issue 18: the online tracker and the offline one share one per-tube step ---------------------------------
 
-def _reference_finish(clips, letterbox, isthing, max_per_video):
-    """A copy of the offline algorithm before issue 18 (VideoTracker keeping its own state), the equality oracle."""
-    from rapsam_edge.postprocess import binary_and_score, check_cls, encode_rle, select_pairs
-
-    cls_sum, prev, frames = None, None, []
-    for cls, m, q, t in clips:
-        perm = np.arange(len(q)) if prev is None else match_queries(prev, q)
-        cls_sum = cls[perm].astype(np.float64) if cls_sum is None else cls_sum + cls[perm]
-        prev = q[perm]
-        f = m[perm].reshape(len(m), t, -1, m.shape[2]).astype(np.float32)
-        frames.extend(np.ascontiguousarray(f[:, i]) for i in range(t))
-    cls_all, things = check_cls(cls_sum / len(clips), isthing)
-    queries, labels, probs = select_pairs(cls_all, things, max_per_video)
-    uniq, inv = np.unique(queries, return_inverse=True)
-    scores = np.zeros((len(queries), len(frames)), np.float32)
-    segs = [[] for _ in queries]
-    for t, frame in enumerate(frames):
-        bins, mscore = binary_and_score(frame[uniq], letterbox)
-        scores[:, t] = probs * mscore[inv]
-        rles = [encode_rle(b) for b in bins]
-        for i in range(len(queries)):
-            segs[i].append(dict(rles[inv[i]]))
-    return labels, scores, segs
-
-
 def _random_clips(rng, sizes, q=12, c=5, d=8, h=16, w=16):
     base = rng.normal(size=(q, d)).astype(np.float32)
     out = []
@@ -138,7 +114,7 @@ def test_offline_tracker_equals_the_pre_online_algorithm():
     for cls, m, q, t in clips:
         tracker.update(cls, m, q, t)
     video = tracker.finish(LB_64, isthing, max_per_video=10)
-    labels, scores, segs = _reference_finish(clips, LB_64, isthing, 10)
+    labels, scores, segs = reference_finish(clips, LB_64, isthing, 10)
     np.testing.assert_array_equal(video.labels, labels)
     np.testing.assert_array_equal(video.frame_scores, scores)
     assert video.segmentations == segs
