@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rapsam_edge.benchmarks.memory_floor import click_floor, read_bandwidth
 from rapsam_edge.config import get_config
-from rapsam_edge.exporters.graphs import prompt_memory_shapes
+from rapsam_edge.exporters.graphs import prompt_image_inputs
 
 
 def main() -> None:
@@ -31,9 +31,7 @@ def main() -> None:
     from profile_prompt_decoder import export  # scripts/ sibling: the same fixed-canvas export
 
     cfg = get_config(args.config)
-    hw = (args.size // 4) ** 2
-    shapes = {"features": (1, cfg.hidden_dim, args.size // 4, args.size // 4),
-              **prompt_memory_shapes(cfg.hidden_dim, cfg.num_heads, hw)}
+    shapes = prompt_image_inputs(cfg.hidden_dim, cfg.num_heads, (args.size, args.size))
     with tempfile.TemporaryDirectory() as tmp:
         floor = click_floor(export(args.config, args.size, Path(tmp)), shapes, args.threads)
     print(json.dumps({"threads": args.threads, "read_gbs_by_working_set": table, "click_floor": floor.to_dict()},

@@ -26,7 +26,7 @@ from ..bundle import bundle_canvas, load_bundle
 from ..calibration.baselines import flavor_sections
 from ..config import Vocabulary
 from ..errors import InputError
-from ..exporters.graphs import prompt_memory_shapes
+from ..exporters.graphs import prompt_image_inputs
 from ..preprocess import InputPolicy, Protocol, load_image
 from ..runtime.devices import COMPUTE_UNITS, Device, HostFacts, probe, resolve
 from ..runtime.loader import choose_protocol
@@ -249,10 +249,7 @@ def _click_floor(bundle: Any, rows: list[FormatRow], threads: int | None) -> dic
     if art is None:
         return None
     config = bundle.manifest["model"]["config"]
-    h, w = config["input_size"]
-    hidden, heads = config["hidden_dim"], config["num_heads"]
-    shapes = {"features": (1, hidden, h // 4, w // 4),
-              **prompt_memory_shapes(hidden, heads, (h // 4) * (w // 4))}
+    shapes = prompt_image_inputs(config["hidden_dim"], config["num_heads"], tuple(config["input_size"]))
     floor = memory_floor.click_floor(bundle.path(art), shapes, threads or os.cpu_count() or 1)
     for row in rows:
         k1 = row.latency.get("prompt_k1") if row.latency else None

@@ -29,6 +29,13 @@ def prompt_memory_shapes(hidden_dim: int, heads: int, hw: int) -> dict[str, tupl
     return {"prompt_keys": (1, heads, d, hw), "prompt_values": (1, heads, hw, d)}
 
 
+def prompt_image_inputs(hidden_dim: int, heads: int, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """The prompt decoder's image-sized inputs at the canvas ``size`` (H, W): the features and the per-head keys and
+    values (what a click reads; benchmarks.memory_floor counts its bytes from these)."""
+    h, w = size[0] // 4, size[1] // 4
+    return {"features": (1, hidden_dim, h, w), **prompt_memory_shapes(hidden_dim, heads, h * w)}
+
+
 GRAPH_IO: dict[str, GraphIO] = {
     "encoder": GraphIO(("image",), ("features", "prompt_keys", "prompt_values")),
     "object_decoder": GraphIO(("features",), ("cls_logits", "mask_logits", "queries")),
