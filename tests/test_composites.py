@@ -183,6 +183,11 @@ def test_eval_set_files_match_their_ground_truth(source, tmp_path):
     assert masks.sum(axis=0).max() <= 1 and masks.shape[1] == 4
     doc = json.loads((root / "video" / "valid.json").read_text())
     assert all(len(a["segmentations"]) == 4 for a in doc["annotations"])
+    # bench --data / calibrate --eval-data / --video-data ask for val2017 / train: a layout of one split opens
+    from rapsam_edge.data.locate import open_coco, open_video
+
+    assert open_coco(root, VOCAB, split="val2017").image_ids == images.image_ids
+    assert len(open_video(root / "video", VOCAB)) == 1
     again = write_eval_set(tmp_path / "b", source, spec)
     for rel in ("annotations/panoptic_val.json", "video/valid.json", "val/composite_000002.png",
                 "annotations/panoptic_val/composite_000003.png", "video/JPEGImages/clip_001/00003.png"):

@@ -51,7 +51,7 @@ PRESETS = {
         eval_subset=None,
         data="composites",
         # why each number: docs/reference_preset.md (probes on the shared 2-core machine)
-        train_config=dict(model="rapsam_r18_lite", imgsz=256, epochs=12, steps_per_epoch=375, batch_size=2,
+        train_config=dict(model="rapsam_r18_lite", imgsz=256, epochs=12, steps_per_epoch=320, batch_size=2,
                           lr=3e-4, backbone_lr_mult=1.0, warmup_iters=100, grad_clip=1.0, num_points=3072,
                           norm_eval=False, stream_weights={"coco": 1.0, "prompts": 1.5, "video": 0.5}),
     ),

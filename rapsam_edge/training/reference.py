@@ -8,6 +8,7 @@ real coco_mini images held out from everything (things-only PQ, mIoU@1 / NoC on 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,5 +38,8 @@ def composite_streams(cfg: TrainConfig, coco_mini: Path, options: dict[str, Any]
 
 
 def reference_home(shared_data: Path) -> Path:
-    """Where the trained reference model is kept for tests and benchmarks: ``../shared/models/reference``."""
-    return Path(shared_data).parent / "models" / "reference"
+    """Where the trained reference model is kept for tests and benchmarks: ``$RAPSAM_SHARED_MODELS/reference``,
+    else ``../shared/models/reference`` beside the shared data. The variable exists because ``../shared`` is
+    read-only on the developer machines: a freshly trained model is checked from wherever it was copied."""
+    models = os.environ.get("RAPSAM_SHARED_MODELS")
+    return (Path(models) if models else Path(shared_data).parent / "models") / "reference"
