@@ -126,7 +126,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("status", lambda r: r["status"] or NONE, compact=True, left=True),
     Column("size\nMB", lambda r: _num(r.get("size_mb"), 1), compact=True),
     Column("PQ\nthings", _metric("pq"), compact=True, metric="pq", compact_unless="pq_official",
-           legend="PQ things: things only, held-out coco_mini split (`pq`)"),
+           legend="PQ things: things only, on the images of --data (`pq`; report.json data says which)"),
     Column("PQ\npanoptic", _metric("pq_official"), compact=True, metric="pq_official",
            legend="PQ panoptic: things + stuff, COCO panoptic images (`pq_official`)"),
     Column("mIoU@1", _metric("miou"), compact=True, metric="miou", legend="mIoU@1: mask IoU after one click (`miou`)"),
