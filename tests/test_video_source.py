@@ -63,6 +63,29 @@ def test_pyav_video_file_encoded_from_davis_frames_is_read_lazily(shared_data, t
 
 
 @pytest.mark.needs_shared_data
+def test_opencv_reader_gives_the_frames_pyav_gives(shared_data, tmp_path):
+    """The OpenCV path (what a Jetson's python3-opencv provides): the same file, the same frames as PyAV, RGB,
+    lazily; here with opencv-python-headless's FFmpeg backend."""
+    pytest.importorskip("av", reason="the [video] extra (PyAV) is not installed")
+    pytest.importorskip("cv2", reason="OpenCV is not installed")
+    from rapsam_edge.preprocess import load_image
+
+    with VideoWriter(tmp_path / "clip.mp4", fps=12) as out:
+        for p in _frames(shared_data, 6):
+            out.write(load_image(p))
+    by_av = [f for _, f in open_frames(tmp_path / "clip.mp4", reader="av")]
+    src = open_frames(tmp_path / "clip.mp4", reader="opencv")
+    assert src.kind == "file" and src.reader == "opencv" and src.fps == pytest.approx(12)
+    by_cv = []
+    for _, frame in src:
+        by_cv.append(frame)
+        assert src.reads == len(by_cv)
+    assert len(by_cv) == 6 and by_cv[0].shape == by_av[0].shape == (480, 854, 3)
+    # two decoders of one stream (colour conversion may round differently): equal to a grey level or two
+    assert max(np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(by_av, by_cv, strict=True)) < 2
+
+
+@pytest.mark.needs_shared_data
 @pytest.mark.slow
 def test_online_tracking_of_an_encoded_video_with_the_tiny_bundle(shared_data, tiny_onnx_bundle, tmp_path):
     """An encoded video is tracked frame by frame through track_stream while the source is read no more than one
