@@ -97,6 +97,20 @@ def candidate_pipeline(bundle: Bundle, files: dict[str, str], precision: str, th
     return load_from_bundle(candidate_view(bundle, files, precision), "onnxruntime", precision, "cpu", threads)
 
 
+METRIC_GRAPHS = {"click": ("encoder", "prompt_decoder"), "object": ("encoder", "object_decoder")}
+"""The graphs a metric's value depends on: clicks (``miou``, ``noc@…``) run the encoder and the prompt decoder,
+never the object decoder; PQ and AP run the encoder and the object decoder."""
+
+
+def graphs_for(metrics: tuple[str, ...], graphs: tuple[str, ...]) -> tuple[str, ...]:
+    """Of ``graphs``, those whose quantization can move ``metrics``: accuracy control only moves their nodes back
+    to float (measured on the reference model with a miou budget: three steps spent on object-decoder sigmoids
+    and reshapes changed nothing, since clicks never run that graph)."""
+    kinds = {"click" if m.startswith(("miou", "noc")) else "object" for m in metrics}
+    needed = {g for k in kinds for g in METRIC_GRAPHS[k]}
+    return tuple(g for g in graphs if g in needed)
+
+
 def task_metrics(pipe: Any, evalset: EvalSet, metrics: tuple[str, ...], progress: Tick | None = None
                  ) -> dict[str, float]:
     """Headline numbers (:func:`rapsam_edge.evaluate.summarise`) of the tasks ``metrics`` need; ``progress`` is
@@ -159,9 +173,15 @@ class AccuracyBudgetError(RapsamError, RuntimeError):
 
 def control(requantize: Callable[[list[str]], dict[str, str]], evaluate: Callable[[dict[str, str]], dict[str, float]],
             base: dict[str, float], budget: dict[str, float], ranking: list[str], excluded: list[str],
-            log: Log = lambda s: None, max_steps: int = 8) -> tuple[list[str], dict[str, str], list[Step]]:
+            log: Log = lambda s: None, max_steps: int = 8,
+            fingerprint: Callable[[dict[str, str]], str] | None = None
+            ) -> tuple[list[str], dict[str, str], list[Step]]:
     """Move the most sensitive nodes of ``ranking`` back to float (1, 2, 4, ... per step) until every drop is
     within ``budget``. ``requantize(exclusions)`` returns candidate files; ``evaluate(files)`` their metrics.
+
+    ``fingerprint(files)`` (their content hash) lets a step that changed nothing take the next nodes before it
+    is evaluated: excluding a node whose input another consumer still quantizes leaves the graph as it was
+    (measured: an Add of the encoder, rebuilt byte-identical), and an evaluation of the same graph is wasted.
 
     Returns the final exclusion list, its files and every step (step 0 = the starting exclusions).
     """
@@ -176,10 +196,15 @@ def control(requantize: Callable[[list[str]], dict[str, str]], evaluate: Callabl
             k = min(2 ** (i - 1), len(queue))
             moved, queue = queue[:k], queue[k:]
             try:
-                files = requantize(excluded + moved)
+                candidate = requantize(excluded + moved)
+                while fingerprint and queue and fingerprint(candidate) == fingerprint(files):
+                    more, queue = queue[:k], queue[k:]
+                    moved += more
+                    candidate = requantize(excluded + moved)
             except NoQuantizedNodesLeft as e:
                 log(f"step {i}: stopped before moving {len(moved)} more layers: {e}")
                 break
+            files = candidate
             excluded += moved
         metrics = evaluate(files)
         d = drops(base, metrics)

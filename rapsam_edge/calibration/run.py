@@ -26,6 +26,7 @@ import onnx
 
 from ..bundle import Bundle, edit_bundle, load_bundle
 from ..errors import InputError, RapsamError
+from ..fsutil import sha256_path
 from ..preprocess import InputPolicy
 from ..progress import Progress, Steps
 from ..runtime.loader import load, reference_model
@@ -253,15 +254,17 @@ def _accuracy(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], 
     log(f"fp32 on {len(evalset.paths)} evaluation images: " + ", ".join(f"{k} {v:.2f}" for k, v in base.items())
         + f" ({time.perf_counter() - t0:.0f} s)")
     precision = opts.flavor.precision
-    nodes = {g: {n.name for n in onnx.load(str(job.model)).graph.node} for g, job in jobs.items()}
-    start = [n for job in jobs.values() for n in job.excluded]
+    # nodes are named "graph/node" here: two graphs may hold a node of the same name (Reshape_3, ...), and an
+    # exclusion must reach the graph it was ranked in only
+    start = [f"{g}/{n}" for g, job in jobs.items() for n in job.excluded]
     step = iter(range(1, 1000))
 
     def requantize(excluded: list[str]) -> dict[str, str]:
         if excluded == start:
             return files  # step 0 is what was quantized already
+        split = [q.split("/", 1) for q in excluded]
         for g, job in jobs.items():
-            job.excluded = [n for n in excluded if n in nodes[g]]
+            job.excluded = [n for graph, n in split if graph == g]
         return _quantize_all(jobs, opts, work, f"step{next(step)}")
 
     def evaluate(candidate: dict[str, str]) -> dict[str, float]:
@@ -271,9 +274,16 @@ def _accuracy(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], 
     budget = opts.max_drop or {m: float("inf") for m in wanted}
     # each graph keeps its most robust node quantized: a graph with no Q/DQ left is no INT8 graph (and
     # breaks its flavour), so a budget only met in full float is reported as unmet instead
-    robust = {_most_robust_weighted(sens[g]["nodes"]) for g in jobs if sens[g]["nodes"]}
-    ranked = sorted((r["local_sqnr_db"], r["node"]) for g in jobs for r in sens[g]["nodes"] if r["node"] not in robust)
-    _, final_files, steps = accuracy.control(requantize, evaluate, base, budget, [n for _, n in ranked], start, log)
+    robust = {g: _most_robust_weighted(sens[g]["nodes"]) for g in jobs if sens[g]["nodes"]}
+    tuned = accuracy.graphs_for(wanted, tuple(jobs))
+    live = {g: _fed_by_dequantize(bundle.root / files[g]) for g in tuned}
+    ranked = sorted((r["local_sqnr_db"], f"{g}/{r['node']}") for g in tuned for r in sens[g]["nodes"]
+                    if r["node"] != robust.get(g) and r["node"] in live[g])
+    def fingerprint(candidate: dict[str, str]) -> str:
+        return ",".join(sha256_path(bundle.root / candidate[g]) for g in sorted(candidate))
+
+    _, final_files, steps = accuracy.control(requantize, evaluate, base, budget, [n for _, n in ranked], start, log,
+                                             fingerprint=fingerprint)
     if not steps[-1].within_budget:
         raise accuracy.AccuracyBudgetError(
             f"accuracy control could not bring the drop within {opts.max_drop} after moving "
@@ -283,6 +293,16 @@ def _accuracy(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], 
     agree = accuracy.agreement(fp32, final, evalset.paths[:accuracy.AGREEMENT_IMAGES])
     return final_files, steps, {"fp32": base, "int8": steps[-1].metrics, "drop": steps[-1].drop,
                                 "agreement_vs_fp32": agree, "evaluation_images": len(evalset.paths)}
+
+
+def _fed_by_dequantize(path: Path) -> set[str]:
+    """Nodes of a Q/DQ graph that read a DequantizeLinear output: the only ones whose exclusion changes the graph
+    (the sensitivity report also ranks nodes the quantizer left float, e.g. an Add of two float tensors, and
+    moving one of those "back to float" rebuilt a byte-identical graph, a wasted accuracy-control step)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(i in dq for i in n.input)}
 
 
 def _most_robust_weighted(nodes: list[dict[str, Any]]) -> str:
