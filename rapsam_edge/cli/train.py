@@ -16,6 +16,9 @@ from .render.next_steps import print_next_steps
 EXAMPLES = examples(
     ("rapsam-edge train --preset mini --out runs/mini",
      "rapsam_r18_lite from scratch on ../shared/data (coco_mini + DAVIS clips), then evaluated (metrics.json)"),
+    ("rapsam-edge train --preset reference --out runs/reference",
+     "rapsam_r18_lite from scratch on copy-paste composites of coco_mini (~60 min on 2 cores), then scored on the "
+     "composite evaluation set and the real held-out photos (docs/reference_preset.md)"),
     ("rapsam-edge train --coco-root ../shared/data/coco_mini --no-prompts --imgsz 256 "
      "--max-steps 20 --no-eval --out runs/smoke", "a 20-step smoke run on COCO images only"),
     ("torchrun --nproc_per_node 2 -m rapsam_edge.cli train --preset mini --out runs/mini-ddp",
@@ -26,8 +29,8 @@ EXAMPLES = examples(
 def train(
     out: Annotated[Path, typer.Option(help="Run folder: last.pth every epoch, final.pth + model_fp16.pth at the end, "
                                            "log.jsonl, metrics.json.")],
-    preset: Annotated[str | None, typer.Option(help="Named recipe: mini (see README); its data and schedule are "
-                                                    "the defaults the other options override.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Named recipe: mini or reference (see README); its data and "
+                                                    "schedule are the defaults the other options override.")] = None,
     config: Annotated[str, typer.Option(help="Model config (see `rapsam-edge info`).")] = "rapsam_r18_lite",
     coco_root: Annotated[Path | None, typer.Option(help="COCO layout (official or coco_mini) of the image streams.",
                                                    show_default="none; the preset's coco_mini")] = None,
