@@ -106,7 +106,7 @@ def vis_ap(pipe: Any, root: Path, split: str = "train") -> dict[str, Any]:
     from rapsam_edge.metrics.video import VideoEvaluator
     from rapsam_edge.tracking import TrackLog
 
-    dataset = open_video(root, pipe.vocabulary, split)
+    dataset = open_video(root, pipe.vocabulary, split, only_split=True)
     out: dict[str, Any] = {}
     for mode in ("clip", "stream"):
         r = evaluate_video(pipe, dataset, mode=mode)

@@ -186,8 +186,12 @@ def test_eval_set_files_match_their_ground_truth(source, tmp_path):
     # bench --data / calibrate --eval-data / --video-data ask for val2017 / train: a layout of one split opens
     from rapsam_edge.data.locate import open_coco, open_video
 
-    assert open_coco(root, VOCAB, split="val2017").image_ids == images.image_ids
-    assert len(open_video(root / "video", VOCAB)) == 1
+    assert open_coco(root, VOCAB, split="val2017", only_split=True).image_ids == images.image_ids
+    assert len(open_video(root / "video", VOCAB, only_split=True)) == 1
+    with pytest.raises(FileNotFoundError):  # a split the user named is never swapped for another
+        open_coco(root, VOCAB, split="train2017")
+    with pytest.raises(FileNotFoundError):
+        open_video(root / "video", VOCAB, split="train")
     again = write_eval_set(tmp_path / "b", source, spec)
     for rel in ("annotations/panoptic_val.json", "video/valid.json", "val/composite_000002.png",
                 "annotations/panoptic_val/composite_000003.png", "video/JPEGImages/clip_001/00003.png"):

@@ -93,7 +93,7 @@ def resolve_data(data: str, vocabulary: Any, tasks: tuple[str, ...], subset: str
         if not root.is_dir():
             raise InputNotFoundError(f"--data {data!r} is neither coco, panoptic, none nor an existing folder.")
         try:
-            dataset = open_coco(root, vocabulary, split="val2017", subset=subset)
+            dataset = open_coco(root, vocabulary, split="val2017", subset=subset, only_split=True)
             prov.update(path=str(root), subset=subset)
         except FileNotFoundError:
             files = list_images(root)
@@ -106,7 +106,7 @@ def resolve_data(data: str, vocabulary: Any, tasks: tuple[str, ...], subset: str
         vroot = video_root or shared / "video_mini"
         if not Path(vroot).is_dir():
             raise InputNotFoundError(f"--tasks video needs clips: {vroot} does not exist (give --video-data).")
-        video = open_video(vroot, vocabulary)
+        video = open_video(vroot, vocabulary, only_split=True)
         prov["video"] = str(vroot)
     if dataset is None:
         images = embedded_images()

@@ -54,7 +54,7 @@ def open_eval_set(root: Path, subset: str | None, limit: int | None, vocabulary:
     if limit is not None and limit < 1:
         raise InputError(f"--eval-limit {limit} selects no evaluation images; give a positive number (or leave it "
                          "out to evaluate on the whole split).")
-    ds = open_coco(root, vocabulary, split="val2017", subset=subset)
+    ds = open_coco(root, vocabulary, split="val2017", subset=subset, only_split=True)
     if not len(ds):
         raise InputError(f"the evaluation data {root}{f' (--eval-subset {subset})' if subset else ''} selects no "
                          "images; check --eval-data and --eval-subset.")

@@ -69,13 +69,16 @@ def default_verify_images(limit: int = 6) -> list[Path]:
 
 
 def open_coco(root: str | Path, vocabulary: Vocabulary, split: str = "train2017",
-              subset: str | None = None) -> CocoInstances | CocoPanoptic:
+              subset: str | None = None, only_split: bool = False) -> CocoInstances | CocoPanoptic:
     """Open a COCO-layout folder (panoptic preferred when its PNGs exist). ``subset`` names an id list of
-    ``splits.json`` (coco_mini) to restrict the images."""
+    ``splits.json`` (coco_mini) to restrict the images. ``only_split``: a layout holding exactly one split is
+    read whatever that split is named (evaluation data given as a folder); a split the user named is never
+    swapped for another."""
     root = Path(root)
     ann = root / "annotations"
-    split = _only_split(split, {s for f in ann.glob("*_*.json") if f.stem.startswith(("panoptic_", "instances_"))
-                                and (root / (s := f.stem.split("_", 1)[1])).is_dir()})
+    if only_split:
+        split = _only_split(split, {s for f in ann.glob("*_*.json") if f.stem.startswith(("panoptic_", "instances_"))
+                                    and (root / (s := f.stem.split("_", 1)[1])).is_dir()})
     if (ann / f"panoptic_{split}.json").is_file() and (ann / f"panoptic_{split}").is_dir():
         return CocoPanoptic(root / split, ann / f"panoptic_{split}.json", ann / f"panoptic_{split}", vocabulary)
     if (ann / f"instances_{split}.json").is_file():
@@ -105,9 +108,11 @@ def video_split(split: str) -> str:
     return "valid" if split == "val2017" else split
 
 
-def open_video(root: str | Path, vocabulary: Vocabulary, split: str = "train") -> YTVISDataset:
+def open_video(root: str | Path, vocabulary: Vocabulary, split: str = "train", only_split: bool = False
+               ) -> YTVISDataset:
+    """Open a YouTube-VIS layout (or video_mini); ``only_split`` as in :func:`open_coco`."""
     root = Path(root)
-    if (root / "JPEGImages").is_dir():
+    if only_split and (root / "JPEGImages").is_dir():
         split = _only_split(split, {f.stem for f in root.glob("*.json")})
     if (root / "ytvis_mini.json").is_file():
         return YTVISDataset(root / "JPEGImages" / "480p", root / "ytvis_mini.json", vocabulary)
