@@ -10,10 +10,14 @@ with their file name, laid out ``--cols`` per row under an optional title line. 
 from __future__ import annotations
 
 import argparse
+import io
 import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from rapsam_edge.data.coco import list_images
+from rapsam_edge.fsutil import write_atomic
 
 CAPTION = 14  # pixels of caption under each frame
 
@@ -43,7 +47,7 @@ def sheet(frames: list[Path], cols: int, width: int, title: str = "") -> Image.I
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("frames", type=Path, help="folder of annotated frames (PNG or JPEG)")
+    ap.add_argument("frames", type=Path, help="folder of annotated frames (any image format)")
     ap.add_argument("--every", type=int, default=1, help="take every Nth frame (default: %(default)s)")
     ap.add_argument("--count", type=int, default=8, help="frames on the sheet (default: %(default)s)")
     ap.add_argument("--cols", type=int, default=4, help="frames per row (default: %(default)s)")
@@ -51,13 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--title", default="", help="a line above the grid (what model, what data)")
     ap.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = ap.parse_args(argv)
-    names = sorted(p for p in args.frames.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    picked = names[:: max(1, args.every)][: args.count]
+    picked = list_images(args.frames)[:: max(1, args.every)][: args.count]
     img = sheet(picked, args.cols, args.width, args.title)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp.png")
-    img.save(tmp)
-    tmp.replace(args.out)
+    png = io.BytesIO()
+    img.save(png, format="PNG")
+    write_atomic(args.out, png.getvalue())
     print(f"{args.out}: {len(picked)} frames, {img.width}x{img.height}")
 
 

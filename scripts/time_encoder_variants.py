@@ -1,6 +1,6 @@
 """Interleaved timing of the FP32 and INT8 encoders of several exported variants in one process (ORT CPU).
 
-    ROUNDS=30 python scripts/time_encoder_variants.py s1 s2 s3    # ENC_ROOT/<variant>/m/encoder{,.int8-cpu}.onnx
+    ENC_ROOT=runs/enc ROUNDS=30 python scripts/time_encoder_variants.py s1 s2 s3  # ENC_ROOT/<v>/m/encoder*.onnx
 
 Each variant is a bundle made by ``rapsam-edge export --target onnx --imgsz 640 --out ENC_ROOT/<variant> --name m``
 then ``rapsam-edge calibrate --bundle ENC_ROOT/<variant>/m --graphs encoder ...`` from one checkout (a git worktree
@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 
 def main(variants: list[str]) -> dict[str, dict[str, float]]:
-    root = os.environ.get("ENC_ROOT", "/work/enc")
+    root = os.environ.get("ENC_ROOT", "runs/enc")
     rounds, threads = int(os.environ.get("ROUNDS", 12)), int(os.environ.get("THREADS", 2))
     sessions = {}
     for v in variants:

@@ -51,9 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ap", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure VIS AP of stream vs clip on the DAVIS clips (default: %(default)s)")
     ap.add_argument("--ap-data", type=Path, default=None,
-                    help="YouTube-VIS layout the AP is measured on (default: the DAVIS clips of video_mini; the "
-                         "reference model's composite clips: runs/reference/composite_eval/video --ap-split valid)")
-    ap.add_argument("--ap-split", default="train", help="split name of --ap-data (default: %(default)s)")
+                    help="YouTube-VIS layout (its only split) the AP is measured on (default: the DAVIS clips of "
+                         "video_mini; the reference model's composite clips: runs/reference/composite_eval/video)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/video/soak.json"))
     return ap.parse_args(argv)
 
@@ -99,14 +98,14 @@ def soak(pipe: Any, paths: list[Path], args: argparse.Namespace) -> dict[str, An
             "peak_rss_mb": samples[-1]["peak_rss_mb"]}
 
 
-def vis_ap(pipe: Any, root: Path, split: str = "train") -> dict[str, Any]:
+def vis_ap(pipe: Any, root: Path) -> dict[str, Any]:
     from rapsam_edge.data.locate import open_video
     from rapsam_edge.data.video import video_ground_truth
     from rapsam_edge.evaluate import evaluate_video
     from rapsam_edge.metrics.video import VideoEvaluator
     from rapsam_edge.tracking import TrackLog
 
-    dataset = open_video(root, pipe.vocabulary, split, only_split=True)
+    dataset = open_video(root, pipe.vocabulary, only_split=True)
     out: dict[str, Any] = {}
     for mode in ("clip", "stream"):
         r = evaluate_video(pipe, dataset, mode=mode)
@@ -150,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "soak": soak(pipe, davis_frames(root), args)}
     if args.ap:
         ap_root = args.ap_data or root
-        report["vis_ap_data"] = f"{ap_root} (split {args.ap_split})"
-        report["vis_ap_davis" if args.ap_data is None else "vis_ap"] = vis_ap(pipe, ap_root, args.ap_split)
+        report["vis_ap_data"] = str(ap_root)
+        report["vis_ap_davis" if args.ap_data is None else "vis_ap"] = vis_ap(pipe, ap_root)
     report["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -15,6 +15,26 @@ def _frames(shared_data, n):
     return sorted((shared_data / CLIP).glob("*.jpg"))[:n]
 
 
+def _encode(shared_data, path, n, fps):
+    """The first ``n`` DAVIS frames encoded into ``path`` with PyAV; returns the source frames."""
+    from rapsam_edge.preprocess import load_image
+
+    frames = [load_image(p) for p in _frames(shared_data, n)]
+    with VideoWriter(path, fps=fps) as out:
+        for f in frames:
+            out.write(f)
+    return frames
+
+
+def _read_lazily(src):
+    """Every frame of ``src``, checking that each one was decoded only when asked for."""
+    got = []
+    for _, frame in src:
+        got.append(frame)
+        assert src.reads == len(got)
+    return got
+
+
 @pytest.mark.needs_shared_data
 def test_folder_source_reads_one_frame_per_request(shared_data):
     """A folder source decodes a frame only when the consumer asks for it, and stops at max_frames."""
@@ -45,18 +65,10 @@ def test_bad_sources_are_one_sentence(tmp_path):
 def test_pyav_video_file_encoded_from_davis_frames_is_read_lazily(shared_data, tmp_path):
     """DAVIS frames encoded into an MP4 with PyAV here come back lazily, one decoded frame per request, in order."""
     pytest.importorskip("av", reason="the [video] extra (PyAV) is not installed")
-    from rapsam_edge.preprocess import load_image
-
-    frames = [load_image(p) for p in _frames(shared_data, 8)]
-    with VideoWriter(tmp_path / "clip.mp4", fps=12) as out:
-        for f in frames:
-            out.write(f)
+    frames = _encode(shared_data, tmp_path / "clip.mp4", 8, fps=12)
     src = open_frames(tmp_path / "clip.mp4", reader="av")
     assert src.kind == "file" and src.reader == "av" and src.fps == pytest.approx(12)
-    got = []
-    for _, frame in src:
-        got.append(frame)
-        assert src.reads == len(got)
+    got = _read_lazily(src)
     assert len(got) == 8 and got[0].shape == (480, 854, 3)
     # lossy codec: close to the source frames, not equal
     assert np.abs(got[3].astype(int) - frames[3].astype(int)).mean() < 12
@@ -68,18 +80,11 @@ def test_opencv_reader_gives_the_frames_pyav_gives(shared_data, tmp_path):
     lazily; here with opencv-python-headless's FFmpeg backend."""
     pytest.importorskip("av", reason="the [video] extra (PyAV) is not installed")
     pytest.importorskip("cv2", reason="OpenCV is not installed")
-    from rapsam_edge.preprocess import load_image
-
-    with VideoWriter(tmp_path / "clip.mp4", fps=12) as out:
-        for p in _frames(shared_data, 6):
-            out.write(load_image(p))
+    _encode(shared_data, tmp_path / "clip.mp4", 6, fps=12)
     by_av = [f for _, f in open_frames(tmp_path / "clip.mp4", reader="av")]
     src = open_frames(tmp_path / "clip.mp4", reader="opencv")
     assert src.kind == "file" and src.reader == "opencv" and src.fps == pytest.approx(12)
-    by_cv = []
-    for _, frame in src:
-        by_cv.append(frame)
-        assert src.reads == len(by_cv)
+    by_cv = _read_lazily(src)
     assert len(by_cv) == 6 and by_cv[0].shape == by_av[0].shape == (480, 854, 3)
     # two decoders of one stream (colour conversion may round differently): equal to a grey level or two
     assert max(np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(by_av, by_cv, strict=True)) < 2
@@ -92,11 +97,8 @@ def test_online_tracking_of_an_encoded_video_with_the_tiny_bundle(shared_data, t
     tube ahead of the results."""
     pytest.importorskip("av")
     import rapsam_edge
-    from rapsam_edge.preprocess import load_image
 
-    with VideoWriter(tmp_path / "clip.mp4", fps=10) as out:
-        for p in _frames(shared_data, 7):
-            out.write(load_image(p))
+    _encode(shared_data, tmp_path / "clip.mp4", 7, fps=10)
     pipe = rapsam_edge.load(tiny_onnx_bundle, backend="onnxruntime", threads=1)
     src = open_frames(tmp_path / "clip.mp4")
     for mode, tube in (("stream", 1), ("clip", 3)):

@@ -197,7 +197,8 @@ def control(requantize: Callable[[list[str]], dict[str, str]], evaluate: Callabl
             moved, queue = queue[:k], queue[k:]
             try:
                 candidate = requantize(excluded + moved)
-                while fingerprint and queue and fingerprint(candidate) == fingerprint(files):
+                before = fingerprint(files) if fingerprint else None
+                while fingerprint and queue and fingerprint(candidate) == before:
                     more, queue = queue[:k], queue[k:]
                     moved += more
                     candidate = requantize(excluded + moved)

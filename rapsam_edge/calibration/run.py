@@ -279,6 +279,7 @@ def _accuracy(bundle: Bundle, jobs: dict[str, GraphJob], files: dict[str, str], 
     live = {g: _fed_by_dequantize(bundle.root / files[g]) for g in tuned}
     ranked = sorted((r["local_sqnr_db"], f"{g}/{r['node']}") for g in tuned for r in sens[g]["nodes"]
                     if r["node"] != robust.get(g) and r["node"] in live[g])
+
     def fingerprint(candidate: dict[str, str]) -> str:
         return ",".join(sha256_path(bundle.root / candidate[g]) for g in sorted(candidate))
 
