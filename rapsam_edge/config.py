@@ -66,12 +66,17 @@ class Vocabulary:
     ``isthing`` drives the panoptic merge (things get instance ids, stuff merges) and ``dataset_ids``
     maps the model's contiguous class index back to the dataset's category id (COCO ids are 1..200
     with gaps) when results are written in COCO format.
+
+    ``members`` makes a coarser vocabulary over the same data: class i stands for the dataset categories
+    ``members[i]`` (e.g. every COCO thing -> one class "object"), so a loader reads COCO annotations into it
+    and ground truth is scored in its own classes. Empty means class i is exactly category ``dataset_ids[i]``.
     """
 
     name: str
     names: tuple[str, ...]
     isthing: tuple[bool, ...]
     dataset_ids: tuple[int, ...]
+    members: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -80,6 +85,17 @@ class Vocabulary:
                 f"vocabulary {self.name!r} needs as many isthing flags and dataset ids as names "
                 f"(got {n} names, {len(self.isthing)} flags, {len(self.dataset_ids)} ids)."
             )
+        if self.members and len(self.members) != n:
+            raise InputError(f"vocabulary {self.name!r} has {len(self.members)} member lists for {n} classes.")
+        flat = [c for m in self.members for c in m]
+        if len(flat) != len(set(flat)):
+            raise InputError(f"vocabulary {self.name!r} puts one dataset category into two classes.")
+
+    def category_index(self) -> dict[int, int]:
+        """Dataset category id -> class index (every member of a class maps to it)."""
+        if not self.members:
+            return {int(cid): i for i, cid in enumerate(self.dataset_ids)}
+        return {int(cid): i for i, ids in enumerate(self.members) for cid in ids}
 
     @property
     def num_classes(self) -> int:
@@ -91,12 +107,14 @@ class Vocabulary:
             "names": list(self.names),
             "isthing": list(self.isthing),
             "dataset_ids": list(self.dataset_ids),
+            **({"members": [list(m) for m in self.members]} if self.members else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Vocabulary:
         return cls(d["name"], tuple(d["names"]), tuple(bool(t) for t in d["isthing"]),
-                   tuple(int(i) for i in d["dataset_ids"]))
+                   tuple(int(i) for i in d["dataset_ids"]),
+                   tuple(tuple(int(c) for c in m) for m in d.get("members", ())))
 
     @classmethod
     def from_categories(cls, name: str, categories: Sequence[Mapping[str, Any]]) -> Vocabulary:
@@ -119,7 +137,16 @@ def coco_panoptic_vocabulary() -> Vocabulary:
     return Vocabulary.from_categories("coco_panoptic", json.loads(text))
 
 
-VOCABULARIES = {"coco_panoptic": coco_panoptic_vocabulary}
+def coco_objects_vocabulary() -> Vocabulary:
+    """One class, "object", standing for all 80 COCO thing categories: class-agnostic instances (what the
+    ``reference`` preset learns in its CPU budget; docs/reference_preset.md). Its dataset id is 1, so
+    results written in COCO format name category 1 "object", with no claim about which COCO class it is."""
+    things = tuple(cid for cid, t in zip(coco_panoptic_vocabulary().dataset_ids,
+                                         coco_panoptic_vocabulary().isthing, strict=True) if t)
+    return Vocabulary("coco_objects", ("object",), (True,), (1,), (things,))
+
+
+VOCABULARIES = {"coco_panoptic": coco_panoptic_vocabulary, "coco_objects": coco_objects_vocabulary}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pycocotools.mask as mask_util
 import pytest
 from PIL import Image
 
-from rapsam_edge.config import coco_panoptic_vocabulary
+from rapsam_edge.config import Vocabulary, coco_objects_vocabulary, coco_panoptic_vocabulary
 from rapsam_edge.data.coco import (
     AnnotationFileError,
     CocoInstances,
@@ -23,6 +23,7 @@ from rapsam_edge.data.coco import (
     things_panoptic,
 )
 from rapsam_edge.data.masks import MaskStack
+from rapsam_edge.errors import InputError
 
 VOCAB = coco_panoptic_vocabulary()
 
@@ -295,3 +296,36 @@ def test_invalid_instance_annotations_are_skipped_and_counted_as_mmdet_does(tmp_
     assert first.instance_ids.tolist() == [1] and first.meta["skipped_invalid"] == 3
     assert first.masks.shape == (1, 48, 64) and first.masks.any()
     assert second.instance_ids.tolist() == [2, 103] and second.meta["skipped_invalid"] == 0
+
+
+def test_coarse_vocabulary_reads_every_thing_as_its_class(coco_mini, coco_pan, shared_data):
+    """coco_objects (one class "object" standing for the 80 things) reads COCO annotations into its class and
+    writes ground truth in it, so PQ is scored class-agnostically; stuff stays unknown (dropped)."""
+    objects = coco_objects_vocabulary()
+    assert objects.num_classes == 1 and len(objects.members[0]) == 80
+    assert Vocabulary.from_dict(json.loads(json.dumps(objects.to_dict()))) == objects
+    assert "members" not in VOCAB.to_dict()  # bundles of full vocabularies are unchanged
+    root = shared_data / "coco_mini"
+    agnostic = CocoInstances(root / "images", root / "annotations" / "instances_mini.json", objects,
+                             image_ids=coco_mini.image_ids[:6])
+    for i in range(6):
+        full, rec = coco_mini[i], agnostic[i]
+        assert rec.instance_ids.tolist() == full.instance_ids.tolist()  # every COCO instance is a thing
+        assert set(rec.labels.tolist()) <= {0} and set(rec.category_ids.tolist()) <= {1}
+        _, segs = things_panoptic(rec)
+        assert {s["category_id"] for s in segs} <= {1}
+    root = shared_data / "coco_panoptic_mini"
+    pan = CocoPanoptic(root / "images", root / "annotations" / "panoptic_mini.json",
+                       root / "annotations" / "panoptic_mini", objects)
+    rec, full = pan[0], coco_pan[0]
+    things = [s for s, t in zip(full.segments_info, (VOCAB.isthing[k] for k in full.labels), strict=True) if t]
+    assert rec.instance_ids.tolist() == [s["id"] for s in things]
+    assert all(s["category_id"] == 1 for s in rec.segments_info if s["id"] in set(rec.instance_ids.tolist()))
+    assert rec.meta["dropped_unknown_category"] == len(full.segments_info) - len(things) > 0
+
+
+def test_vocabulary_rejects_a_category_in_two_classes():
+    with pytest.raises(InputError, match="two classes"):
+        Vocabulary("bad", ("a", "b"), (True, True), (1, 2), ((1, 2), (2,)))
+    with pytest.raises(InputError, match="member lists"):
+        Vocabulary("bad", ("a", "b"), (True, True), (1, 2), ((1,),))

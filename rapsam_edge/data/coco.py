@@ -166,7 +166,13 @@ def invalid_annotation(ann: dict[str, Any], width: float, height: float) -> str 
 
 
 def category_index(vocabulary: Vocabulary) -> dict[int, int]:
-    return {int(cid): i for i, cid in enumerate(vocabulary.dataset_ids)}
+    return vocabulary.category_index()
+
+
+def class_category_ids(vocabulary: Vocabulary, labels: np.ndarray) -> np.ndarray:
+    """The dataset id of each record's class: its own category, or its class's id in a coarser vocabulary
+    (``Vocabulary.members``), so ground truth is scored in the model's classes."""
+    return np.asarray(vocabulary.dataset_ids, np.int64)[labels] if len(labels) else np.zeros(0, np.int64)
 
 
 def _check_size(image: np.ndarray, hw: tuple[int, int], path: Path, what: str) -> None:
@@ -275,7 +281,7 @@ class CocoInstances(_ImageDataset):
             image=image,
             stack=stack,
             labels=labels,
-            category_ids=np.array([int(a["category_id"]) for a in keep], np.int64),
+            category_ids=class_category_ids(self.vocabulary, labels),
             isthing=np.array([self.vocabulary.isthing[k] for k in labels], bool),
             iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in keep], bool),
             areas=np.array([float(a.get("area", 0.0)) for a in keep], np.float64),
@@ -326,6 +332,13 @@ class CocoPanoptic(_ImageDataset):
         self._index(sorted(set(self.images) & set(self.annotations)), image_ids,
                     f"have no panoptic annotation in {str(self.pan_json)!r}", vocabulary, cache_size)
 
+    def _class_segments(self, segs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``segments_info`` with each known segment's category in the model's classes (unchanged for a
+        vocabulary of dataset categories; every thing -> "object" for ``coco_objects``)."""
+        ids = self.vocabulary.dataset_ids
+        return [{**s, "category_id": ids[self._cat_to_index[int(s["category_id"])]]}
+                if int(s["category_id"]) in self._cat_to_index else dict(s) for s in copy.deepcopy(segs)]
+
     def _load(self, i: int) -> Record:
         img_id = self.image_ids[i]
         info, ann = self.images[img_id], self.annotations[img_id]
@@ -344,7 +357,7 @@ class CocoPanoptic(_ImageDataset):
             image=image,
             stack=MaskStack.from_label_map(pan_ids, seg_ids),
             labels=labels,
-            category_ids=np.array([int(s["category_id"]) for s in keep], np.int64),
+            category_ids=class_category_ids(self.vocabulary, labels),
             isthing=np.array([self.vocabulary.isthing[k] for k in labels], bool),
             iscrowd=np.array([bool(s.get("iscrowd", 0)) for s in keep], bool),
             areas=np.array([float(s.get("area", 0.0)) for s in keep], np.float64),
@@ -352,7 +365,7 @@ class CocoPanoptic(_ImageDataset):
             image_id=int(img_id),
             file_name=str(info["file_name"]),
             pan_ids=pan_ids,
-            segments_info=copy.deepcopy(segs),
+            segments_info=self._class_segments(segs),
             meta={"dropped_unknown_category": len(segs) - len(keep)},
         )
 

@@ -171,6 +171,7 @@ def write_eval_set(root: str | Path, source: CompositeSource, spec: EvalSpec = E
     (stage / "video" / "valid.json").write_text(json.dumps(
         {"info": {"description": note}, "videos": videos, "annotations": tracks, "categories": _categories(vocab)}))
     manifest = {"what": note, "spec": spec.to_dict(), "split": source.split.to_dict(),
+                "vocabulary": source.vocabulary.name,
                 "source": str(source.root), "bank": source.describe(),
                 "images": len(images), "segments": sum(len(a["segments_info"]) for a in annotations),
                 "pasted_segments": sum(s["pasted"] for a in annotations for s in a["segments_info"]),
@@ -188,11 +189,13 @@ def write_eval_set(root: str | Path, source: CompositeSource, spec: EvalSpec = E
 
 
 def ensure_eval_set(root: str | Path, source: CompositeSource, spec: EvalSpec = EvalSpec()) -> Path:
-    """The set at ``root``, written only if it is missing or was made with another spec / split."""
+    """The set at ``root``, written only if it is missing or was made with another spec / split / vocabulary
+    (its ground truth is written in the vocabulary's classes)."""
     root = Path(root)
     try:
         manifest = json.loads((root / "manifest.json").read_text())
-        if manifest["spec"] == spec.to_dict() and manifest["split"] == source.split.to_dict():
+        if (manifest["spec"] == spec.to_dict() and manifest["split"] == source.split.to_dict()
+                and manifest.get("vocabulary", "coco_panoptic") == source.vocabulary.name):
             return root
     except (OSError, ValueError, KeyError):
         if root.exists() and not (root / "manifest.json").is_file():

@@ -172,6 +172,7 @@ class CompositeSource:
         wanted = set(self.split.bank_images)
         self.scenes: dict[int, Scene] = {}
         self.bank: list[Cutout] = []
+        coco_category: list[int] = []  # each cutout's own COCO category, whatever class the vocabulary gives it
         for folder, ann in PARTS:
             ds = CocoInstances(self.root / folder, self.root / "annotations" / ann, vocabulary)
             for i, img_id in enumerate(ds.image_ids):
@@ -179,13 +180,16 @@ class CompositeSource:
                     continue
                 rec = ds[i]
                 self.scenes[img_id] = scene_from_record(rec)
-                self.bank.extend(cutouts_from_record(rec))
+                cuts = cutouts_from_record(rec)
+                self.bank.extend(cuts)
+                coco_category.extend(int(ds.coco.anns[c.ann_id]["category_id"]) for c in cuts)
         missing = wanted - set(self.scenes)
         if missing:
             raise ValueError(f"coco_mini at {self.root} lacks images {sorted(missing)[:5]} of the composite split.")
-        counts = np.bincount([c.label for c in self.bank], minlength=vocabulary.num_classes)
-        # class-balanced-ish sampling for training pastes: weight 1/sqrt(objects of the class)
-        w = np.array([1.0 / math.sqrt(counts[c.label]) for c in self.bank])
+        # balanced-ish sampling for training pastes: weight 1/sqrt(objects of the COCO category), so a coarse
+        # vocabulary (coco_objects) sees the same composites as the full one, only labelled in its classes
+        _, inverse, counts = np.unique(coco_category, return_inverse=True, return_counts=True)
+        w = 1.0 / np.sqrt(counts[inverse])
         self.balanced_weights = w / w.sum()
 
     def describe(self) -> dict[str, Any]:

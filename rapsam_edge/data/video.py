@@ -19,7 +19,7 @@ import pycocotools.mask as mask_util
 from ..config import Vocabulary
 from ..errors import InputError
 from ..preprocess import load_image
-from .coco import AnnotationFileError, category_index, quiet_pycocotools, read_json
+from .coco import AnnotationFileError, category_index, class_category_ids, quiet_pycocotools, read_json
 
 
 def decode_segmentation(seg: Any, hw: tuple[int, int]) -> np.ndarray:
@@ -145,8 +145,8 @@ class YTVISDataset:
             name=str(v.get("name", Path(names[0]).parent.name if names else v["id"])),
             frames=[self.frames_root / n for n in names],
             hw=(int(v["height"]), int(v["width"])),
-            labels=np.array([cat_to_index[int(a["category_id"])] for a in keep], np.int64),
-            category_ids=np.array([int(a["category_id"]) for a in keep], np.int64),
+            labels=(labels := np.array([cat_to_index[int(a["category_id"])] for a in keep], np.int64)),
+            category_ids=class_category_ids(self.vocabulary, labels),
             track_ids=np.array([int(a["id"]) for a in keep], np.int64),
             iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in keep], bool),
             segmentations=[list(a["segmentations"]) for a in keep],

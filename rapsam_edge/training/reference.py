@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import get_config, get_vocabulary
+from ..config import get_vocabulary
 from ..data.composite_streams import CompositeStream
 from ..data.composites import load_source
 from ..preprocess import InputPolicy
-from .trainer import TrainConfig
+from .trainer import TrainConfig, model_config
 
 STREAM_KINDS = {"coco": ("objects", 1), "prompts": ("prompts", 1), "video": ("video", 2)}
 
@@ -25,7 +25,7 @@ def composite_streams(cfg: TrainConfig, coco_mini: Path, options: dict[str, Any]
                       ) -> dict[str, CompositeStream]:
     """The three training streams at the config's canvas; ``options`` are CompositeStream keywords shared by
     all three (e.g. ratio_range, objects, size_range); a stream whose weight is 0 is left out."""
-    model_cfg = get_config(cfg.model)
+    model_cfg = model_config(cfg)
     size = (cfg.imgsz, cfg.imgsz)
     policy = InputPolicy.for_model(model_cfg, size)
     source = load_source(str(coco_mini), get_vocabulary(model_cfg.vocabulary))

@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-from ..config import canvas_size, get_config, get_vocabulary
+from ..config import canvas_size, get_vocabulary
 from ..data.locate import default_shared_data, open_coco, open_video
 from ..data.streams import CocoPseudoVideoStream, PromptStream, VideoClipStream
 from ..errors import InputError, InputNotFoundError
 from ..preprocess import InputPolicy
 from .recipes import PRESETS, Preset
-from .trainer import TrainConfig, Trainer, init_distributed
+from .trainer import TrainConfig, Trainer, init_distributed, model_config
 
 
 @dataclass
@@ -39,7 +39,7 @@ def build_streams(spec: DataSpec, cfg: TrainConfig) -> dict[str, Any]:
         from .reference import composite_streams
 
         return composite_streams(cfg, spec.coco_root)
-    model_cfg = get_config(cfg.model)
+    model_cfg = model_config(cfg)
     vocab = get_vocabulary(model_cfg.vocabulary)
     size = (cfg.imgsz, cfg.imgsz)
     policy = InputPolicy.for_model(model_cfg, size)

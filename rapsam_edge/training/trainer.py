@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..config import get_config
+from ..config import ModelConfig, get_config
 from ..data.sample import TrainSample
 from ..errors import InputError, NonFiniteError
 from ..model.checkpoint import (
@@ -46,6 +46,7 @@ class TrainConfig:
     """Every knob of a run (serialised into checkpoints and the log header)."""
 
     model: str = "rapsam_r18_lite"
+    vocabulary: str | None = None  # the classes to learn; default the model config's (e.g. coco_objects)
     imgsz: int = 640
     epochs: int = 12
     batch_size: int = 1
@@ -67,6 +68,12 @@ class TrainConfig:
     init_checkpoint: str | None = None
     save_every: int | None = None  # steps; default: every epoch
     log_every: int = 10
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    """The model config a run trains: the named one, with the run's vocabulary when it names one."""
+    base = get_config(cfg.model)
+    return base.replace(vocabulary=cfg.vocabulary) if cfg.vocabulary else base
 
 
 def _dist_info() -> tuple[int, int]:
@@ -126,7 +133,7 @@ class Trainer:
         self.rank, self.world = _dist_info()
         torch.manual_seed(cfg.seed + self.rank)
         if model is None:
-            model_cfg = get_config(cfg.model).replace(input_size=(cfg.imgsz, cfg.imgsz))
+            model_cfg = model_config(cfg).replace(input_size=(cfg.imgsz, cfg.imgsz))
             model, _ = load_model(model_cfg, cfg.init_checkpoint, strict=False) if cfg.init_checkpoint \
                 else load_model(model_cfg)
         # CUDA when present (one GPU per process: LOCAL_RANK under torchrun), else the CPU
