@@ -112,9 +112,13 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Vocabulary:
-        return cls(d["name"], tuple(d["names"]), tuple(bool(t) for t in d["isthing"]),
-                   tuple(int(i) for i in d["dataset_ids"]),
-                   tuple(tuple(int(c) for c in m) for m in d.get("members", ())))
+        try:
+            return cls(str(d["name"]), tuple(str(n) for n in d["names"]), tuple(bool(t) for t in d["isthing"]),
+                       tuple(int(i) for i in d["dataset_ids"]),
+                       tuple(tuple(int(c) for c in m) for m in d.get("members", ())))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"the class vocabulary entry is malformed ({e!r}): it needs name, names, isthing and "
+                             "dataset_ids lists of one length (and optional per-class members lists).") from None
 
     @classmethod
     def from_categories(cls, name: str, categories: Sequence[Mapping[str, Any]]) -> Vocabulary:

@@ -4,6 +4,8 @@
     python scripts/reference_probe.py train --out runs/probe_a --minutes 10 --every 2.5 --imgsz 256 --bs 2
     # score every checkpoint of a probe on the first 16 composite evaluation images / 4 clips
     python scripts/reference_probe.py eval --out runs/probe_a --limit 16
+    # where a checkpoint's PQ is lost: its masks (best query per object) or its object scores
+    python scripts/reference_probe.py diagnose --checkpoint runs/reference/final.pth --limit 24
 
 Each checkpoint records its step, wall seconds and process CPU seconds (the machine is shared: CPU seconds
 / 2 estimate an idle 2-core machine's wall time). The measured curves and the settings they chose are in
@@ -13,6 +15,7 @@ docs/reference_preset.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -95,6 +98,54 @@ def evaluate(args: argparse.Namespace) -> None:
         print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
 
 
+def diagnose(args: argparse.Namespace) -> None:
+    """Split PQ's loss between the masks and the scores on the first ``--limit`` evaluation composites.
+
+    Masks: for every ground-truth object, the best mask IoU any of the 100 queries reaches (what a perfect scorer
+    could keep; recall@0.5 bounds RQ). Scores: how the object score (best foreground softmax probability) ranks
+    the queries whose mask covers an object at IoU >= 0.5 above the rest (AUC), and how many objects have such a
+    query scored above the official 0.8 of the panoptic merge."""
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    from rapsam_edge.data.composite_eval import open_eval_set
+    from rapsam_edge.postprocess import resize_logits_to_image
+    from rapsam_edge.preprocess import compute_letterbox
+    from rapsam_edge.runtime import load
+
+    torch.set_num_threads(args.threads)
+    pipe = load(checkpoint=args.checkpoint)
+    if args.imgsz:
+        pipe.policy = dataclasses.replace(pipe.policy, size=(args.imgsz, args.imgsz))
+    images, _ = open_eval_set(args.eval_root, pipe.vocabulary)
+    best, good_scores, other_scores, best_score = [], [], [], []
+    for i in range(min(args.limit, len(images))):
+        rec = images[i]
+        cls, logits = pipe.decode_objects(rec.image)
+        pred = resize_logits_to_image(logits, compute_letterbox(rec.hw, pipe.policy)) > 0
+        gt = rec.masks.astype(np.float32).reshape(len(rec.masks), -1)
+        q = pred.reshape(len(pred), -1).astype(np.float32)
+        inter = q @ gt.T
+        iou = inter / np.maximum(q.sum(1)[:, None] + gt.sum(1)[None] - inter, 1)
+        e = np.exp(cls - cls.max(-1, keepdims=True))
+        score = (e / e.sum(-1, keepdims=True))[:, :-1].max(-1)
+        good = iou.max(1) >= 0.5
+        good_scores += score[good].tolist()
+        other_scores += score[~good].tolist()
+        best += iou.max(0).tolist()
+        best_score += [float(score[(iou[:, g] >= 0.5)].max(initial=0.0)) for g in range(iou.shape[1])]
+    best_a, bs = np.array(best), np.array(best_score)
+    auc = (mannwhitneyu(good_scores, other_scores).statistic / (len(good_scores) * len(other_scores))
+           if good_scores and other_scores else float("nan"))
+    out = {"checkpoint": str(args.checkpoint), "canvas": list(pipe.policy.size), "images": min(args.limit, len(images)),
+           "objects": len(best), "mean_best_iou": float(best_a.mean()), "recall@0.5": float((best_a >= 0.5).mean()),
+           "recall@0.75": float((best_a >= 0.75).mean()), "score_auc": float(auc),
+           "objects_with_a_good_query_above_0.8": float((bs > 0.8).mean()),
+           "objects_with_a_good_query_above_0.5": float((bs > 0.5).mean()),
+           "good_queries_per_object": len(good_scores) / max(len(best), 1)}
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -127,8 +178,14 @@ def main() -> None:
     e.add_argument("--heldout", action="store_true")
     e.add_argument("--score-thr", type=float, default=None, help="diagnostic panoptic score threshold")
     e.add_argument("--threads", type=int, default=2)
+    d = sub.add_parser("diagnose")
+    d.add_argument("--checkpoint", required=True)
+    d.add_argument("--eval-root", default="runs/reference/composite_eval")
+    d.add_argument("--imgsz", type=int, default=None)
+    d.add_argument("--limit", type=int, default=24)
+    d.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    train(args) if args.cmd == "train" else evaluate(args)
+    {"train": train, "eval": evaluate, "diagnose": diagnose}[args.cmd](args)
 
 
 if __name__ == "__main__":

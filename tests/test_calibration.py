@@ -514,6 +514,27 @@ def test_accuracy_control_moves_the_most_sensitive_nodes_first():
     assert isinstance(steps[0], Step) and not steps[0].within_budget and len(log) == 3
 
 
+def test_accuracy_control_draws_from_the_graphs_of_the_metrics_over_budget():
+    """PQ and miou budgeted, only miou over: object-decoder nodes cannot move miou (clicks never run that graph),
+    so the steps skip them, and take them once PQ goes over as well."""
+    from rapsam_edge.calibration.accuracy import control
+
+    ranking = ["object_decoder/s1", "object_decoder/s2", "encoder/e1", "encoder/e2", "encoder/e3"]
+
+    def requantize(excluded):
+        return {"all": ",".join(excluded)}
+
+    def evaluate(files):
+        moved = set(filter(None, files["all"].split(",")))
+        pq = 30.0 - 3.0 * ("encoder/e2" in moved)  # moving e2 costs PQ (a pretend interaction), e3 restores miou
+        return {"pq": pq + 3.0 * ("object_decoder/s1" in moved), "miou": 40.0 + 5.0 * ("encoder/e3" in moved)}
+
+    _, _, steps = control(requantize, evaluate, {"pq": 30.0, "miou": 45.0}, {"pq": 1.0, "miou": 1.0}, ranking, [])
+    assert [s.moved_to_float for s in steps] == [[], ["encoder/e1"], ["encoder/e2", "encoder/e3"],
+                                                  ["object_decoder/s1", "object_decoder/s2"]]
+    assert steps[-1].within_budget and steps[-1].drop == {"pq": 0.0, "miou": 0.0}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("drops, met_at", [((3.0, 0.5), 1), ((3.0, 3.0), None)], ids=["met_at_step_1", "never_met"])
 def test_calibrate_cli_with_max_drop_and_object_decoder(bundle, calib_images, shared_data, tmp_path, monkeypatch,

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from rapsam_edge.config import coco_panoptic_vocabulary
-from rapsam_edge.data.composite_eval import EvalSpec, open_eval_set, write_eval_set
+from rapsam_edge.config import coco_objects_vocabulary, coco_panoptic_vocabulary
+from rapsam_edge.data.composite_eval import EvalSpec, ensure_eval_set, open_eval_set, write_eval_set
 from rapsam_edge.data.composite_streams import CompositeStream
 from rapsam_edge.data.composites import (
     PASTE_ID0,
     VOID,
+    CompositeSource,
     Cutout,
     Paste,
     Scene,
@@ -196,6 +197,26 @@ def test_eval_set_files_match_their_ground_truth(source, tmp_path):
     for rel in ("annotations/panoptic_val.json", "video/valid.json", "val/composite_000002.png",
                 "annotations/panoptic_val/composite_000003.png", "video/JPEGImages/clip_001/00003.png"):
         assert _sha(root / rel) == _sha(again / rel), rel
+
+
+def test_a_coarse_vocabulary_sees_the_same_composites_scored_in_its_classes(source, shared_data, tmp_path):
+    """The reference preset's coco_objects: the same pastes as the 133-class vocabulary (sampling is balanced by
+    COCO category, not by class), every object labelled "object", and an evaluation set written before in
+    another vocabulary is rewritten, not reused with the wrong ground truth."""
+    objects = CompositeSource(shared_data / "coco_mini", coco_objects_vocabulary())
+    assert np.array_equal(objects.balanced_weights, source.balanced_weights)
+    assert {c.label for c in objects.bank} == {0} and len(objects.bank) == len(source.bank)
+    spec = EvalSpec(images=2, videos=1, frames=2)
+    root = ensure_eval_set(tmp_path / "set", source, spec)
+    full_doc = json.loads((root / "annotations" / "panoptic_val.json").read_text())
+    assert ensure_eval_set(root, objects, spec) == root
+    doc = json.loads((root / "annotations" / "panoptic_val.json").read_text())
+    assert doc["categories"] == [{"id": 1, "name": "object", "isthing": 1}]
+    segs = [s for a in doc["annotations"] for s in a["segments_info"]]
+    assert {s["category_id"] for s in segs} == {1}
+    assert [s["area"] for s in segs] == [s["area"] for a in full_doc["annotations"] for s in a["segments_info"]]
+    images, videos = open_eval_set(root, coco_objects_vocabulary())
+    assert set(images[0].labels.tolist()) == {0} and set(videos[0].category_ids.tolist()) == {1}
 
 
 # ---- training smoke ---------------------------------------------------------------------------------------

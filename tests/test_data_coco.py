@@ -329,3 +329,10 @@ def test_vocabulary_rejects_a_category_in_two_classes():
         Vocabulary("bad", ("a", "b"), (True, True), (1, 2), ((1, 2), (2,)))
     with pytest.raises(InputError, match="member lists"):
         Vocabulary("bad", ("a", "b"), (True, True), (1, 2), ((1,),))
+
+
+@pytest.mark.parametrize("bad", [{"names": ["a"]}, {"name": "v", "names": ["a"], "isthing": [1], "dataset_ids": ["x"]},
+                                 {"name": "v", "names": ["a"], "isthing": [1], "dataset_ids": [1], "members": 3}])
+def test_a_malformed_vocabulary_entry_is_one_input_error(bad):
+    with pytest.raises(InputError, match="vocabulary entry is malformed"):
+        Vocabulary.from_dict(bad)
