@@ -145,8 +145,8 @@ def coco_objects_vocabulary() -> Vocabulary:
     """One class, "object", standing for all 80 COCO thing categories: class-agnostic instances (what the
     ``reference`` preset learns in its CPU budget; docs/reference_preset.md). Its dataset id is 1, so
     results written in COCO format name category 1 "object", with no claim about which COCO class it is."""
-    things = tuple(cid for cid, t in zip(coco_panoptic_vocabulary().dataset_ids,
-                                         coco_panoptic_vocabulary().isthing, strict=True) if t)
+    full = coco_panoptic_vocabulary()
+    things = tuple(cid for cid, t in zip(full.dataset_ids, full.isthing, strict=True) if t)
     return Vocabulary("coco_objects", ("object",), (True,), (1,), (things,))
 
 

@@ -165,10 +165,6 @@ def invalid_annotation(ann: dict[str, Any], width: float, height: float) -> str 
     return None
 
 
-def category_index(vocabulary: Vocabulary) -> dict[int, int]:
-    return vocabulary.category_index()
-
-
 def class_category_ids(vocabulary: Vocabulary, labels: np.ndarray) -> np.ndarray:
     """The dataset id of each record's class: its own category, or its class's id in a coarser vocabulary
     (``Vocabulary.members``), so ground truth is scored in the model's classes."""
@@ -196,7 +192,7 @@ class _ImageDataset:
             if unknown:
                 raise InputError(f"Image ids {unknown[:5]} {missing}.")
             self.image_ids = list(image_ids)
-        self._cat_to_index = category_index(vocabulary)
+        self._cat_to_index = vocabulary.category_index()
         self._cache = LRUCache(self._load, cache_size)
 
     def _load(self, i: int) -> Record:
@@ -337,7 +333,7 @@ class CocoPanoptic(_ImageDataset):
         vocabulary of dataset categories; every thing -> "object" for ``coco_objects``)."""
         ids = self.vocabulary.dataset_ids
         return [{**s, "category_id": ids[self._cat_to_index[int(s["category_id"])]]}
-                if int(s["category_id"]) in self._cat_to_index else dict(s) for s in copy.deepcopy(segs)]
+                if int(s["category_id"]) in self._cat_to_index else s for s in copy.deepcopy(segs)]
 
     def _load(self, i: int) -> Record:
         img_id = self.image_ids[i]

@@ -19,7 +19,7 @@ import pycocotools.mask as mask_util
 from ..config import Vocabulary
 from ..errors import InputError
 from ..preprocess import load_image
-from .coco import AnnotationFileError, category_index, class_category_ids, quiet_pycocotools, read_json
+from .coco import AnnotationFileError, class_category_ids, quiet_pycocotools, read_json
 
 
 def decode_segmentation(seg: Any, hw: tuple[int, int]) -> np.ndarray:
@@ -121,7 +121,7 @@ class YTVISDataset:
         self.vocabulary = vocabulary
         data = read_json(self.ann_file, ("videos", "annotations", "categories"))
         self.categories = list(data["categories"])
-        cat_to_index = category_index(vocabulary)
+        cat_to_index = vocabulary.category_index()
         self._records: list[VideoRecord] = []
         try:
             tracks: dict[int, list[dict[str, Any]]] = {}
